@@ -1,0 +1,85 @@
+// pybind11 entry points for the CUDA kernels: argument marshalling only.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include "cuda/api.h"
+
+namespace py = pybind11;
+using namespace lepton;
+
+void register_cuda(py::module_& m) {
+  static py::exception<CudaError> cuda_error(m, "CudaError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const CudaError& e) {
+      py::set_error(cuda_error, e.what());
+    }
+  });
+
+  m.def("cuda_device_count", &device_count);
+  m.def("cuda_runtime_status", &runtime_status);
+  m.def("cuda_device_props", [](int d) {
+    DeviceProps p = device_props(d);
+    py::dict out;
+    out["name"] = p.name;
+    out["compute_capability"] = py::make_tuple(p.major, p.minor);
+    out["sm_count"] = p.sm_count;
+    out["total_memory"] = p.total_memory;
+    out["clock_khz"] = p.clock_khz;
+    out["memory_clock_khz"] = p.memory_clock_khz;
+    out["memory_bus_width"] = p.memory_bus_width;
+    out["l2_bytes"] = p.l2_bytes;
+    return out;
+  });
+
+  m.def("cuda_malloc", &device_malloc, py::arg("nbytes"));
+  m.def("cuda_free", &device_free, py::arg("ptr"));
+  m.def("cuda_memset", &fill_device, py::arg("ptr"), py::arg("byte"), py::arg("nbytes"),
+        py::arg("stream") = 0);
+  m.def("cuda_stream_synchronize", &stream_synchronize, py::arg("stream") = 0);
+  // Host buffers come in as Python buffers (NumPy arrays), contiguous.
+  m.def(
+      "cuda_copy_to_device",
+      [](std::uintptr_t dst, py::buffer src, std::uintptr_t stream) {
+        py::buffer_info info = src.request();
+        py::gil_scoped_release nogil;
+        copy_host_to_device(dst, info.ptr, std::size_t(info.size * info.itemsize), stream);
+      },
+      py::arg("dst"), py::arg("src"), py::arg("stream") = 0);
+  m.def(
+      "cuda_copy_to_host",
+      [](py::buffer dst, std::uintptr_t src, std::uintptr_t stream) {
+        py::buffer_info info = dst.request(true);
+        py::gil_scoped_release nogil;
+        copy_device_to_host(info.ptr, src, std::size_t(info.size * info.itemsize), stream);
+      },
+      py::arg("dst"), py::arg("src"), py::arg("stream") = 0);
+
+  m.def(
+      "cuda_gemm",
+      [](std::uintptr_t a, std::uintptr_t b, std::uintptr_t c, std::uintptr_t bias,
+         std::int64_t batch, std::int64_t M, std::int64_t N, std::int64_t K,
+         std::tuple<std::int64_t, std::int64_t, std::int64_t> sa,
+         std::tuple<std::int64_t, std::int64_t, std::int64_t> sb,
+         std::tuple<std::int64_t, std::int64_t, std::int64_t> sc, int in_dtype, int out_dtype,
+         int activation, bool allow_tf32, std::uintptr_t stream) {
+        GemmArgs g;
+        g.a = a; g.b = b; g.c = c; g.bias = bias;
+        g.batch = batch; g.M = M; g.N = N; g.K = K;
+        std::tie(g.a_batch, g.a_row, g.a_col) = sa;
+        std::tie(g.b_batch, g.b_row, g.b_col) = sb;
+        std::tie(g.c_batch, g.c_row, g.c_col) = sc;
+        g.in_dtype = static_cast<DType>(in_dtype);
+        g.out_dtype = static_cast<DType>(out_dtype);
+        g.activation = static_cast<Activation>(activation);
+        g.allow_tf32 = allow_tf32;
+        g.stream = stream;
+        py::gil_scoped_release nogil;
+        return gemm(g);
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("bias"), py::arg("batch"), py::arg("M"),
+      py::arg("N"), py::arg("K"), py::arg("a_strides"), py::arg("b_strides"),
+      py::arg("c_strides"), py::arg("in_dtype"), py::arg("out_dtype"), py::arg("activation"),
+      py::arg("allow_tf32") = false, py::arg("stream") = 0,
+      "C[b] = act(A[b] @ B[b] + bias); strides (batch, row, col) in elements. Returns the kernel name.");
+}

@@ -1,0 +1,26 @@
+// The lepton_accel._core extension: build facts, and the CUDA entry points when
+// the build found a CUDA compiler. Kernels live in csrc/cuda/; this file only binds.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+#ifdef LEPTON_WITH_CUDA
+void register_cuda(py::module_& m);  // csrc/cuda_bindings.cpp
+#endif
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lepton_accel native core";
+  py::dict info;
+  info["cxx_compiler"] = LEPTON_CXX_COMPILER;
+#ifdef LEPTON_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_architectures"] = LEPTON_CUDA_ARCHS;
+  info["cuda_compiler"] = LEPTON_CUDA_COMPILER;
+  register_cuda(m);
+#else
+  info["cuda"] = false;
+  info["cuda_architectures"] = "";
+  info["cuda_compiler"] = "";
+#endif
+  m.attr("BUILD_INFO") = info;
+}

@@ -1,0 +1,1 @@
+"""Amaranth designs of the lepton_accel FPGA cores."""

@@ -1,0 +1,1 @@
+"""lepton_accel"""
