@@ -1,0 +1,228 @@
+"""Array interop: NumPy arrays and any object with ``__dlpack__`` (PyTorch, CuPy, JAX).
+
+Inputs become :class:`ArrayView` objects that describe the memory without copying it:
+host memory as a NumPy view (strided, no copy), device memory as a pointer with shape,
+element strides and dtype. DLPack capsules are read directly (legacy ``dltensor``
+protocol), so every dtype the toolkit uses, bfloat16 included, crosses without a copy.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .dtypes import DTYPES, bfloat16, dtype_name
+
+# ---- DLPack structures (dlpack.h, ABI version 0.x "dltensor" capsules) -------------
+KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
+_DL_INT, _DL_UINT, _DL_FLOAT, _DL_BFLOAT = 0, 1, 2, 4
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", _DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", _DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    pass
+
+
+_DELETER = ctypes.CFUNCTYPE(None, ctypes.POINTER(_DLManagedTensor))
+_DLManagedTensor._fields_ = [
+    ("dl_tensor", _DLTensor),
+    ("manager_ctx", ctypes.c_void_p),
+    ("deleter", _DELETER),
+]
+
+_capi = ctypes.pythonapi
+_capi.PyCapsule_IsValid.restype = ctypes.c_int
+_capi.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+_capi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capi.PyCapsule_SetName.restype = ctypes.c_int
+_capi.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+_DL_DTYPES = {
+    (_DL_FLOAT, 32): "float32",
+    (_DL_FLOAT, 16): "float16",
+    (_DL_BFLOAT, 16): "bfloat16",
+    (_DL_INT, 8): "int8",
+    (_DL_INT, 16): "int16",
+    (_DL_INT, 32): "int32",
+}
+
+
+class _DLPackOwner:
+    """Keeps a consumed DLPack tensor alive and calls its deleter exactly once."""
+
+    def __init__(self, managed_ptr: int):
+        self._ptr = managed_ptr
+
+    def __del__(self):
+        if self._ptr:
+            managed = _DLManagedTensor.from_address(self._ptr)
+            if managed.deleter:
+                managed.deleter(ctypes.cast(self._ptr, ctypes.POINTER(_DLManagedTensor)))
+            self._ptr = 0
+
+
+@dataclass
+class ArrayView:
+    """One operand: its shape, dtype name, element strides and where it lives."""
+
+    name: str                      # the argument's name, for messages
+    shape: tuple[int, ...]
+    dtype: str
+    strides: tuple[int, ...]       # in elements
+    device: str                    # "cpu" or "cuda:<id>"
+    host: np.ndarray | None = None  # NumPy view when the memory is on the host
+    ptr: int = 0                   # device pointer when it is not
+    stream: int | None = None      # the caller's stream (device arrays)
+    origin: Any = None             # the caller's object, to return the same kind
+    _owner: Any = field(default=None, repr=False)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_host(self) -> bool:
+        return self.host is not None
+
+
+def _framework(obj) -> str:
+    return type(obj).__module__.split(".")[0]
+
+
+def caller_stream(obj) -> int | None:
+    """The framework's current CUDA stream for a device array (None: not known)."""
+    fw = _framework(obj)
+    try:
+        if fw == "torch":
+            import torch
+
+            return int(torch.cuda.current_stream(obj.device).cuda_stream)
+        if fw == "cupy":
+            import cupy
+
+            return int(cupy.cuda.get_current_stream().ptr)
+    except Exception:  # pragma: no cover - framework without CUDA
+        return None
+    return None
+
+
+def _consume_dlpack(obj, name: str) -> ArrayView:
+    device_type, device_id = obj.__dlpack_device__()
+    stream = None
+    if device_type in (KDL_CUDA, KDL_CUDA_MANAGED):
+        stream = caller_stream(obj)
+        # DLPack reserves 0 (ambiguous); 1 names the legacy default stream.
+        capsule = obj.__dlpack__(stream=stream if stream else 1)
+    else:
+        capsule = obj.__dlpack__()
+    if not _capi.PyCapsule_IsValid(capsule, b"dltensor"):
+        raise TypeError(f"{name}: __dlpack__ did not return a 'dltensor' capsule")
+    ptr = _capi.PyCapsule_GetPointer(capsule, b"dltensor")
+    _capi.PyCapsule_SetName(capsule, b"used_dltensor")  # we own it now
+    owner = _DLPackOwner(ptr)
+    t = _DLManagedTensor.from_address(ptr).dl_tensor
+    key = (t.dtype.code, t.dtype.bits)
+    if key not in _DL_DTYPES or t.dtype.lanes != 1:
+        raise TypeError(
+            f"{name}: unsupported DLPack dtype (code {t.dtype.code}, {t.dtype.bits} bits, "
+            f"{t.dtype.lanes} lanes); expected one of {', '.join(sorted(set(_DL_DTYPES.values())))}"
+        )
+    dtype = _DL_DTYPES[key]
+    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
+    if t.strides:
+        strides = tuple(int(t.strides[i]) for i in range(t.ndim))
+    else:  # NULL strides mean C-contiguous
+        strides, acc = [], 1
+        for s in reversed(shape):
+            strides.append(acc)
+            acc *= s
+        strides = tuple(reversed(strides))
+    data = (t.data or 0) + int(t.byte_offset)
+    itemsize = DTYPES[dtype].itemsize
+    if device_type in (KDL_CPU, KDL_CUDA_HOST):
+        host = _host_view(data, shape, strides, DTYPES[dtype], owner)
+        return ArrayView(name, shape, dtype, strides, "cpu", host=host, origin=obj, _owner=owner)
+    if device_type in (KDL_CUDA, KDL_CUDA_MANAGED):
+        return ArrayView(name, shape, dtype, strides, f"cuda:{device_id}", ptr=data,
+                         stream=stream, origin=obj, _owner=owner)
+    del itemsize
+    raise TypeError(f"{name}: arrays on DLPack device type {device_type} are not supported "
+                    "(expected host memory or a CUDA device)")
+
+
+def _host_view(addr, shape, strides, dtype, owner) -> np.ndarray:
+    """A NumPy view over foreign host memory, keeping its owner alive."""
+    if any(s == 0 for s in shape):
+        return np.empty(shape, dtype)
+    lo = sum(min(0, (n - 1) * st) for n, st in zip(shape, strides))
+    hi = sum(max(0, (n - 1) * st) for n, st in zip(shape, strides))
+    span = (hi - lo + 1) * dtype.itemsize
+    buf = (ctypes.c_uint8 * span).from_address(addr + lo * dtype.itemsize)
+    buf._lepton_owner = owner  # the ctypes buffer is the NumPy base: it holds the owner
+    flat = np.frombuffer(buf, dtype=dtype)
+    return np.lib.stride_tricks.as_strided(
+        flat[-lo:], shape=shape, strides=tuple(s * dtype.itemsize for s in strides)
+    )
+
+
+def as_view(x, name: str) -> ArrayView:
+    """Describe ``x`` (NumPy array, DLPack object, or array-like) without copying it."""
+    if isinstance(x, np.ndarray):
+        dt = dtype_name(x.dtype)
+        if dt not in DTYPES:
+            raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected one of "
+                            f"{', '.join(DTYPES)}")
+        if any(s % x.itemsize for s in x.strides):
+            raise ValueError(f"{name}: strides {x.strides} are not multiples of the item size")
+        strides = tuple(s // x.itemsize for s in x.strides)
+        return ArrayView(name, x.shape, dt, strides, "cpu", host=x, origin=x)
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        return _consume_dlpack(x, name)
+    if isinstance(x, (list, tuple, int, float)) or np.isscalar(x):
+        return as_view(np.asarray(x), name)
+    raise TypeError(f"{name}: expected a NumPy array or an object with __dlpack__, "
+                    f"got {type(x).__name__}")
+
+
+def to_caller_kind(result: np.ndarray, like: Any):
+    """Return a host result as the same kind of array the caller passed in."""
+    if like is None or isinstance(like, np.ndarray):
+        return result
+    fw = _framework(like)
+    if fw == "torch":
+        import torch
+
+        if result.dtype == bfloat16:
+            return torch.from_numpy(np.ascontiguousarray(result).view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(np.ascontiguousarray(result))
+    if fw in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.asarray(result)
+    if fw == "cupy":  # pragma: no cover - host result for a device caller is not produced
+        import cupy
+
+        return cupy.asarray(result)
+    return result

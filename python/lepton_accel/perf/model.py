@@ -1,0 +1,91 @@
+"""Roofline cost model shared by auto-dispatch and the scheduler.
+
+time = max(compute, device memory traffic) + host<->device transfer + call overhead,
+with compute = flops / (peak x efficiency). Measured tables refine it: an efficiency per
+(device, dtype), or for FPGA cores the cycle count of a shape measured on the core's
+own counter, which is then scaled by the target part's clock.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from ..spec import OpSpec
+from .devices import DEVICES, DeviceSpec
+
+
+@dataclass(frozen=True)
+class Estimate:
+    device: str
+    compute_s: float
+    memory_s: float
+    transfer_s: float
+    overhead_s: float
+
+    @property
+    def total_s(self) -> float:
+        return max(self.compute_s, self.memory_s) + self.transfer_s + self.overhead_s
+
+
+class PerfModel:
+    def __init__(self):
+        self._efficiency: dict[tuple[str, str], float] = {}
+        self._fpga_cycles: dict[tuple, int] = {}
+        table = os.environ.get("LEPTON_ACCEL_PERF_TABLE")
+        if table:
+            self.load_table(table)
+
+    # ---- measured refinements --------------------------------------------------------
+    def set_efficiency(self, device: str, dtype: str, fraction: float) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
+        self._efficiency[(device, dtype)] = fraction
+
+    def record_fpga_cycles(self, rows: int, cols: int, dtype: str, gemm: tuple[int, int, int],
+                           cycles: int) -> None:
+        """Remember the cycles an (rows x cols) core took for an M x N x K GEMM."""
+        self._fpga_cycles[(rows, cols, dtype, tuple(gemm))] = int(cycles)
+
+    def load_table(self, path: str) -> None:
+        """JSON: {"efficiency": {"DEVICE": {"dtype": f}}, "fpga_cycles": [[r, c, dt, M, N, K, cyc]]}."""
+        with open(path) as f:
+            data = json.load(f)
+        for dev, per_dtype in data.get("efficiency", {}).items():
+            for dt, frac in per_dtype.items():
+                self.set_efficiency(dev, dt, float(frac))
+        for r, c, dt, m, n, k, cyc in data.get("fpga_cycles", []):
+            self.record_fpga_cycles(r, c, dt, (m, n, k), cyc)
+
+    # ---- the estimate ----------------------------------------------------------------
+    def estimate(self, spec: OpSpec, device: DeviceSpec | str, *, data_on_host: bool = True,
+                 precision: str | None = None) -> Estimate:
+        dev = DEVICES[device] if isinstance(device, str) else device
+        dtype = "tf32" if (precision == "tf32" and spec.dtype == "float32") else spec.dtype
+        peak = dev.peak.get(dtype, 0.0)
+        if peak <= 0:
+            return Estimate(dev.name, math.inf, math.inf, 0.0, dev.call_overhead)
+        if dev.kind == "fpga":
+            compute = self._fpga_compute_s(spec, dev)
+        else:
+            eff = self._efficiency.get((dev.name, dtype), dev.efficiency.get(dtype, 1.0))
+            compute = spec.flops / (peak * eff)
+        moved = spec.bytes_in + spec.bytes_out
+        memory = moved / dev.memory_bw
+        transfer = moved / dev.link_bw if (data_on_host and dev.link_bw > 0) else 0.0
+        return Estimate(dev.name, compute, memory, transfer, dev.call_overhead)
+
+    def _fpga_compute_s(self, spec: OpSpec, dev: DeviceSpec) -> float:
+        batch, M, N, K = spec.gemm_shape
+        key = (dev.core_rows, dev.core_cols, spec.dtype, (M, N, K))
+        if key in self._fpga_cycles:
+            return batch * self._fpga_cycles[key] / dev.clock_hz
+        # Output-stationary tiles of rows x cols, K cycles each, at the part's efficiency.
+        tiles = math.ceil(M / dev.core_rows) * math.ceil(N / dev.core_cols)
+        eff = self._efficiency.get((dev.name, spec.dtype), dev.efficiency.get(spec.dtype, 1.0))
+        return batch * tiles * max(K, 1) / (dev.clock_hz * eff)
+
+
+#: The process-wide model used by dispatch and the scheduler.
+MODEL = PerfModel()
