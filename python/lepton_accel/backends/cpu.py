@@ -1,0 +1,152 @@
+"""CPU backend: NumPy's BLAS for GEMM, a strided im2col for convolution.
+
+Half-precision operands are widened to float32 (float32 accumulation, one rounding at
+the end). int8 GEMMs run through float32 BLAS in K-chunks of 1024, which is exact: each
+product is at most 2**14 in magnitude, so every partial sum of a chunk stays below 2**24,
+the float32 integer range; chunks are summed in int64 and wrapped to int32 once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..arrays import ArrayView, to_caller_kind
+from ..dtypes import DTYPES, is_integer
+from ..perf import MODEL
+from ..spec import OpSpec
+
+_EXACT_K = 1024  # int8 K-chunk that float32 accumulates exactly
+
+
+def int8_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact int8 (..., M, K) @ (..., K, N) -> int64, through float32 BLAS."""
+    k = a.shape[-1]
+    out = None
+    for k0 in range(0, max(k, 1), _EXACT_K):
+        part = np.matmul(a[..., k0:k0 + _EXACT_K].astype(np.float32),
+                         b[..., k0:k0 + _EXACT_K, :].astype(np.float32)).astype(np.int64)
+        out = part if out is None else out + part
+    return out
+
+
+def gemm(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """(..., M, K) @ (..., K, N) in the accumulation type: float32, or int64 before wrapping."""
+    if is_integer(dtype):
+        return int8_gemm(a, b)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    if b.dtype != np.float32:
+        b = b.astype(np.float32)
+    return np.matmul(a, b)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """In place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    inner = x * x
+    inner *= 0.044715 * x
+    inner += x
+    inner *= np.float32(0.7978845608028654)
+    np.tanh(inner, out=inner)
+    inner += 1.0
+    x *= inner
+    x *= 0.5
+    return x
+
+
+def epilogue(acc: np.ndarray, bias: np.ndarray | None, activation: str | None,
+             out_dtype: str, channel_axis: int = -1) -> np.ndarray:
+    """Bias, activation and output cast on the accumulator, in place where possible."""
+    if bias is not None:
+        shape = [1] * acc.ndim
+        shape[channel_axis] = -1
+        acc += bias.astype(acc.dtype).reshape(shape)
+    if is_integer(out_dtype):
+        out = acc.astype(np.int32)  # int64 -> int32 wraps modulo 2**32
+        if activation == "relu":
+            np.maximum(out, 0, out=out)
+        return out
+    if activation == "relu":
+        np.maximum(acc, 0, out=acc)
+    elif activation == "gelu":
+        gelu_tanh(acc)
+    return acc.astype(DTYPES[out_dtype], copy=False)
+
+
+def _im2col_nhwc(x: np.ndarray, spec: OpSpec) -> np.ndarray:
+    """(N, H, W, C) -> strided windows (N, OH, OW, C, KH, KW), copying only for padding."""
+    p = spec.param
+    (pt, pb), (pl, pr) = p["padding"]
+    if pt or pb or pl or pr:
+        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    _, _, kh, kw = spec.shapes[1]
+    (dh, dw), (sh, sw) = p["dilation"], p["stride"]
+    win = np.lib.stride_tricks.sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
+                                                    axis=(1, 2))
+    oh, ow = (spec.out_shape[1], spec.out_shape[2]) if p["layout"] == "NHWC" else \
+        (spec.out_shape[2], spec.out_shape[3])
+    return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
+
+
+def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
+    """Grouped convolution as a batched GEMM over groups: returns (N, OH, OW, OC) accumulators."""
+    g = spec.param["groups"]
+    n = x.shape[0]
+    oc, cg, kh, kw = w.shape
+    ocg = oc // g
+    if (kh, kw) == (1, 1) and spec.param["stride"] == (1, 1) and spec.param["padding"] == ((0, 0), (0, 0)):
+        cols = x.reshape(n, x.shape[1], x.shape[2], g, cg)         # no copy for 1x1
+        oh, ow = x.shape[1], x.shape[2]
+    else:
+        win = _im2col_nhwc(x, spec)                                  # (N, OH, OW, C, KH, KW)
+        oh, ow = win.shape[1], win.shape[2]
+        cols = win.reshape(n, oh, ow, g, cg * kh * kw)               # one copy: the im2col
+    p = n * oh * ow
+    cols = cols.reshape(p, g, cg * kh * kw).transpose(1, 0, 2)       # (G, P, Cg*KH*KW)
+    wg = w.reshape(g, ocg, cg * kh * kw).transpose(0, 2, 1)          # (G, Cg*KH*KW, OCg)
+    acc = gemm(cols, wg, spec.dtype)                                 # (G, P, OCg)
+    return acc.transpose(1, 0, 2).reshape(n, oh, ow, oc)
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
+        for v in operands or ():
+            if not v.is_host:
+                return False, f"{v.name} is on {v.device}; the cpu backend takes host memory"
+        return True, ""
+
+    def estimate(self, spec: OpSpec, operands=None) -> float:
+        return MODEL.estimate(spec, "host-cpu", data_on_host=False).total_s
+
+    def run(self, spec: OpSpec, operands: list[ArrayView]):
+        arrays = [v.host for v in operands]
+        bias = arrays[2] if spec.bias else None
+        if spec.op == "matmul":
+            out = self._matmul(spec, arrays[0], arrays[1], bias)
+        else:
+            out = self._conv2d(spec, arrays[0], arrays[1], bias)
+        return to_caller_kind(out, operands[0].origin)
+
+    @staticmethod
+    def _matmul(spec: OpSpec, a, b, bias):
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        acc = gemm(a2, b2, spec.dtype)
+        if a.ndim == 1:
+            acc = acc[..., 0, :]
+        if b.ndim == 1:
+            acc = acc[..., 0]
+        return epilogue(acc, bias, spec.activation, spec.out_dtype).reshape(spec.out_shape)
+
+    @staticmethod
+    def _conv2d(spec: OpSpec, x, w, bias):
+        nchw = spec.param["layout"] == "NCHW"
+        x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
+        if spec.out_shape[0] == 0 or 0 in w.shape[:1]:
+            return np.zeros(spec.out_shape, DTYPES[spec.out_dtype])
+        acc = conv2d_nhwc(x_nhwc, w, spec)
+        out = epilogue(acc, bias, spec.activation, spec.out_dtype)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out

@@ -1,0 +1,214 @@
+"""CUDA backend: our kernels in csrc/cuda/, reached through lepton_accel._core.
+
+Host (NumPy) operands are copied to the device and the result copied back. Device
+operands that arrive by DLPack are used in place, and the kernels run on the caller's
+current stream (PyTorch's or CuPy's); the output is allocated by the caller's framework
+on the same device, so it comes back as the caller's kind of array.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+
+from .._native import IMPORT_ERROR, core, cuda_compiled
+from ..arrays import ArrayView, to_caller_kind
+from ..dtypes import DTYPES
+from ..perf import DEVICES, MODEL
+from ..spec import OpSpec
+
+_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int32": 4}
+_ACTIVATION_CODE = {None: 0, "relu": 1, "gelu": 2}
+
+
+@functools.lru_cache(maxsize=None)
+def _status() -> tuple[bool, str]:
+    if core is None:
+        return False, f"the native core is not built ({IMPORT_ERROR})"
+    if not cuda_compiled():
+        return False, "this build has no CUDA kernels (no CUDA compiler was found at build time)"
+    if core.cuda_device_count() == 0:
+        return False, core.cuda_runtime_status() or "no CUDA device present"
+    return True, ""
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(index: int = 0) -> str:
+    """The perf model's name for CUDA device ``index``."""
+    name = core.cuda_device_props(index)["name"]
+    for key, known in (("H100", "H100-SXM"), ("H200", "H100-SXM"), ("A100", "A100-40GB"),
+                       ("A10G", "A10G"), ("L4", "L4")):
+        if key in name:
+            return known
+    return "A100-40GB"
+
+
+class _DeviceBuffer:
+    """Device memory owned by this backend for the length of one call."""
+
+    def __init__(self, nbytes: int):
+        self.ptr = core.cuda_malloc(nbytes)
+
+    def free(self):
+        if self.ptr:
+            core.cuda_free(self.ptr)
+            self.ptr = 0
+
+
+def _empty_like_framework(origin, shape, dtype: str):
+    """Allocate the output with the caller's framework on the caller's device."""
+    fw = type(origin).__module__.split(".")[0]
+    if fw == "torch":
+        import torch
+
+        tdt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "int32": torch.int32}[dtype]
+        out = torch.empty(shape, dtype=tdt, device=origin.device)
+        return out, out.data_ptr()
+    if fw == "cupy":
+        import cupy
+
+        if dtype == "bfloat16":
+            raise TypeError("out_dtype: CuPy has no bfloat16 arrays; ask for out_dtype='float32'")
+        out = cupy.empty(shape, dtype=DTYPES[dtype])
+        return out, out.data.ptr
+    raise TypeError(f"a: device arrays from {fw} are not supported for output allocation; "
+                    "pass PyTorch or CuPy arrays, or NumPy arrays")
+
+
+def _batch_strides(view_shape, view_strides, batch_shape):
+    """Element strides of each broadcast batch dim (0 where the operand is broadcast)."""
+    nb = len(batch_shape)
+    own = len(view_shape) - 2
+    out = []
+    for i in range(nb):
+        j = i - (nb - own)
+        out.append(0 if j < 0 or view_shape[j] == 1 else view_strides[j])
+    return out
+
+
+def _collapse(batch_shape, per_operand):
+    """One stride per operand for all batch dims, or None when they do not collapse."""
+    result = []
+    for strides in per_operand:
+        s_last = strides[-1] if strides else 0
+        expected = s_last
+        for n, s in zip(reversed(batch_shape), reversed(strides)):
+            if n != 1 and s != expected:
+                return None
+            expected = s * n if s else 0
+        result.append(s_last if strides else 0)
+    return result
+
+
+class CudaBackend:
+    name = "cuda"
+
+    def available(self) -> tuple[bool, str]:
+        return _status()
+
+    def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
+        ok, why = self.available()
+        if not ok:
+            return False, why
+        if spec.op != "matmul":
+            return False, f"{spec.op} has no CUDA kernel in this build"
+        devices = {v.device for v in operands or () if not v.is_host}
+        if len(devices) > 1:
+            return False, f"operands are on different devices: {sorted(devices)}"
+        if devices and any(v.is_host for v in operands):
+            return False, "operands mix host and device memory"
+        if devices and spec.bias and operands[2].dtype != spec.out_dtype:
+            return False, f"bias on the device must have the output dtype {spec.out_dtype}"
+        return True, ""
+
+    def estimate(self, spec: OpSpec, operands=None) -> float:
+        on_host = not operands or operands[0].is_host
+        name = device_name(0) if self.available()[0] else "H100-SXM"
+        return MODEL.estimate(spec, DEVICES[name], data_on_host=on_host).total_s
+
+    def run(self, spec: OpSpec, operands: list[ArrayView]):
+        if spec.op != "matmul":
+            raise NotImplementedError(f"{spec.op} on cuda")
+        if operands[0].is_host:
+            return to_caller_kind(self._matmul_host(spec, operands), operands[0].origin)
+        return self._matmul_device(spec, operands)
+
+    # ---- host operands: copy in, run, copy out ---------------------------------------
+    def _matmul_host(self, spec: OpSpec, ops: list[ArrayView]) -> np.ndarray:
+        out = np.empty(spec.out_shape, DTYPES[spec.out_dtype])
+        if out.size == 0:
+            return out
+        hosts = [np.ascontiguousarray(v.host) for v in ops[:2]]
+        if spec.bias:
+            hosts.append(np.ascontiguousarray(ops[2].host.astype(DTYPES[spec.out_dtype])))
+        buffers = []
+        try:
+            ptrs = []
+            for h in hosts:
+                buf = _DeviceBuffer(h.nbytes)
+                buffers.append(buf)
+                core.cuda_copy_to_device(buf.ptr, h)
+                ptrs.append(buf.ptr)
+            c_buf = _DeviceBuffer(out.nbytes)
+            buffers.append(c_buf)
+            views = [(h.shape, tuple(s // h.itemsize for s in h.strides)) for h in hosts[:2]]
+            self._launch(spec, views, ptrs, c_buf.ptr, out.shape, 0)
+            core.cuda_copy_to_host(out, c_buf.ptr)
+        finally:
+            for buf in buffers:
+                buf.free()
+        return out
+
+    # ---- device operands: in place, on the caller's stream ---------------------------
+    def _matmul_device(self, spec: OpSpec, ops: list[ArrayView]):
+        out, c_ptr = _empty_like_framework(ops[0].origin, spec.out_shape, spec.out_dtype)
+        if int(np.prod(spec.out_shape)) == 0:
+            return out
+        stream = ops[0].stream or 0
+        ptrs = [v.ptr for v in ops[:2]] + ([ops[2].ptr] if spec.bias else [])
+        self._launch(spec, [(v.shape, v.strides) for v in ops[:2]], ptrs, c_ptr,
+                     spec.out_shape, stream)
+        return out
+
+    @staticmethod
+    def _launch(spec: OpSpec, views, ptrs, c_ptr: int, out_shape, stream: int) -> str:
+        (a_shape, a_str), (b_shape, b_str) = views
+        # NumPy's 1-D promotion: a vector a is a 1 x K row, a vector b a K x 1 column.
+        if len(a_shape) == 1:
+            a_shape, a_str = (1,) + tuple(a_shape), (0,) + tuple(a_str)
+        if len(b_shape) == 1:
+            b_shape, b_str = tuple(b_shape) + (1,), tuple(b_str) + (0,)
+        M, K = a_shape[-2:]
+        N = b_shape[-1]
+        batch_shape = tuple(np.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2])))
+        c_contig = [1]
+        c_shape = batch_shape + (M, N)
+        for n in reversed(c_shape[1:]):
+            c_contig.insert(0, c_contig[0] * n)
+        a_b = _batch_strides(a_shape, a_str, batch_shape)
+        b_b = _batch_strides(b_shape, b_str, batch_shape)
+        c_b = list(c_contig[:-2])
+        bias_ptr = ptrs[2] if spec.bias else 0
+        common = dict(M=M, N=N, K=K, in_dtype=_DTYPE_CODE[spec.dtype],
+                      out_dtype=_DTYPE_CODE[spec.out_dtype],
+                      activation=_ACTIVATION_CODE[spec.activation], stream=stream)
+        itemsize = {"a": DTYPES[spec.dtype].itemsize, "c": DTYPES[spec.out_dtype].itemsize}
+        collapsed = _collapse(batch_shape, [a_b, b_b, c_b]) if batch_shape else [0, 0, 0]
+        if collapsed is not None:
+            batch = int(np.prod(batch_shape)) if batch_shape else 1
+            return core.cuda_gemm(
+                ptrs[0], ptrs[1], c_ptr, bias_ptr, batch=batch,
+                a_strides=(collapsed[0], a_str[-2], a_str[-1]),
+                b_strides=(collapsed[1], b_str[-2], b_str[-1]),
+                c_strides=(collapsed[2], N, 1), **common)
+        name = ""
+        for idx in itertools.product(*(range(n) for n in batch_shape)):  # uncollapsible batch
+            off = [sum(i * s for i, s in zip(idx, st)) for st in (a_b, b_b, c_b)]
+            name = core.cuda_gemm(
+                ptrs[0] + off[0] * itemsize["a"], ptrs[1] + off[1] * itemsize["a"],
+                c_ptr + off[2] * itemsize["c"], bias_ptr, batch=1,
+                a_strides=(0, a_str[-2], a_str[-1]), b_strides=(0, b_str[-2], b_str[-1]),
+                c_strides=(0, N, 1), **common)
+        return name
