@@ -1,0 +1,203 @@
+"""Matmul core: the systolic array with its tile sequencer, on amaranth streams."""
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import regmap
+from .pe import Control
+from .systolic import SystolicArray
+
+__all__ = ["MatmulCore", "beat_layout"]
+
+
+def beat_layout(width: int) -> data.StructLayout:
+    """Payload of every core stream: a packed beat and its packet boundary."""
+    return data.StructLayout({"data": width, "last": 1})
+
+
+class MatmulCore(wiring.Component):
+    """C = A @ B (+ bias) for one job of M x K by K x N, tile by tile.
+
+    Ports follow :mod:`.regmap` (stream formats and tile order). ``start`` begins a job
+    with ``m``, ``n``, ``k``, ``bias_en``; it is ignored while ``busy`` (``err_start_busy``)
+    or with a zero dimension (``err_dim``). Error outputs are one-cycle strobes.
+
+    Flow: an a/b beat pair is accepted when both are valid; it enters the array one
+    cycle later. A tile's last pair is held back until the previous tile has left the
+    drain registers, which is the only way output backpressure reaches the inputs.
+    """
+
+    def __init__(self, rows: int, cols: int, dtype: str = "int8"):
+        widths = regmap.stream_widths(rows, cols, dtype)
+        self.rows, self.cols, self.dtype = rows, cols, dtype
+        self.in_width = regmap.DTYPES[dtype]
+        self.acc_width = regmap.ACC_WIDTH
+        dim = regmap.DIM_BITS
+        super().__init__({
+            "a": In(stream.Signature(beat_layout(widths["a"]))),
+            "b": In(stream.Signature(beat_layout(widths["b"]))),
+            "bias": In(stream.Signature(beat_layout(widths["bias"]))),
+            "c": Out(stream.Signature(beat_layout(widths["c"]))),
+            "start": In(1),
+            "m": In(dim), "n": In(dim), "k": In(dim),
+            "bias_en": In(1),
+            "busy": Out(1),
+            "done": Out(1),  # strobe: the job's last output beat was accepted
+            "cycles": Out(64),
+            "tiles_done": Out(32),
+            "stall_in": Out(32),
+            "stall_out": Out(32),
+            "err_start_busy": Out(1),
+            "err_dim": Out(1),
+            "err_a_last": Out(1),
+            "err_b_last": Out(1),
+            "err_bias_last": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C, aw = self.rows, self.cols, self.acc_width
+        dim = regmap.DIM_BITS
+
+        m.submodules.array = array = SystolicArray(R, C, self.in_width, aw)
+
+        # Job parameters, latched at start.
+        m_r, n_r, k_r = Signal(dim), Signal(dim), Signal(dim)
+        bias_en = Signal()
+
+        # Feed side: position of the tile being streamed in.
+        feeding = Signal()
+        kc = Signal(dim)
+        row0 = Signal(dim + 1)
+        col0 = Signal(dim + 1)
+
+        # Drain side: the tile whose sums are in (or moving into) the drain registers.
+        fill = Signal(range(R + C + 1))
+        draining = Signal()
+        d_rows = Signal(range(R + 1))   # beats this tile sends
+        d_col0 = Signal(dim + 1)
+        d_final = Signal()              # last tile of the job
+        d_row = Signal(range(R))
+        bias_full = Signal()
+        bias_reg = Signal(C * aw)
+        drain_free = Signal()
+        m.d.comb += drain_free.eq((fill == 0) & ~draining)
+
+        start_ok = Signal()
+        m.d.comb += [
+            start_ok.eq(self.start & ~self.busy
+                        & (self.m != 0) & (self.n != 0) & (self.k != 0)),
+            self.err_start_busy.eq(self.start & self.busy),
+            self.err_dim.eq(self.start & ~self.busy
+                            & ((self.m == 0) | (self.n == 0) | (self.k == 0))),
+        ]
+
+        # --- feed ---------------------------------------------------------------
+        is_last = Signal()
+        both = Signal()
+        fire = Signal()
+        m.d.comb += [
+            is_last.eq(kc == k_r - 1),
+            both.eq(self.a.valid & self.b.valid),
+            fire.eq(feeding & both & (~is_last | drain_free)),
+            self.a.ready.eq(feeding & self.b.valid & (~is_last | drain_free)),
+            self.b.ready.eq(feeding & self.a.valid & (~is_last | drain_free)),
+            self.err_a_last.eq(fire & (self.a.payload.last != is_last)),
+            self.err_b_last.eq(fire & (self.b.payload.last != is_last)),
+        ]
+
+        # Registered injection keeps the array off the input ports' timing paths.
+        ctl = Signal(Control)
+        m.d.sync += [
+            array.a.eq(self.a.payload.data),
+            array.b.eq(self.b.payload.data),
+            ctl.valid.eq(fire),
+            ctl.first.eq(kc == 0),
+            ctl.last.eq(is_last),
+        ]
+        m.d.comb += array.ctl.eq(ctl)
+
+        tile_rows = Signal(range(R + 1))
+        rows_left = Signal(dim + 1)
+        m.d.comb += [
+            rows_left.eq(m_r - row0),
+            tile_rows.eq(Mux(rows_left >= R, R, rows_left)),
+        ]
+        last_col = Signal()
+        last_row = Signal()
+        m.d.comb += [last_col.eq(col0 + C >= n_r), last_row.eq(row0 + R >= m_r)]
+
+        with m.If(fire):
+            with m.If(is_last):
+                m.d.sync += kc.eq(0)
+                with m.If(last_col):
+                    m.d.sync += col0.eq(0)
+                    m.d.sync += row0.eq(row0 + R)
+                    with m.If(last_row):
+                        m.d.sync += feeding.eq(0)
+                with m.Else():
+                    m.d.sync += col0.eq(col0 + C)
+                # Hand the tile to the drain side: its bottom-right sum is ready R + C cycles on.
+                m.d.sync += [
+                    fill.eq(R + C - 1),
+                    d_rows.eq(tile_rows),
+                    d_col0.eq(col0),
+                    d_final.eq(last_col & last_row),
+                ]
+            with m.Else():
+                m.d.sync += kc.eq(kc + 1)
+
+        with m.If(fill != 0):
+            m.d.sync += fill.eq(fill - 1)
+            with m.If(fill == 1):
+                m.d.sync += [draining.eq(1), d_row.eq(0)]
+
+        # --- drain --------------------------------------------------------------
+        m.d.comb += self.bias.ready.eq(draining & bias_en & ~bias_full)
+        with m.If(self.bias.valid & self.bias.ready):
+            m.d.sync += [bias_reg.eq(self.bias.payload.data), bias_full.eq(1)]
+        m.d.comb += self.err_bias_last.eq(self.bias.valid & self.bias.ready
+                                          & ~self.bias.payload.last)
+
+        lanes = []
+        for j in range(C):
+            s = array.out[j * aw:(j + 1) * aw]
+            bj = Mux(bias_en, bias_reg[j * aw:(j + 1) * aw], 0)
+            lanes.append(Mux(d_col0 + j < n_r, (s + bj)[:aw], 0))
+        out_last = Signal()
+        m.d.comb += [
+            out_last.eq(d_row == d_rows - 1),
+            self.c.valid.eq(draining & (~bias_en | bias_full)),
+            self.c.payload.data.eq(Cat(*lanes)),
+            self.c.payload.last.eq(out_last),
+        ]
+        c_fire = Signal()
+        m.d.comb += [c_fire.eq(self.c.valid & self.c.ready), array.shift.eq(c_fire)]
+        with m.If(c_fire):
+            m.d.sync += d_row.eq(d_row + 1)
+            with m.If(out_last):
+                m.d.sync += [draining.eq(0), bias_full.eq(0),
+                             self.tiles_done.eq(self.tiles_done + 1)]
+                with m.If(d_final):
+                    m.d.sync += self.busy.eq(0)
+                    m.d.comb += self.done.eq(1)
+
+        # --- counters -----------------------------------------------------------
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(feeding & ~both):
+                m.d.sync += self.stall_in.eq(self.stall_in + 1)
+            with m.If(feeding & both & is_last & ~drain_free):
+                m.d.sync += self.stall_out.eq(self.stall_out + 1)
+
+        # --- start --------------------------------------------------------------
+        with m.If(start_ok):
+            m.d.sync += [
+                m_r.eq(self.m), n_r.eq(self.n), k_r.eq(self.k), bias_en.eq(self.bias_en),
+                self.busy.eq(1), feeding.eq(1),
+                kc.eq(0), row0.eq(0), col0.eq(0),
+                self.cycles.eq(0), self.tiles_done.eq(0),
+                self.stall_in.eq(0), self.stall_out.eq(0),
+            ]
+        return m

@@ -1,0 +1,333 @@
+"""Register map, stream formats and host protocol of the matmul core.
+
+This module is the single description of the core's interface. The Amaranth design
+(``matmul.py``), the cocotb testbenches and the host driver all read it; nothing here
+imports Amaranth, so a host can use it after a plain install.
+
+Control is an AXI4-Lite target with 32-bit registers at the byte offsets in
+:data:`REGISTERS`. Data moves on four AXI4-Stream ports, described in :data:`STREAMS`.
+
+Host protocol (one job computes ``C = A @ B (+ bias)``; A is M x K, B is K x N):
+
+* Output tiles are R x C (R = rows, C = cols of the array) and are processed in
+  row-major tile order: ``for tm in range(ceil(M/R)): for tn in range(ceil(N/C))``.
+* For each tile the host sends K beats on ``a`` (beat k holds column k of the tile's
+  A block, lane i = ``A[tm*R + i, k]``) and K beats on ``b`` (beat k holds row k of the
+  B block, lane j = ``B[k, tn*C + j]``); ``tlast`` marks beat K-1 of every tile. Lanes
+  past M or N are ignored by the core; send zeros.
+* With ``CTRL.BIAS_EN`` the host sends one ``bias`` beat per tile (lane j =
+  ``bias[tn*C + j]``, ``tlast`` = 1).
+* The core returns ``min(R, M - tm*R)`` beats per tile on ``c`` (beat i holds row i of
+  the tile, lane j = ``C[tm*R + i, tn*C + j]``, lanes past N are zero); ``tlast`` marks
+  the last beat of every tile.
+* Accumulation is two's-complement modulo 2**32 (wrap, never saturate); the bias add
+  wraps the same way.
+
+Lanes are packed little-endian: lane 0 in the least significant bits of ``tdata``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import ceil
+
+import numpy as np
+
+__all__ = [
+    "CORE_ID", "VERSION", "VERSION_WORD", "ADDR_WIDTH", "DATA_WIDTH", "DIM_BITS",
+    "ACC_WIDTH", "DTYPES", "DTYPE_CODES", "Field", "Register", "REGISTERS", "REG",
+    "StreamFormat", "STREAMS", "stream_widths", "describe", "tile_order",
+    "pack_a", "pack_b", "pack_bias", "pack_job", "unpack_c", "reference", "expected_cycles",
+    "field_value", "field_mask",
+]
+
+#: Value of the ID register: ASCII "LMMC" (lepton matmul core).
+CORE_ID = 0x4C4D4D43
+#: Interface version (major, minor, patch); major changes break host drivers.
+VERSION = (1, 0, 0)
+VERSION_WORD = (VERSION[0] << 16) | (VERSION[1] << 8) | VERSION[2]
+
+#: Byte-address width of the AXI4-Lite window (64 registers).
+ADDR_WIDTH = 8
+#: AXI4-Lite data width.
+DATA_WIDTH = 32
+#: Width of the M, N, K registers; a job needs 1 <= M, N, K < 2**DIM_BITS.
+DIM_BITS = 16
+#: Accumulator and output lane width; arithmetic wraps modulo 2**ACC_WIDTH.
+ACC_WIDTH = 32
+
+#: Supported input dtypes and their lane widths in bits.
+DTYPES = {"int8": 8, "int16": 16}
+#: Encoding of the dtype in CONFIG.DTYPE.
+DTYPE_CODES = {"int8": 0, "int16": 1}
+
+#: Smallest and largest array side the design is verified for.
+MIN_SIDE = 2
+MAX_SIDE = 32
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    lsb: int
+    width: int
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: str  # "ro", "rw" or "w1c"
+    doc: str
+    fields: tuple[Field, ...] = field(default_factory=tuple)
+
+
+REGISTERS: tuple[Register, ...] = (
+    Register("ID", 0x00, "ro", "Core identifier, always CORE_ID."),
+    Register("VERSION", 0x04, "ro", "Interface version.", (
+        Field("PATCH", 0, 8), Field("MINOR", 8, 8), Field("MAJOR", 16, 8))),
+    Register("CONFIG", 0x08, "ro", "Build-time configuration.", (
+        Field("ROWS", 0, 8, "array rows R"),
+        Field("COLS", 8, 8, "array columns C"),
+        Field("DTYPE", 16, 4, "input dtype, see DTYPE_CODES"),
+        Field("ACC_WIDTH", 24, 8, "accumulator width in bits"))),
+    Register("CTRL", 0x0C, "rw", "Control. START reads as 0.", (
+        Field("START", 0, 1, "write 1 to start a job with the current M, N, K"),
+        Field("BIAS_EN", 1, 1, "consume one bias beat per tile and add it"))),
+    Register("STATUS", 0x10, "ro", "Status.", (
+        Field("BUSY", 0, 1, "a job is running"),
+        Field("DONE", 1, 1, "the last job finished; cleared by START"),
+        Field("ERROR", 2, 1, "some ERROR bit is set"))),
+    Register("ERROR", 0x14, "w1c", "Sticky error flags; write 1 to clear.", (
+        Field("START_BUSY", 0, 1, "START written while busy (ignored)"),
+        Field("BAD_DIM", 1, 1, "START with M, N or K equal to 0 (ignored)"),
+        Field("A_LAST", 2, 1, "tlast on a did not match beat K-1 of a tile"),
+        Field("B_LAST", 3, 1, "tlast on b did not match beat K-1 of a tile"),
+        Field("BIAS_LAST", 4, 1, "a bias beat arrived without tlast"))),
+    Register("M", 0x18, "rw", "Rows of A and C."),
+    Register("N", 0x1C, "rw", "Columns of B and C."),
+    Register("K", 0x20, "rw", "Columns of A, rows of B."),
+    Register("CYCLES_LO", 0x24, "ro",
+             "Cycles from START to the last output beat, low word; reading it latches "
+             "CYCLES_HI."),
+    Register("CYCLES_HI", 0x28, "ro", "High word latched by the last CYCLES_LO read."),
+    Register("TILES_DONE", 0x2C, "ro", "Output tiles completely sent in this job."),
+    Register("STALL_IN", 0x30, "ro",
+             "Busy cycles in which the core wanted an a/b beat and one was missing."),
+    Register("STALL_OUT", 0x34, "ro",
+             "Busy cycles in which a tile's last a/b beat waited for the previous tile "
+             "to drain (output backpressure or short K)."),
+)
+
+#: Registers by name.
+REG = {r.name: r for r in REGISTERS}
+
+
+def field_mask(reg: str, name: str) -> int:
+    f = next(f for f in REG[reg].fields if f.name == name)
+    return ((1 << f.width) - 1) << f.lsb
+
+
+def field_value(reg: str, name: str, word: int) -> int:
+    f = next(f for f in REG[reg].fields if f.name == name)
+    return (word >> f.lsb) & ((1 << f.width) - 1)
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    name: str
+    direction: str  # "in" (host to core) or "out"
+    lanes: str  # "rows" or "cols": how many lanes a beat has
+    lane_bits: str  # "dtype" or "acc"
+    doc: str
+
+
+STREAMS: tuple[StreamFormat, ...] = (
+    StreamFormat("a", "in", "rows", "dtype",
+                 "K beats per tile; lane i of beat k = A[tm*R+i, k]; tlast on beat K-1"),
+    StreamFormat("b", "in", "cols", "dtype",
+                 "K beats per tile; lane j of beat k = B[k, tn*C+j]; tlast on beat K-1"),
+    StreamFormat("bias", "in", "cols", "acc",
+                 "one beat per tile when CTRL.BIAS_EN; lane j = bias[tn*C+j]; tlast=1"),
+    StreamFormat("c", "out", "cols", "acc",
+                 "min(R, M-tm*R) beats per tile; lane j of beat i = C[tm*R+i, tn*C+j]; "
+                 "lanes past N are 0; tlast on the tile's last beat"),
+)
+
+#: Verilog port prefix of each stream.
+PORT_PREFIX = {"a": "s_axis_a", "b": "s_axis_b", "bias": "s_axis_bias", "c": "m_axis_c",
+               "ctrl": "s_axil"}
+
+
+def _check_config(rows: int, cols: int, dtype: str):
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    for name, v in (("rows", rows), ("cols", cols)):
+        if not (MIN_SIDE <= v <= MAX_SIDE):
+            raise ValueError(f"{name} must be in [{MIN_SIDE}, {MAX_SIDE}], not {v}")
+
+
+def stream_widths(rows: int, cols: int, dtype: str) -> dict[str, int]:
+    """tdata width in bits of each stream for a configuration."""
+    _check_config(rows, cols, dtype)
+    out = {}
+    for s in STREAMS:
+        lanes = rows if s.lanes == "rows" else cols
+        bits = DTYPES[dtype] if s.lane_bits == "dtype" else ACC_WIDTH
+        out[s.name] = lanes * bits
+    return out
+
+
+def config_word(rows: int, cols: int, dtype: str) -> int:
+    return rows | (cols << 8) | (DTYPE_CODES[dtype] << 16) | (ACC_WIDTH << 24)
+
+
+def describe(rows: int, cols: int, dtype: str) -> dict:
+    """JSON-ready description of a configuration and its register map."""
+    _check_config(rows, cols, dtype)
+    widths = stream_widths(rows, cols, dtype)
+    return {
+        "core": "matmul",
+        "id": CORE_ID,
+        "version": ".".join(map(str, VERSION)),
+        "config": {"rows": rows, "cols": cols, "dtype": dtype,
+                   "acc_width": ACC_WIDTH, "overflow": "wrap",
+                   "dataflow": "output-stationary", "dim_bits": DIM_BITS,
+                   "config_word": config_word(rows, cols, dtype)},
+        "clock": {"clock": "clk", "reset": "rst", "reset_polarity": "active-high",
+                  "reset_kind": "synchronous"},
+        "axi4_lite": {"prefix": PORT_PREFIX["ctrl"], "addr_width": ADDR_WIDTH,
+                      "data_width": DATA_WIDTH},
+        "registers": [
+            {"name": r.name, "offset": r.offset, "access": r.access, "doc": r.doc,
+             "fields": [{"name": f.name, "lsb": f.lsb, "width": f.width, "doc": f.doc}
+                        for f in r.fields]}
+            for r in REGISTERS
+        ],
+        "streams": [
+            {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,
+             "tdata_width": widths[s.name],
+             "lanes": rows if s.lanes == "rows" else cols,
+             "lane_bits": DTYPES[dtype] if s.lane_bits == "dtype" else ACC_WIDTH,
+             "lane_order": "little-endian, lane 0 in bits [lane_bits-1:0]",
+             "doc": s.doc}
+            for s in STREAMS
+        ],
+        "tile_order": "row-major over output tiles (tm outer, tn inner)",
+    }
+
+
+# --- host protocol -------------------------------------------------------------------
+
+def tile_order(m: int, n: int, rows: int, cols: int):
+    """Yield (row0, col0) of each output tile in the order the core processes them."""
+    for tm in range(ceil(m / rows)):
+        for tn in range(ceil(n / cols)):
+            yield tm * rows, tn * cols
+
+
+def _lane_dtype(dtype: str):
+    return {"int8": np.dtype("<i1"), "int16": np.dtype("<i2")}[dtype]
+
+
+def _check_int(x, dtype: str, what: str):
+    x = np.asarray(x)
+    info = np.iinfo(_lane_dtype(dtype))
+    if x.size and (x.min() < info.min or x.max() > info.max):
+        raise ValueError(f"{what} has values outside {dtype}")
+    return x
+
+
+def pack_a(a, n: int, *, rows: int, cols: int, dtype: str) -> list[bytes]:
+    """Frames (one per output tile) for the ``a`` stream."""
+    a = _check_int(a, dtype, "a")
+    m, k = a.shape
+    frames = []
+    for r0, _ in tile_order(m, n, rows, cols):
+        blk = np.zeros((k, rows), dtype=_lane_dtype(dtype))
+        blk[:, : min(rows, m - r0)] = a[r0:r0 + rows, :].T
+        frames.append(blk.tobytes())
+    return frames
+
+
+def pack_b(b, m: int, *, rows: int, cols: int, dtype: str) -> list[bytes]:
+    """Frames (one per output tile) for the ``b`` stream."""
+    b = _check_int(b, dtype, "b")
+    k, n = b.shape
+    frames = []
+    for _, c0 in tile_order(m, n, rows, cols):
+        blk = np.zeros((k, cols), dtype=_lane_dtype(dtype))
+        blk[:, : min(cols, n - c0)] = b[:, c0:c0 + cols]
+        frames.append(blk.tobytes())
+    return frames
+
+
+def pack_bias(bias, m: int, *, rows: int, cols: int) -> list[bytes]:
+    """Frames (one beat each, one per output tile) for the ``bias`` stream."""
+    bias = np.asarray(bias).astype(np.int64)
+    n = bias.shape[0]
+    frames = []
+    for _, c0 in tile_order(m, n, rows, cols):
+        beat = np.zeros(cols, dtype="<i4")
+        beat[: min(cols, n - c0)] = bias[c0:c0 + cols].astype("<i4")
+        frames.append(beat.tobytes())
+    return frames
+
+
+def unpack_c(frames, m: int, n: int, *, rows: int, cols: int) -> np.ndarray:
+    """Assemble the ``c`` frames of one job into the M x N int32 result."""
+    out = np.zeros((m, n), dtype=np.int32)
+    tiles = list(tile_order(m, n, rows, cols))
+    if len(frames) != len(tiles):
+        raise ValueError(f"expected {len(tiles)} output tiles, got {len(frames)}")
+    for (r0, c0), data in zip(tiles, frames):
+        h = min(rows, m - r0)
+        blk = np.frombuffer(bytes(data), dtype="<i4")
+        if blk.size != h * cols:
+            raise ValueError(f"tile ({r0}, {c0}): expected {h * cols} lanes, got {blk.size}")
+        blk = blk.reshape(h, cols)
+        out[r0:r0 + h, c0:c0 + cols] = blk[:, : min(cols, n - c0)]
+    return out
+
+
+def pack_job(a, b, bias=None, *, rows: int, cols: int, dtype: str) -> dict[str, list[bytes]]:
+    """All input frames of one job, by stream name."""
+    m, n = np.shape(a)[0], np.shape(b)[1]
+    if np.shape(a)[1] != np.shape(b)[0]:
+        raise ValueError(f"inner dimensions differ: a is {np.shape(a)}, b is {np.shape(b)}")
+    frames = {"a": pack_a(a, n, rows=rows, cols=cols, dtype=dtype),
+              "b": pack_b(b, m, rows=rows, cols=cols, dtype=dtype)}
+    if bias is not None:
+        if np.shape(bias) != (n,):
+            raise ValueError(f"bias must have shape ({n},), not {np.shape(bias)}")
+        frames["bias"] = pack_bias(bias, m, rows=rows, cols=cols)
+    return frames
+
+
+def reference(a, b, bias=None) -> np.ndarray:
+    """Bit-exact model of the core: int64 products and sums, wrapped to int32."""
+    acc = np.asarray(a).astype(np.int64) @ np.asarray(b).astype(np.int64)
+    if bias is not None:
+        acc = acc + np.asarray(bias).astype(np.int64)[None, :]
+    return (acc & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+def expected_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
+    """CYCLES of a job streamed at full rate with the output always ready.
+
+    Cycle 1 is the first busy cycle; a tile's K a/b beat pairs are accepted one per
+    cycle, except that its last pair waits until the drain registers are free. The
+    last pair accepted at cycle t leaves the bottom-right sum ready at t + R + C, and
+    the tile's h = min(R, M - row0) output beats go out at t + R + C ... t + R + C + h - 1,
+    after which the drain registers are free. The job ends with the last tile's last
+    output beat.
+    """
+    fill = rows + cols
+    t = 0  # cycle at which the previous tile's last pair was accepted
+    free_at = 0  # first cycle at which the drain registers are free again
+    for r0, _ in tile_order(m, n, rows, cols):
+        h = min(rows, m - r0)
+        t = max(t + k, free_at)
+        free_at = t + fill + h
+    return free_at - 1
