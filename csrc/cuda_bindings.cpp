@@ -37,6 +37,8 @@ void register_cuda(py::module_& m) {
   m.def("cuda_memset", &fill_device, py::arg("ptr"), py::arg("byte"), py::arg("nbytes"),
         py::arg("stream") = 0);
   m.def("cuda_stream_synchronize", &stream_synchronize, py::arg("stream") = 0);
+  m.def("cuda_stream_create", &stream_create, "A new non-blocking stream (a handle as int).");
+  m.def("cuda_stream_destroy", &stream_destroy, py::arg("stream"));
   // Host buffers come in as Python buffers (NumPy arrays), contiguous.
   m.def(
       "cuda_copy_to_device",
@@ -62,7 +64,7 @@ void register_cuda(py::module_& m) {
          std::tuple<std::int64_t, std::int64_t, std::int64_t> sa,
          std::tuple<std::int64_t, std::int64_t, std::int64_t> sb,
          std::tuple<std::int64_t, std::int64_t, std::int64_t> sc, int in_dtype, int out_dtype,
-         int activation, bool allow_tf32, std::uintptr_t stream) {
+         int activation, bool allow_tf32, std::uintptr_t stream, const std::string& kernel) {
         GemmArgs g;
         g.a = a; g.b = b; g.c = c; g.bias = bias;
         g.batch = batch; g.M = M; g.N = N; g.K = K;
@@ -74,12 +76,21 @@ void register_cuda(py::module_& m) {
         g.activation = static_cast<Activation>(activation);
         g.allow_tf32 = allow_tf32;
         g.stream = stream;
+        if (kernel == "auto") g.kernel = GemmKernel::auto_;
+        else if (kernel == "generic") g.kernel = GemmKernel::generic;
+        else if (kernel == "simt") g.kernel = GemmKernel::simt;
+        else if (kernel == "mma") g.kernel = GemmKernel::mma;
+        else if (kernel == "wgmma") g.kernel = GemmKernel::wgmma;
+        else throw py::value_error("kernel must be auto, generic, simt, mma or wgmma");
         py::gil_scoped_release nogil;
         return gemm(g);
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("bias"), py::arg("batch"), py::arg("M"),
       py::arg("N"), py::arg("K"), py::arg("a_strides"), py::arg("b_strides"),
       py::arg("c_strides"), py::arg("in_dtype"), py::arg("out_dtype"), py::arg("activation"),
-      py::arg("allow_tf32") = false, py::arg("stream") = 0,
-      "C[b] = act(A[b] @ B[b] + bias); strides (batch, row, col) in elements. Returns the kernel name.");
+      py::arg("allow_tf32") = false, py::arg("stream") = 0, py::kw_only(),
+      py::arg("kernel") = "auto",
+      "C[b] = act(A[b] @ B[b] + bias); strides (batch, row, col) in elements. Returns the kernel name.\n"
+      "kernel: 'auto' (or LEPTON_ACCEL_GEMM_KERNEL from the environment), 'generic', 'simt',\n"
+      "'mma' or 'wgmma'; a family that cannot run the problem falls back to the next one.");
 }

@@ -30,10 +30,17 @@ void copy_host_to_device(std::uintptr_t dst, const void* src, std::size_t bytes,
 void copy_device_to_host(void* dst, std::uintptr_t src, std::size_t bytes, std::uintptr_t stream);
 void fill_device(std::uintptr_t dst, int byte, std::size_t bytes, std::uintptr_t stream);
 void stream_synchronize(std::uintptr_t stream);
+std::uintptr_t stream_create();  // a non-blocking stream
+void stream_destroy(std::uintptr_t stream);
 
 // ---- matrix multiply (matmul_*.cu) --------------------------------------------
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, i32 = 4 };
 enum class Activation : int { none = 0, relu = 1, gelu_tanh = 2 };
+// Which kernel family to prefer. auto_ picks the fastest that can run the problem;
+// a named family is used when it can run the problem, else the chain falls back
+// (wgmma -> mma -> simt -> generic) and the returned name says what ran.
+// With auto_, the environment variable LEPTON_ACCEL_GEMM_KERNEL may name one.
+enum class GemmKernel : int { auto_ = 0, generic = 1, simt = 2, mma = 3, wgmma = 4 };
 
 // C[b] = act(A[b] @ B[b] + bias), element strides in elements (any sign-free
 // layout: row and column strides are independent, so transposes need no copy).
@@ -47,6 +54,7 @@ struct GemmArgs {
   Activation activation = Activation::none;
   bool allow_tf32 = false;
   std::uintptr_t stream = 0;
+  GemmKernel kernel = GemmKernel::auto_;
 };
 // Runs the best kernel for the device and arguments; returns the kernel's name.
 std::string gemm(const GemmArgs& args);

@@ -79,4 +79,14 @@ void stream_synchronize(std::uintptr_t s) {
   check_cuda(cudaStreamSynchronize(as_stream(s)), "cudaStreamSynchronize");
 }
 
+std::uintptr_t stream_create() {
+  cudaStream_t s = nullptr;
+  check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  return reinterpret_cast<std::uintptr_t>(s);
+}
+
+void stream_destroy(std::uintptr_t s) {
+  if (s) check_cuda(cudaStreamDestroy(as_stream(s)), "cudaStreamDestroy");
+}
+
 }  // namespace lepton

@@ -1,0 +1,19 @@
+// Host entry points of the matmul kernel families, for the dispatcher. Each
+// returns the name of the kernel it launched; preconditions are the dispatcher's job.
+#pragma once
+#include <string>
+#include "cuda/matmul_common.cuh"
+
+namespace lepton {
+
+// matmul_simt.cu: float32 in and out, any strides (vector loads where SimtParams says).
+enum class SimtLoad : int { scalar_mn_fast = 0, scalar_k_fast = 1, vec_k = 2, vec_mn = 3 };
+
+struct SimtParams {
+  GemmProblem p;
+  SimtLoad a_mode, b_mode;
+  bool c_vec;  // float4 stores: c_n == 1, rows and base 16-byte aligned, N % 4 == 0
+};
+std::string gemm_simt_f32(const SimtParams& sp);
+
+}  // namespace lepton

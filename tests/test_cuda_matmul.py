@@ -1,0 +1,399 @@
+"""CUDA matmul kernels through the low-level binding `_core.cuda_gemm`.
+
+Every case draws fresh random inputs, poisons the whole output buffer on the device,
+runs one kernel family (forced through the `kernel=` argument), and compares with a
+float64 (int64 for int8) NumPy reference: relative Frobenius error under 1e-5 for
+float32, 1e-3 for TF32, 1e-2 for float16/bfloat16, exact for int8. Elements of the
+output buffer outside the logical matrix must still hold the poison afterwards.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes is a package dependency
+    ml_dtypes = None
+
+try:
+    from lepton_accel import _core
+except ImportError as exc:  # pragma: no cover - extension not built
+    _core = None
+    _IMPORT_ERROR = str(exc)
+
+
+def _skip_reason() -> str | None:
+    if _core is None:
+        return f"lepton_accel._core is not importable ({_IMPORT_ERROR})"
+    if not _core.BUILD_INFO.get("cuda"):
+        return "lepton_accel._core was built without CUDA"
+    if _core.cuda_device_count() == 0:
+        return "no usable CUDA device: " + (_core.cuda_runtime_status() or "device count is 0")
+    return None
+
+
+SKIP_REASON = _skip_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
+
+F32, F16, BF16, I8, I32 = 0, 1, 2, 3, 4
+NP_DTYPE = {
+    F32: np.float32,
+    F16: np.float16,
+    BF16: ml_dtypes.bfloat16 if ml_dtypes else None,
+    I8: np.int8,
+    I32: np.int32,
+}
+NONE, RELU, GELU = 0, 1, 2
+
+# (name, in dtype, out dtype, tf32, tolerance); tolerance 0 means exact.
+DTYPES = [
+    ("f32", F32, F32, False, 1e-5),
+    ("tf32", F32, F32, True, 1e-3),
+    ("f16", F16, F16, False, 1e-2),
+    ("f16_f32", F16, F32, False, 1e-2),
+    ("bf16", BF16, BF16, False, 1e-2),
+    ("bf16_f32", BF16, F32, False, 1e-2),
+    ("i8", I8, I32, False, 0),
+]
+DTYPE_IDS = [d[0] for d in DTYPES]
+KERNELS = ["generic", "simt", "mma", "wgmma", "auto"]
+
+
+def compute_capability() -> tuple[int, int]:
+    return tuple(_core.cuda_device_props(0)["compute_capability"])
+
+
+# ---- operands with arbitrary layouts ---------------------------------------------
+
+class Operand:
+    """A (batch, rows, cols) matrix stored in a flat buffer at `offset` with element
+    strides (sb, sr, sc); `host` is the whole flat buffer, `value` the logical view."""
+
+    def __init__(self, host: np.ndarray, offset: int, strides: tuple[int, int, int], shape):
+        self.host, self.offset, self.strides, self.shape = host, offset, strides, shape
+
+    @property
+    def value(self) -> np.ndarray:
+        item = self.host.itemsize
+        return np.lib.stride_tricks.as_strided(
+            self.host[self.offset:], shape=self.shape,
+            strides=tuple(s * item for s in self.strides), writeable=False)
+
+    def view_mask(self) -> np.ndarray:
+        """True where the logical matrix lives in the flat buffer."""
+        mask = np.zeros(self.host.size, dtype=bool)
+        b, r, c = np.meshgrid(*(np.arange(n) for n in self.shape), indexing="ij")
+        sb, sr, sc = self.strides
+        mask[self.offset + b * sb + r * sr + c * sc] = True
+        return mask
+
+
+def _round16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def layout_strides(layout: str, batch: int, rows: int, cols: int):
+    """(offset, (batch, row, col) strides) in elements for a named layout."""
+    if layout == "row":
+        return 0, (rows * cols, cols, 1)
+    if layout == "col":
+        return 0, (rows * cols, 1, rows)
+    if layout == "ld":  # row-major, leading dimension padded to a multiple of 16
+        ld = _round16(cols) + 16
+        return 0, (rows * ld + 32, ld, 1)
+    if layout == "col_ld":
+        ld = _round16(rows) + 16
+        return 0, (cols * ld + 32, 1, ld)
+    if layout == "strided":  # no unit stride at all
+        return 0, (rows * (2 * cols + 3) + 5, 2 * cols + 3, 2)
+    if layout == "offset":  # row-major from a base one element past an aligned address
+        return 1, (rows * cols, cols, 1)
+    if layout == "bcast":  # one matrix shared by every batch entry
+        return 0, (0, cols, 1)
+    raise ValueError(layout)
+
+
+def make_operand(rng, dtype: int, batch: int, rows: int, cols: int, layout: str) -> Operand:
+    offset, strides = layout_strides(layout, batch, rows, cols)
+    extent = offset + 1 + sum((n - 1) * s for n, s in zip((batch, rows, cols), strides) if n > 0)
+    size = max(extent, 1) + 3
+    npdt = NP_DTYPE[dtype]
+    if dtype == I8:
+        host = rng.integers(-128, 128, size=size, dtype=np.int64).astype(np.int8)
+    else:
+        host = rng.uniform(-1.0, 1.0, size=size).astype(npdt)
+    return Operand(host, offset, strides, (batch, rows, cols))
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+class DeviceBuffers:
+    """Device allocations freed on exit."""
+
+    def __init__(self):
+        self.ptrs = []
+
+    def upload(self, host: np.ndarray) -> int:
+        ptr = _core.cuda_malloc(host.nbytes)
+        self.ptrs.append(ptr)
+        _core.cuda_copy_to_device(ptr, np.ascontiguousarray(host).view(np.uint8))
+        return ptr
+
+    def alloc(self, nbytes: int) -> int:
+        ptr = _core.cuda_malloc(nbytes)
+        self.ptrs.append(ptr)
+        return ptr
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.ptrs:
+            _core.cuda_free(p)
+
+
+def run_case(rng, *, M, N, K, in_dtype, out_dtype, tf32=False, batch=1, a_layout="row",
+             b_layout="row", c_layout="row", bias=False, activation=NONE, kernel="auto",
+             stream=0):
+    """Runs one GEMM on the device; returns (kernel name, error, outside-view intact)."""
+    a = make_operand(rng, in_dtype, batch, M, K, a_layout)
+    b = make_operand(rng, in_dtype, batch, K, N, b_layout)
+    out_np = NP_DTYPE[out_dtype]
+    c_off, c_strides = layout_strides(c_layout, batch, M, N)
+    c_size = c_off + 1 + sum((n - 1) * s for n, s in zip((batch, M, N), c_strides)) + 3
+    c = Operand(np.zeros(c_size, dtype=out_np), c_off, c_strides, (batch, M, N))
+    bias_host = None
+    if bias:
+        if out_dtype == I32:
+            bias_host = rng.integers(-1000, 1000, size=N).astype(np.int32)
+        else:
+            bias_host = rng.uniform(-1.0, 1.0, size=N).astype(out_np)
+
+    poison = 0x7F if out_dtype == I32 else 0xFF  # int32 0x7F7F7F7F; NaN for floats
+    item = np.dtype(NP_DTYPE[in_dtype]).itemsize
+    with DeviceBuffers() as bufs:
+        pa = bufs.upload(a.host)
+        pb = bufs.upload(b.host)
+        pbias = bufs.upload(bias_host) if bias else 0
+        pc = bufs.alloc(c.host.nbytes)
+        _core.cuda_memset(pc, poison, c.host.nbytes, stream)
+        name = _core.cuda_gemm(
+            pa + a.offset * item, pb + b.offset * item, pc + c.offset * c.host.itemsize, pbias,
+            batch, M, N, K, a.strides, b.strides, c.strides, in_dtype, out_dtype, activation,
+            tf32, stream, kernel=kernel)
+        _core.cuda_stream_synchronize(stream)
+        _core.cuda_copy_to_host(c.host.view(np.uint8), pc, stream)
+
+    if in_dtype == I8:
+        ref = np.matmul(a.value.astype(np.int64), b.value.astype(np.int64))
+        if bias:
+            ref = ref + bias_host.astype(np.int64)
+        if activation == RELU:
+            ref = np.maximum(ref, 0)
+        got = c.value.astype(np.int64)
+        err = float(np.abs(got - ref).max()) if ref.size else 0.0
+    else:
+        ref = np.matmul(a.value.astype(np.float64), b.value.astype(np.float64))
+        if bias:
+            ref = ref + bias_host.astype(np.float64)
+        if activation == RELU:
+            ref = np.maximum(ref, 0.0)
+        elif activation == GELU:
+            ref = _gelu(ref)
+        got = c.value.astype(np.float64)
+        if not np.all(np.isfinite(got)):
+            err = math.inf
+        else:
+            denom = np.linalg.norm(ref)
+            err = float(np.linalg.norm(got - ref) / (denom if denom > 0 else 1.0))
+
+    outside = ~c.view_mask()
+    raw = c.host.view(np.uint8).reshape(-1, c.host.itemsize)[outside]
+    intact = bool(np.all(raw == poison))
+    return name, err, intact
+
+
+# ---- which family must run ---------------------------------------------------------
+
+def _vec_ok(op_offset_bytes, strides, shape, unit_axis, item):
+    """Mirror of the dispatcher's rule for 16-byte vector loads along `unit_axis`."""
+    vec = 16 // item
+    batch = shape[0]
+    if strides[unit_axis] != 1 or op_offset_bytes % 16:
+        return False
+    others = [s for i, s in enumerate(strides) if i != unit_axis and not (i == 0 and batch == 1)]
+    return all(s % vec == 0 for s in others)
+
+
+def expected_family(kernel, in_dtype, tf32, cc, a_layout, b_layout, batch, M, N, K):
+    """The family a forced kernel must report for these operands (None: not asserted)."""
+    if kernel == "generic":
+        return "gemm_generic"
+    if kernel == "auto":
+        return None
+    item = np.dtype(NP_DTYPE[in_dtype]).itemsize
+
+    def eligible(layout, rows, cols, k_axis):
+        off, strides = layout_strides(layout, batch, rows, cols)
+        mn_axis = 1 if k_axis == 2 else 2
+        return (_vec_ok(off * item, strides, (batch, rows, cols), k_axis, item)
+                or _vec_ok(off * item, strides, (batch, rows, cols), mn_axis, item))
+
+    def k_major(layout, rows, cols, k_axis):
+        off, strides = layout_strides(layout, batch, rows, cols)
+        return _vec_ok(off * item, strides, (batch, rows, cols), k_axis, item)
+
+    mma_ok = cc >= (8, 0) and eligible(a_layout, M, K, 2) and eligible(b_layout, K, N, 1)
+    wgmma_ok = (cc == (9, 0) and in_dtype in (F16, BF16) and k_major(a_layout, M, K, 2)
+                and k_major(b_layout, K, N, 1))
+    if in_dtype == F32 and not tf32:
+        return "simt"
+    if in_dtype == F32:  # tf32 allowed
+        if kernel == "simt" or not mma_ok:
+            return "simt"
+        return "mma"
+    if kernel == "simt":
+        return "gemm_generic"
+    if kernel == "wgmma" and wgmma_ok:
+        return "wgmma"
+    return "mma" if mma_ok else "gemm_generic"
+
+
+def check(rng, tol, kernel, cc, **kw):
+    name, err, intact = run_case(rng, kernel=kernel, **kw)
+    fam = expected_family(kernel, kw["in_dtype"], kw.get("tf32", False), cc,
+                          kw.get("a_layout", "row"), kw.get("b_layout", "row"),
+                          kw.get("batch", 1), kw["M"], kw["N"], kw["K"])
+    if fam is not None:
+        assert name.startswith(fam), f"expected a {fam} kernel, {name} ran"
+    assert intact, f"{name} wrote outside the output matrix"
+    if tol == 0:
+        assert err == 0, f"{name}: int8 result differs by up to {err}"
+    else:
+        assert err < tol, f"{name}: relative Frobenius error {err:.3g} >= {tol:g}"
+    return name
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()  # fresh inputs every run
+
+
+@pytest.fixture(scope="module")
+def cc():
+    return compute_capability()
+
+
+# ---- the cases ----------------------------------------------------------------------
+
+SHAPES = [
+    (1, 1, 1), (1, 7, 13), (17, 1, 5), (3, 5, 0), (31, 37, 41), (64, 64, 64),
+    (127, 129, 65), (128, 256, 128), (257, 255, 259), (97, 300, 1000), (200, 136, 72),
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("b_layout", ["row", "col"])
+def test_shapes(rng, cc, kernel, dt, shape, b_layout):
+    _, ind, outd, tf32, tol = dt
+    M, N, K = shape
+    check(rng, tol, kernel, cc, M=M, N=N, K=K, in_dtype=ind, out_dtype=outd, tf32=tf32,
+          b_layout=b_layout)
+
+
+LAYOUTS = ["row", "col", "ld", "col_ld", "strided", "offset"]
+
+
+@pytest.mark.parametrize("kernel", ["simt", "mma", "wgmma"])
+@pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("a_layout", LAYOUTS)
+@pytest.mark.parametrize("b_layout", LAYOUTS)
+def test_layouts(rng, cc, kernel, dt, a_layout, b_layout):
+    _, ind, outd, tf32, tol = dt
+    check(rng, tol, kernel, cc, M=133, N=80, K=96, in_dtype=ind, out_dtype=outd, tf32=tf32,
+          a_layout=a_layout, b_layout=b_layout)
+
+
+@pytest.mark.parametrize("kernel", ["simt", "mma", "wgmma"])
+@pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("c_layout", ["row", "col", "ld"])
+@pytest.mark.parametrize("act", [NONE, RELU, GELU], ids=["none", "relu", "gelu"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_epilogue(rng, cc, kernel, dt, c_layout, act, bias):
+    _, ind, outd, tf32, tol = dt
+    if ind == I8 and act == GELU:
+        pytest.skip("GELU is not offered for int8")
+    check(rng, tol, kernel, cc, M=150, N=264, K=144, in_dtype=ind, out_dtype=outd, tf32=tf32,
+          b_layout="col", c_layout=c_layout, bias=bias, activation=act)
+
+
+@pytest.mark.parametrize("kernel", ["simt", "mma", "wgmma"])
+@pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layouts", [("row", "row"), ("row", "col"), ("col", "bcast"),
+                                     ("ld", "col_ld"), ("offset", "row")])
+def test_batched(rng, cc, kernel, dt, layouts):
+    _, ind, outd, tf32, tol = dt
+    check(rng, tol, kernel, cc, M=96, N=80, K=200, batch=3, in_dtype=ind, out_dtype=outd,
+          tf32=tf32, a_layout=layouts[0], b_layout=layouts[1], bias=True, activation=RELU)
+
+
+@pytest.mark.parametrize("kernel", ["mma", "wgmma"])
+@pytest.mark.parametrize("dt", [d for d in DTYPES if d[0] in ("bf16", "f16", "i8")],
+                         ids=lambda d: d[0])
+def test_large_tiles(rng, cc, kernel, dt):
+    """Several k-tiles, many blocks and partial edge tiles in both dimensions."""
+    _, ind, outd, tf32, tol = dt
+    check(rng, tol, kernel, cc, M=1000, N=1030, K=1512, in_dtype=ind, out_dtype=outd,
+          a_layout="row", b_layout="col")
+    check(rng, tol, kernel, cc, M=515, N=777, K=2056, in_dtype=ind, out_dtype=outd,
+          a_layout="row", b_layout="row")
+
+
+def test_on_a_stream(rng):
+    """Work is ordered on the stream given: memset, gemm and copy all on one stream."""
+    stream = _core.cuda_stream_create()
+    try:
+        for dt in DTYPES:
+            _, ind, outd, tf32, tol = dt
+            name, err, intact = run_case(rng, M=300, N=200, K=160, in_dtype=ind, out_dtype=outd,
+                                         tf32=tf32, b_layout="col", stream=stream)
+            assert intact and (err == 0 if tol == 0 else err < tol), (name, err)
+    finally:
+        _core.cuda_stream_destroy(stream)
+
+
+def test_env_var_selects_the_kernel(rng, monkeypatch):
+    monkeypatch.setenv("LEPTON_ACCEL_GEMM_KERNEL", "generic")
+    name, err, _ = run_case(rng, M=40, N=50, K=60, in_dtype=F32, out_dtype=F32)
+    assert name == "gemm_generic" and err < 1e-5
+    monkeypatch.setenv("LEPTON_ACCEL_GEMM_KERNEL", "simt")
+    name, err, _ = run_case(rng, M=40, N=50, K=60, in_dtype=F32, out_dtype=F32)
+    assert name.startswith("simt") and err < 1e-5
+    monkeypatch.setenv("LEPTON_ACCEL_GEMM_KERNEL", "fastest")
+    with pytest.raises(_core.CudaError, match="LEPTON_ACCEL_GEMM_KERNEL"):
+        run_case(rng, M=4, N=4, K=4, in_dtype=F32, out_dtype=F32)
+
+
+def test_bad_dtype_pair_raises(rng):
+    with pytest.raises(_core.CudaError, match="dtype"):
+        run_case(rng, M=4, N=4, K=4, in_dtype=F32, out_dtype=F16)
+
+
+def test_launch_error_names_the_kernel():
+    """A grid the device refuses becomes a CudaError naming the kernel and the error."""
+    M = 70000 * 32  # generic kernel: grid.y = M / 32 > 65535
+    with DeviceBuffers() as bufs:
+        pa = bufs.alloc(M * 4)
+        pb = bufs.alloc(4)
+        pc = bufs.alloc(M * 4)
+        with pytest.raises(_core.CudaError, match=r"gemm_generic_kernel: cuda\w+"):
+            _core.cuda_gemm(pa, pb, pc, 0, 1, M, 1, 1, (0, 1, 1), (0, 1, 1), (0, 1, 1),
+                            F32, F32, NONE, False, 0, kernel="generic")
