@@ -1,0 +1,102 @@
+"""conv2d against a direct float64 / exact-integer reference, on every available backend."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lepton_accel as la
+from lepton_accel.reference import TOLERANCE, conv2d_ref, relative_error
+
+from conftest import random_operand
+
+BACKENDS = [b["name"] for b in la.backends() if b["available"]]
+
+
+def check(out, ref, dtype):
+    out = np.asarray(out)
+    assert out.shape == ref.shape
+    if dtype == "int8":
+        np.testing.assert_array_equal(out, ref)
+    else:
+        err = relative_error(out.astype(np.float64), ref)
+        assert err < TOLERANCE[dtype], f"relative error {err:.3g} for {dtype}"
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3, "depthwise"]))
+    cg = draw(st.integers(1, 5))
+    g = draw(st.integers(2, 6)) if groups == "depthwise" else groups
+    if groups == "depthwise":
+        cg = 1
+    c = cg * g
+    oc = g * draw(st.integers(1, 3))
+    kh, kw = draw(st.sampled_from([1, 2, 3, 5, 7])), draw(st.sampled_from([1, 3, 4]))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    ext_h, ext_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    padding = draw(st.one_of(
+        st.just("valid"),
+        st.just("same") if stride == (1, 1) else st.just(0),
+        st.tuples(st.integers(0, ext_h - 1), st.integers(0, ext_w - 1)),
+    ))
+    h = draw(st.integers(max(1, ext_h - 2 * (ext_h - 1)), 17))
+    w = draw(st.integers(max(1, ext_w - 2 * (ext_w - 1)), 17))
+    n = draw(st.integers(1, 3))
+    return dict(n=n, c=c, h=h, w=w, oc=oc, kh=kh, kw=kw, stride=stride, dilation=dilation,
+                padding=padding, groups=g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=80, deadline=None)
+@given(case=conv_cases(), dtype=st.sampled_from(["float32", "float16", "bfloat16", "int8"]),
+       layout=st.sampled_from(["NCHW", "NHWC"]), strided_x=st.booleans(),
+       use_bias=st.booleans(), activation=st.sampled_from([None, "relu", "gelu"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_conv2d_property(backend, case, dtype, layout, strided_x, use_bias, activation, seed):
+    rng = np.random.default_rng(seed)
+    if dtype == "int8" and activation == "gelu":
+        activation = "relu"
+    c = case
+    x_shape = (c["n"], c["c"], c["h"], c["w"]) if layout == "NCHW" else (c["n"], c["h"], c["w"], c["c"])
+    x = random_operand(rng, x_shape, dtype, "s" if strided_x else "c")
+    w = random_operand(rng, (c["oc"], c["c"] // c["groups"], c["kh"], c["kw"]), dtype)
+    bias = None
+    if use_bias:
+        bias = (rng.integers(-1000, 1000, c["oc"]).astype(np.int32) if dtype == "int8"
+                else rng.standard_normal(c["oc"]).astype(np.float32))
+    params = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
+                  groups=c["groups"], layout=layout, activation=activation)
+    try:
+        ref = conv2d_ref(x, w, bias, **params)
+    except ValueError as exc:  # the drawn case has an empty output: the API must say so too
+        with pytest.raises(ValueError, match=str(exc).split(":")[0]):
+            la.conv2d(x, w, bias=bias, backend=backend, **params)
+        return
+    out = la.conv2d(x, w, bias=bias, backend=backend, **params)
+    check(out, ref, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_resnet_like_layer(backend, layout, rng):
+    x = random_operand(rng, (2, 64, 14, 14) if layout == "NCHW" else (2, 14, 14, 64), "float32")
+    w = random_operand(rng, (32, 64, 3, 3), "float32")
+    bias = random_operand(rng, (32,), "float32")
+    out = la.conv2d(x, w, bias=bias, padding=1, layout=layout, activation="relu", backend=backend)
+    check(out, conv2d_ref(x, w, bias, padding=1, layout=layout, activation="relu"), "float32")
+
+
+def test_matches_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    x = random_operand(rng, (2, 6, 15, 12), "float32")
+    w = random_operand(rng, (9, 2, 3, 5), "float32")
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                                     stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=3)
+    out = la.conv2d(x, w, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=3)
+    assert relative_error(out, ref.numpy()) < 1e-5
+
+
+def test_zero_batch_gives_empty_result():
+    out = la.conv2d(np.ones((0, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32))
+    assert out.shape == (0, 4, 6, 6)
