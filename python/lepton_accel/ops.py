@@ -23,20 +23,20 @@ def choose_backend(spec: OpSpec, views: list[ArrayView] | None = None, backend: 
         if not ok:
             raise UnsupportedOperation(f"backend: {backend!r} does not support this {spec.op}: {why}")
         return be
-    best, reasons = None, []
+    candidates, reasons = [], []
     for be in _backends.REGISTRY.values():
         ok, why = be.available()
         if ok:
             ok, why = be.supports(spec, views)
-        if not ok:
+        if ok:
+            candidates.append(be)
+        else:
             reasons.append(f"{be.name}: {why}")
-            continue
-        cost = be.estimate(spec, views)
-        if best is None or cost < best[0]:
-            best = (cost, be)
-    if best is None:
+    if not candidates:
         raise UnsupportedOperation(f"no available backend runs this {spec.op}: " + "; ".join(reasons))
-    return best[1]
+    if len(candidates) == 1:  # nothing to weigh
+        return candidates[0]
+    return min(candidates, key=lambda be: be.estimate(spec, views))
 
 
 def _bias_view(bias):
