@@ -93,15 +93,18 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
     oc, cg, kh, kw = w.shape
     ocg = oc // g
     if (kh, kw) == (1, 1) and spec.param["stride"] == (1, 1) and spec.param["padding"] == ((0, 0), (0, 0)):
-        cols = x.reshape(n, x.shape[1], x.shape[2], g, cg)         # no copy for 1x1
+        cols = x.reshape(n, x.shape[1], x.shape[2], g, cg)          # no copy for 1x1
         oh, ow = x.shape[1], x.shape[2]
     else:
-        win = _im2col_nhwc(x, spec)                                  # (N, OH, OW, C, KH, KW)
+        # Taps outermost, channels innermost: the im2col copy then reads and writes runs
+        # of contiguous channels instead of gathering one element per kernel tap.
+        win = _im2col_nhwc(x, spec).transpose(0, 1, 2, 4, 5, 3)    # (N, OH, OW, KH, KW, C)
         oh, ow = win.shape[1], win.shape[2]
-        cols = win.reshape(n, oh, ow, g, cg * kh * kw)               # one copy: the im2col
+        cols = win.reshape(n, oh, ow, kh * kw, g, cg)
     p = n * oh * ow
-    cols = cols.reshape(p, g, cg * kh * kw).transpose(1, 0, 2)       # (G, P, Cg*KH*KW)
-    wg = w.reshape(g, ocg, cg * kh * kw).transpose(0, 2, 1)          # (G, Cg*KH*KW, OCg)
+    kk = kh * kw if cols.ndim == 6 else 1
+    cols = cols.reshape(p, kk, g, cg).transpose(2, 0, 1, 3).reshape(g, p, kk * cg)
+    wg = w.reshape(g, ocg, cg, kh * kw).transpose(0, 3, 2, 1).reshape(g, kk * cg, ocg)
     acc = gemm(cols, wg, spec.dtype)                                 # (G, P, OCg)
     return acc.transpose(1, 0, 2).reshape(n, oh, ow, oc)
 
