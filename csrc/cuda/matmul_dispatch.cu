@@ -101,6 +101,27 @@ std::string run_simt(const GemmProblem& p) {
   return gemm_simt_f32(sp);
 }
 
+// ---- mma.sync (sm_80+) ---------------------------------------------------------
+// Layout of one operand for the tensor-core paths: 16-byte chunks along K or along
+// M/N. Returns false when neither direction allows them.
+bool chunk_layout(const void* ptr, int64_t s_mn, int64_t s_k, int64_t s_batch, int64_t batch,
+                  std::size_t elem, bool& k_major) {
+  const int64_t vec = int64_t(16 / elem);
+  if (s_k == 1 && vec_ok(ptr, s_mn, s_batch, batch, vec, elem)) { k_major = true; return true; }
+  if (s_mn == 1 && vec_ok(ptr, s_k, s_batch, batch, vec, elem)) { k_major = false; return true; }
+  return false;
+}
+
+bool mma_dtype_ok(const GemmArgs& g) {
+  switch (g.in_dtype) {
+    case DType::f16: return g.out_dtype == DType::f16 || g.out_dtype == DType::f32;
+    case DType::bf16: return g.out_dtype == DType::bf16 || g.out_dtype == DType::f32;
+    case DType::f32: return g.out_dtype == DType::f32 && g.allow_tf32;
+    case DType::i8: return g.out_dtype == DType::i32;
+    default: return false;
+  }
+}
+
 // One launch's worth of batch (grid.y is limited to 65535).
 std::string gemm_chunk(const GemmArgs& g) {
   const GemmKernel want = requested_kernel(g.kernel);
@@ -110,7 +131,16 @@ std::string gemm_chunk(const GemmArgs& g) {
   if (p.c_n != 1 && p.c_m == 1) p = transposed(p);  // make C's unit stride run along N
 
   const bool f32_in = g.in_dtype == DType::f32 && g.out_dtype == DType::f32;
-  if (f32_in && (!g.allow_tf32 || want == GemmKernel::simt)) return run_simt(p);
+  if (want == GemmKernel::simt) return f32_in ? run_simt(p) : gemm_generic(g);
+
+  // Tensor cores: wgmma, then mma.sync.
+  if (mma_dtype_ok(g) && device_cc() >= 80) {
+    const std::size_t elem = dtype_size(g.in_dtype);
+    bool a_k = false, b_k = false;
+    if (chunk_layout(p.a, p.a_m, p.a_k, p.a_batch, p.batch, elem, a_k) &&
+        chunk_layout(p.b, p.b_n, p.b_k, p.b_batch, p.batch, elem, b_k))
+      return gemm_mma_sm80(p, g.in_dtype, a_k, b_k);
+  }
   if (f32_in) return run_simt(p);
   return gemm_generic(g);
 }

@@ -16,4 +16,9 @@ struct SimtParams {
 };
 std::string gemm_simt_f32(const SimtParams& sp);
 
+// matmul_mma_sm80.cu: mma.sync on sm_80+. `in` is f16, bf16, i8, or f32 (run as tf32).
+// Each operand has a unit stride along K (k_major) or along M/N, and 16-byte aligned
+// base, other stride and batch stride.
+std::string gemm_mma_sm80(const GemmProblem& p, DType in, bool a_k_major, bool b_k_major);
+
 }  // namespace lepton
