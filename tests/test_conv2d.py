@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import lepton_accel as la
 from lepton_accel.reference import TOLERANCE, conv2d_ref, relative_error
 
-from conftest import random_operand
+from operands import random_operand
 
 BACKENDS = [b["name"] for b in la.backends() if b["available"]]
 

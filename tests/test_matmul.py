@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import lepton_accel as la
 from lepton_accel.reference import TOLERANCE, matmul_ref, relative_error
 
-from conftest import random_operand
+from operands import random_operand
 
 SIZES = st.sampled_from([1, 2, 3, 7, 13, 16, 31, 32, 33, 64, 67, 97])
 BACKENDS = [b["name"] for b in la.backends() if b["available"]]
