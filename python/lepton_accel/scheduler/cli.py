@@ -1,0 +1,311 @@
+"""The scheduler's commands for ``lepton-accel`` (and ``python -m lepton_accel.scheduler.cli``).
+
+``add_commands(subparsers)`` adds: submit, run, serve, status, cancel, logs, explain and
+``cluster config``. Each sets ``func`` (``args.func(args)`` returns the exit status).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from .catalog import load_catalog
+from .jobs import JobError, load_jobs, shell_allowed
+from .store import FINISHED, JobStore, default_path
+
+
+def _store(args) -> JobStore:
+    return JobStore(args.store or default_path())
+
+
+def _common(p: argparse.ArgumentParser, store: bool = True, catalog: bool = False) -> None:
+    if store:
+        p.add_argument("--store", metavar="PATH",
+                       help=f"job store (SQLite); default $LEPTON_ACCEL_STORE or {default_path()}")
+    if catalog:
+        p.add_argument("--catalog", metavar="FILE",
+                       help="instance catalog overriding/extending the shipped one ($LEPTON_ACCEL_CATALOG)")
+
+
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-workers", type=int, default=max(2, min(4, os.cpu_count() or 2)),
+                   help="worker processes in all (default: 2..4 by CPU count)")
+    p.add_argument("--max-per-type", type=int, default=2, help="worker processes per instance type")
+    p.add_argument("--allow-shell", action="store_true", default=None,
+                   help="let 'shell' suites run their command (off unless asked)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (127.0.0.1 unless --metrics-addr)")
+    p.add_argument("--metrics-addr", default="127.0.0.1")
+    p.add_argument("-v", "--verbose", action="store_true", help="log placement and scaling decisions")
+
+
+def _load(path) -> list:
+    try:
+        return load_jobs(path)
+    except JobError as exc:
+        raise SystemExit(f"error: {path}: {exc}")
+
+
+# ---- submit ---------------------------------------------------------------------------------
+def cmd_submit(args) -> int:
+    jobs = _load(args.file)
+    store = _store(args)
+    ids = store.submit(jobs, batch=args.batch)
+    for jid, job in zip(ids, jobs):
+        print(f"queued {jid} {job.name}")
+    return 0
+
+
+# ---- run / serve ------------------------------------------------------------------------------
+def _make_executor(args, store):
+    from .elastic import ElasticPolicy
+    from .local import LocalExecutor
+    from .metrics import SchedulerMetrics
+
+    metrics = SchedulerMetrics()
+    if args.metrics_port is not None:
+        port = metrics.serve(args.metrics_port, addr=args.metrics_addr)
+        print(f"metrics on http://{args.metrics_addr}:{port}/metrics", file=sys.stderr)
+    log = (lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr)) if args.verbose else None
+    return LocalExecutor(store, load_catalog(args.catalog),
+                         elastic=ElasticPolicy(max_nodes=args.max_per_type), max_workers=args.max_workers,
+                         allow_shell=shell_allowed(args.allow_shell), metrics=metrics, log=log)
+
+
+def format_report(records, available: set[str] | None = None) -> str:
+    """The table `run` prints: where each job ran, estimated vs measured time, cost, verified."""
+    rows = [("job", "state", "instance type", "device", "ran here on", "est run s", "est total s",
+             "measured s", "est cost $", "verified")]
+    total = 0.0
+    simulated = False
+    from .catalog import load_catalog as _lc
+    cat = _lc()
+    for r in records:
+        t = cat.types.get(r.itype) if r.itype else None
+        dev = (t.accelerator or "cpu") if t else "-"
+        ran = "-"
+        if r.backend:
+            native = {"gpu": "cuda", "fpga": "fpga", "cpu": "cpu"}.get(t.kind if t else "cpu")
+            ran = r.backend if r.backend == native else f"{r.backend} (stand-in)"
+            simulated |= r.backend != native
+        ver = {True: "yes", False: "NO", None: "-"}[r.verified]
+        if r.result and r.result.get("rel_err") is not None and r.verified is not None:
+            ver += f" ({r.result['rel_err']:.1e})"
+        total += r.est_cost or 0.0
+        rows.append((r.name, r.state, r.itype or "-", dev, ran,
+                     _g(r.est_run_s), _g(r.est_total_s), _g(r.measured_s),
+                     "-" if r.est_cost is None else f"{r.est_cost:.3g}", ver))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    out.append(f"estimated cost of the batch: ${total:.4g}")
+    if simulated:
+        out.append("note: instance types are stood in for by local worker processes; a GPU or FPGA type "
+                   "whose backend is not available here ran on the backend shown ('stand-in'). Measured "
+                   "times are this machine's; estimated times are the perf model's for the placed device, "
+                   "including node start-up and FPGA image load.")
+    for r in records:
+        if r.error:
+            out.append(f"{r.name}: {r.error}")
+    return "\n".join(out)
+
+
+def _g(v) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def cmd_run(args) -> int:
+    jobs = _load(args.file)
+    store = _store(args)
+    batch = uuid.uuid4().hex[:8]
+    ids = store.submit(jobs, batch=batch)
+    print(f"submitted {len(ids)} jobs (batch {batch}) to {store.path}", file=sys.stderr)
+    ex = _make_executor(args, store)
+    try:
+        ex.run(batch=batch, until_idle=True, timeout=args.timeout)
+    finally:
+        ex.close()
+    records = store.jobs(ids=ids)
+    order = {jid: i for i, jid in enumerate(ids)}
+    records.sort(key=lambda r: order[r.id])
+    print(format_report(records))
+    ok = all(r.state == "done" and r.verified is not False for r in records)
+    return 0 if ok else 1
+
+
+def cmd_serve(args) -> int:
+    store = _store(args)
+    ex = _make_executor(args, store)
+    try:
+        ex.run(until_idle=args.until_idle)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ex.close()
+    counts = store.counts()
+    print("  ".join(f"{k}={v}" for k, v in counts.items() if v))
+    return 0
+
+
+# ---- status / cancel / logs -----------------------------------------------------------------------
+def cmd_status(args) -> int:
+    store = _store(args)
+    if args.job:
+        r = store.get(args.job)
+        print(json.dumps({k: v for k, v in vars(r).items() if k not in ("doc", "explain")}, indent=2, default=str))
+        return 0
+    counts = store.counts()
+    print("jobs: " + ("  ".join(f"{k}={v}" for k, v in counts.items() if v) or "none"))
+    recs = store.jobs()
+    if not args.all:
+        recs = [r for r in recs if r.state not in FINISHED] + \
+               sorted((r for r in recs if r.state in FINISHED), key=lambda r: -(r.finished_at or 0))[:args.limit]
+    if recs:
+        print(f"{'id':<12}  {'state':<9}  {'instance type':<13}  {'node':<16}  {'try':>3}  name")
+        for r in recs:
+            print(f"{r.id:<12}  {r.state:<9}  {r.itype or '-':<13}  {r.node or '-':<16}  {r.attempts:>3}  {r.name}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    store = _store(args)
+    rc = 0
+    for jid in args.job:
+        try:
+            r = store.get(jid)
+        except KeyError as exc:
+            print(f"error: {exc.args[0]}", file=sys.stderr)
+            rc = 1
+            continue
+        if store.cancel(r.id):
+            print(f"cancelled {r.id} {r.name}")
+        else:
+            print(f"not cancelled {r.id} {r.name}: already {r.state}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def cmd_logs(args) -> int:
+    store = _store(args)
+    try:
+        r = store.get(args.job)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    print(f"job {r.id} {r.name}: {r.state} (attempts {r.attempts})")
+    for e in store.events(r.id):
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])) + f".{int(e['at'] % 1 * 1000):03d}"
+        where = " ".join(x for x in (e["itype"] or "", e["node"] or "") if x)
+        print(f"  {at}  {e['state']:<9}  {where:<30}  {e['detail'] or ''}".rstrip())
+    if r.explain:
+        print("placement:")
+        print("\n".join("  " + line for line in r.explain.splitlines()))
+    if r.result:
+        print("result: " + json.dumps(r.result, default=str))
+    if r.error:
+        print(f"error: {r.error}")
+    return 0
+
+
+# ---- explain ------------------------------------------------------------------------------------
+def cmd_explain(args) -> int:
+    from .placement import place
+
+    jobs = _load(args.file)
+    catalog = load_catalog(args.catalog)
+    for i, job in enumerate(jobs):
+        if i:
+            print()
+        print(place(job, catalog).explain())
+    return 0
+
+
+# ---- cluster config -------------------------------------------------------------------------------
+def cmd_cluster_config(args) -> int:
+    import yaml
+
+    from .ray_executor import autoscaler_config
+
+    cfg = autoscaler_config(load_catalog(args.catalog), provider=args.provider, types=args.types or None,
+                            include_retired=args.include_retired, max_workers=args.max_workers,
+                            idle_timeout_minutes=args.idle_timeout_minutes, region=args.region)
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Add the scheduler's commands to an argparse ``add_subparsers()`` object."""
+    p = subparsers.add_parser("submit", help="queue the jobs of a job or workload file")
+    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("--batch", help="a batch label to group the jobs")
+    _common(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = subparsers.add_parser("run", help="submit a workload, run it locally, wait and report")
+    p.add_argument("file", metavar="WORKLOAD.yaml")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    _common(p, catalog=True)
+    _executor_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("serve", help="run the local scheduler on the store's queued jobs")
+    p.add_argument("--until-idle", action="store_true", help="exit when no job is unfinished")
+    _common(p, catalog=True)
+    _executor_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("status", help="jobs by state, or one job's record")
+    p.add_argument("job", nargs="?", help="a job id (or unique prefix)")
+    p.add_argument("--all", action="store_true", help="list every job, not only recent ones")
+    p.add_argument("--limit", type=int, default=20, help="finished jobs to list (default 20)")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("cancel", help="cancel unfinished jobs")
+    p.add_argument("job", nargs="+")
+    _common(p)
+    p.set_defaults(func=cmd_cancel)
+
+    p = subparsers.add_parser("logs", help="a job's state changes, placement and result")
+    p.add_argument("job")
+    _common(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = subparsers.add_parser("explain", help="show every instance type's time and cost for a job")
+    p.add_argument("file", metavar="JOB.yaml")
+    _common(p, store=False, catalog=True)
+    p.set_defaults(func=cmd_explain)
+
+    p = subparsers.add_parser("cluster", help="Ray cluster helpers")
+    sub = p.add_subparsers(dest="cluster_command", required=True)
+    c = sub.add_parser("config", help="print a Ray autoscaler config generated from the catalog")
+    c.add_argument("--provider", choices=("aws", "fake"), default="aws",
+                   help="aws: a cluster launcher config; fake: Ray's local fake multi-node provider")
+    c.add_argument("--types", nargs="*", help="instance types to include (default: all live ones)")
+    c.add_argument("--include-retired", action="store_true")
+    c.add_argument("--max-workers", type=int, default=4, help="max nodes per type")
+    c.add_argument("--idle-timeout-minutes", type=float, default=5.0)
+    c.add_argument("--region", default=None)
+    c.add_argument("-o", "--output", help="write to a file instead of stdout")
+    _common(c, store=False, catalog=True)
+    c.set_defaults(func=cmd_cluster_config)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lepton-accel", description="lepton_accel scheduler")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The elastic rule: when a node type's pool grows or shrinks.
+
+Per instance type, with ``n`` nodes (``slots`` job slots each), ``busy`` running jobs and
+``queued`` jobs placed on the type but not started:
+
+* **scale out** by as many nodes as needed to bring demand back under the threshold when
+  demand = (busy + queued) / (n x slots) exceeds ``scale_out_at`` (default 0.8) and jobs
+  are waiting, or when the type has no node yet and jobs are waiting; never past ``max``;
+* **scale in** by one idle node when utilisation (busy slots / all slots, averaged over
+  ``window_s``) has stayed under ``scale_in_at`` (default 0.4) for the whole window, nothing
+  is queued, and the pool is above ``min``.
+
+The local executor applies the decision to its worker processes; the Ray executor turns
+the scale-out target into ``ray.autoscaler.sdk.request_resources`` bundles and leaves scale-in
+to the autoscaler's idle timeout.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ElasticPolicy:
+    scale_out_at: float = 0.8
+    scale_in_at: float = 0.4
+    window_s: float = 2.0
+    min_nodes: int = 0
+    max_nodes: int = 2
+    per_type: dict = field(default_factory=dict)   # type -> (min, max)
+
+    def limits(self, itype: str) -> tuple[int, int]:
+        return tuple(self.per_type.get(itype, (self.min_nodes, self.max_nodes)))  # type: ignore[return-value]
+
+    def target(self, itype: str, nodes: int, busy: int, queued: int, slots: int = 1) -> int:
+        """Nodes wanted now for the demand (scale-out side only)."""
+        lo, hi = self.limits(itype)
+        want = nodes
+        if queued > 0:
+            if nodes == 0:
+                want = 1
+            demand = (busy + queued) / (max(nodes, 1) * slots)
+            if demand > self.scale_out_at:
+                want = max(want, math.ceil((busy + queued) / (slots * self.scale_out_at)))
+        return max(lo, min(hi, want))
+
+
+@dataclass
+class UtilisationWindow:
+    """Busy-slot fraction of one type, sampled over a sliding time window."""
+
+    window_s: float
+    samples: deque = field(default_factory=deque)
+
+    def add(self, busy: int, total: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.samples.append((now, busy / total if total else 0.0))
+        while self.samples and self.samples[0][0] < now - self.window_s:
+            self.samples.popleft()
+
+    def stayed_under(self, threshold: float, now: float | None = None) -> bool:
+        """True when the mean over a full window of history is under ``threshold``."""
+        now = time.monotonic() if now is None else now
+        if not self.samples or self.samples[0][0] > now - self.window_s * 0.9:
+            return False    # not a full window of history yet
+        return sum(u for _, u in self.samples) / len(self.samples) < threshold
+
+    def reset(self) -> None:
+        self.samples.clear()
+
+
+def should_scale_in(policy: ElasticPolicy, itype: str, nodes: int, queued: int,
+                    window: UtilisationWindow, now: float | None = None) -> bool:
+    lo, _ = policy.limits(itype)
+    return nodes > lo and queued == 0 and window.stayed_under(policy.scale_in_at, now)

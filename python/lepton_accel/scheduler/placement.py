@@ -1,0 +1,222 @@
+"""Placement: on which instance type (and node) a job runs, and why.
+
+For every catalog type the job may use, placement builds a :class:`Candidate`:
+
+* **time** = wait for a slot + start-up of a new node (if no warm node is used)
+  + FPGA image load (if the chosen node does not already hold the job's core)
+  + the run itself, from the shared :data:`lepton_accel.perf.MODEL` (compute or device
+  memory, host<->device transfer, call overhead) on the type's accelerator; a suite's run
+  time is the estimate the job gives.
+* **cost** = what the choice adds to the bill. A new node is billed whole, per second with
+  the cloud's minimum (``catalog.billing``), from launch until the job ends. On a warm
+  node the job pays the time it occupies one slot: the hourly price divided by the slots
+  (accelerators) of the type, for image load plus run.
+
+A type is excluded by the job's constraints, when it is retired (unless asked), when its
+device cannot run the dtype, when the operands do not fit its memory, or when the job's
+deadline (hard) would be missed. Among the rest, ``min_cost`` picks the lowest cost (then
+time), ``min_time`` the lowest time (then cost). Within a type, warm nodes that already hold
+the needed FPGA core win over nodes that would have to load it (affinity), which in turn
+usually win over launching a node. Priority is not a placement matter: it orders the queue.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..perf import MODEL, DeviceSpec, Estimate, PerfModel
+from .catalog import Catalog, InstanceType
+from .jobs import Job
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What placement needs to know about a running node."""
+
+    node_id: str
+    itype: str
+    free_slots: int = 1
+    cores: frozenset = frozenset()   # FPGA core images loaded on it
+    wait_s: float = 0.0              # expected wait for a slot when none is free
+
+
+@dataclass
+class ClusterState:
+    """Running nodes and launch limits; the default is a cold cluster with no limits."""
+
+    nodes: list[NodeView] = field(default_factory=list)
+    max_nodes: dict[str, int] = field(default_factory=dict)
+
+    def of_type(self, name: str) -> list[NodeView]:
+        return [n for n in self.nodes if n.itype == name]
+
+    def can_launch(self, name: str) -> bool:
+        cap = self.max_nodes.get(name)
+        return cap is None or len(self.of_type(name)) < cap
+
+
+@dataclass
+class Candidate:
+    itype: InstanceType
+    feasible: bool = False
+    excluded: str = ""              # why it cannot take the job
+    node: str | None = None         # warm node used, None for a new node
+    estimate: Estimate | None = None
+    run_s: float = math.inf
+    wait_s: float = 0.0
+    startup_s: float = 0.0
+    image_load_s: float = 0.0
+    time_s: float = math.inf
+    cost: float = math.inf
+
+    @property
+    def where(self) -> str:
+        return self.node if self.node else "new node"
+
+
+@dataclass
+class Placement:
+    job: Job
+    candidates: list[Candidate]
+    winner: Candidate | None
+    reason: str
+
+    @property
+    def itype(self) -> str | None:
+        return self.winner.itype.name if self.winner else None
+
+    def explain(self) -> str:
+        return explain(self)
+
+
+@lru_cache(maxsize=256)
+def _device(itype: InstanceType) -> DeviceSpec:
+    return itype.device()
+
+
+def _fits(job: Job, itype: InstanceType) -> bool:
+    if job.spec is None:
+        return True
+    return job.spec.bytes_in + job.spec.bytes_out <= itype.memory_gib * 2**30
+
+
+def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, node: NodeView | None,
+            elapsed_s: float) -> Candidate:
+    c = Candidate(itype, estimate=est, run_s=run_s)
+    fpga_load = _device(itype).image_load_s if itype.kind == "fpga" else 0.0
+    if node is None:
+        c.startup_s, c.image_load_s = itype.startup_s, fpga_load
+        c.time_s = c.startup_s + c.image_load_s + run_s
+        c.cost = catalog.launch_cost(itype, c.time_s)
+    else:
+        c.node = node.node_id
+        c.wait_s = 0.0 if node.free_slots > 0 else node.wait_s
+        c.image_load_s = 0.0 if (job.core in node.cores or itype.kind != "fpga") else fpga_load
+        c.time_s = c.wait_s + c.image_load_s + run_s
+        c.cost = itype.slot_price_per_second * (c.image_load_s + run_s)
+    if job.deadline_s is not None and elapsed_s + c.time_s > job.deadline_s:
+        c.excluded = (f"misses deadline {job.deadline_s:g} s: {elapsed_s + c.time_s:.3g} s on "
+                      f"{c.where}")
+    else:
+        c.feasible = True
+    return c
+
+
+def _key(policy: str):
+    if policy == "min_time":
+        return lambda c: (c.time_s, c.cost, c.itype.name, c.node or "")
+    return lambda c: (c.cost, c.time_s, c.itype.name, c.node or "")
+
+
+def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
+               model: PerfModel = MODEL, elapsed_s: float = 0.0) -> list[Candidate]:
+    """The best option on every catalog type (feasible or with the reason it is not)."""
+    state = state or ClusterState()
+    key = _key(job.policy)
+    out = []
+    for itype in catalog:
+        ok, why = job.constraints.allows(itype)
+        if not ok:
+            out.append(Candidate(itype, excluded=why))
+            continue
+        if job.spec is not None:
+            est = model.estimate(job.spec, _device(itype), data_on_host=True)
+            run_s = est.total_s
+            if not math.isfinite(run_s):
+                out.append(Candidate(itype, excluded=f"{itype.accelerator or 'cpu'} cannot run {job.spec.dtype}"))
+                continue
+        else:
+            est, run_s = None, float(job.estimate_s)
+        if not _fits(job, itype):
+            out.append(Candidate(itype, excluded=f"operands exceed {itype.memory_gib:g} GiB memory"))
+            continue
+        options = [_option(job, itype, catalog, run_s, est, n, elapsed_s) for n in state.of_type(itype.name)]
+        if state.can_launch(itype.name):
+            options.append(_option(job, itype, catalog, run_s, est, None, elapsed_s))
+        if not options:
+            out.append(Candidate(itype, excluded="at its node limit"))
+            continue
+        feasible = [o for o in options if o.feasible]
+        out.append(min(feasible, key=key) if feasible else min(options, key=lambda c: c.time_s))
+    return out
+
+
+def place(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
+          model: PerfModel = MODEL, elapsed_s: float = 0.0) -> Placement:
+    """Choose the instance type (and node) for ``job`` under its policy and deadline."""
+    cands = candidates(job, catalog, state, model=model, elapsed_s=elapsed_s)
+    feasible = sorted((c for c in cands if c.feasible), key=_key(job.policy))
+    if not feasible:
+        why = "; ".join(f"{c.itype.name}: {c.excluded}" for c in cands)
+        return Placement(job, cands, None, f"no instance type can run it ({why})")
+    win = feasible[0]
+    return Placement(job, cands, win, _reason(job, win, feasible, cands))
+
+
+def _reason(job: Job, win: Candidate, feasible: list[Candidate], cands: list[Candidate]) -> str:
+    what = "cost" if job.policy == "min_cost" else "time"
+    parts = [f"{win.itype.name} ({win.where}) has the lowest {what}: "
+             f"${win.cost:.3g}, {win.time_s:.4g} s"]
+    if len(feasible) > 1:
+        nxt = feasible[1]
+        if job.policy == "min_cost":
+            ratio = nxt.cost / win.cost if win.cost > 0 else math.inf
+            parts.append(f"next {nxt.itype.name} costs ${nxt.cost:.3g} ({ratio:.3g}x)")
+        else:
+            ratio = nxt.time_s / win.time_s if win.time_s > 0 else math.inf
+            parts.append(f"next {nxt.itype.name} takes {nxt.time_s:.4g} s ({ratio:.3g}x)")
+    key = _key(job.policy)
+    beaten_by_deadline = [c for c in cands if not c.feasible and c.excluded.startswith("misses deadline")
+                          and key(c) < key(win)]
+    if beaten_by_deadline:
+        parts.append("the deadline ruled out the " + ("cheaper " if job.policy == "min_cost" else "")
+                     + ", ".join(c.itype.name for c in beaten_by_deadline))
+    if win.node and win.itype.kind == "fpga" and win.image_load_s == 0:
+        parts.append(f"{win.node} already holds core {job.core}")
+    elif win.node is None and win.startup_s:
+        parts.append(f"includes {win.startup_s:g} s start-up and {win.image_load_s:g} s image load"
+                     if win.image_load_s else f"includes {win.startup_s:g} s start-up")
+    return "; ".join(parts)
+
+
+def explain(p: Placement) -> str:
+    """A table of every candidate (time, cost, where, why excluded) and the verdict."""
+    job = p.job
+    lines = [f"job {job.name}: " + (f"{job.spec.op} {job.spec.dtype} GEMM {'x'.join(map(str, job.spec.gemm_shape))} "
+                                     f"(batch, M, N, K), {job.spec.flops / 1e9:.3g} GFLOP"
+                                     if job.spec else f"suite {job.suite['name']}, ~{job.estimate_s:g} s")
+             + f"; policy {job.policy}" + (f"; deadline {job.deadline_s:g} s" if job.deadline_s else "")]
+    hdr = f"  {'type':<14} {'device':<10} {'where':<16} {'run s':>10} {'start s':>8} {'load s':>7} {'total s':>10} {'cost $':>10}  note"
+    lines.append(hdr)
+    order = sorted(p.candidates, key=lambda c: (not c.feasible, c.cost, c.time_s))
+    for c in order:
+        dev = c.itype.accelerator or "cpu"
+        if c.estimate is None and not math.isfinite(c.run_s):
+            lines.append(f"  {c.itype.name:<14} {dev:<10} {'-':<16} {'-':>10} {'-':>8} {'-':>7} {'-':>10} {'-':>10}  excluded: {c.excluded}")
+            continue
+        mark = "<- chosen" if c is p.winner else ("" if c.feasible else f"excluded: {c.excluded}")
+        lines.append(f"  {c.itype.name:<14} {dev:<10} {c.where:<16} {c.run_s:>10.4g} {c.startup_s:>8.3g} "
+                     f"{c.image_load_s:>7.3g} {c.time_s:>10.4g} {c.cost:>10.3g}  {mark}")
+    lines.append(("winner: " if p.winner else "no placement: ") + p.reason)
+    return "\n".join(lines)
