@@ -1,6 +1,6 @@
 """Top level of the matmul core: AXI4-Lite registers and AXI4-Stream data ports."""
 
-from amaranth import Cat, Const, Module, Signal
+from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -78,16 +78,19 @@ class AXIMatmul(wiring.Component):
         assert all(bit("ERROR", n) < len(errors) for n in err_strobes)
 
         start = Signal()
+        wr_ctrl = Signal()
         m.d.comb += [
             core.start.eq(start), core.m.eq(dim_m), core.n.eq(dim_n), core.k.eq(dim_k),
-            core.bias_en.eq(bias_en),
+            # START and BIAS_EN arrive in the same CTRL write
+            core.bias_en.eq(Mux(wr_ctrl, axil.w_data[bit("CTRL", "BIAS_EN")], bias_en)),
         ]
 
         # Writes.
         wr = {r.offset: Signal(name=f"wr_{r.name.lower()}") for r in regmap.REGISTERS}
         for off, s in wr.items():
             m.d.comb += s.eq(axil.w_stb & (axil.w_addr == off) & axil.w_strb.all())
-        m.d.comb += start.eq(wr[R["CTRL"].offset] & axil.w_data[bit("CTRL", "START")])
+        m.d.comb += wr_ctrl.eq(wr[R["CTRL"].offset])
+        m.d.comb += start.eq(wr_ctrl & axil.w_data[bit("CTRL", "START")])
         with m.If(wr[R["CTRL"].offset]):
             m.d.sync += bias_en.eq(axil.w_data[bit("CTRL", "BIAS_EN")])
         for reg, sig in (("M", dim_m), ("N", dim_n), ("K", dim_k)):

@@ -1,0 +1,66 @@
+"""``hdl`` commands: ``hdl generate matmul --rows R --cols C --dtype int8 -o OUT/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import regmap
+
+__all__ = ["add_commands", "generate_matmul", "main"]
+
+
+def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None = None) -> dict:
+    """Write ``<name>.v`` and ``<name>.json`` into out_dir; return the paths."""
+    from .matmul import generate_verilog
+
+    desc = regmap.describe(rows, cols, dtype)  # validates the configuration
+    name = name or f"lepton_matmul_r{rows}c{cols}_{dtype}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    v_path, j_path = out / f"{name}.v", out / f"{name}.json"
+    v_path.write_text(generate_verilog(rows, cols, dtype, name=name))
+    desc["top"] = name
+    desc["verilog"] = v_path.name
+    j_path.write_text(json.dumps(desc, indent=2) + "\n")
+    return {"verilog": str(v_path), "json": str(j_path)}
+
+
+def _cmd_generate_matmul(args) -> int:
+    try:
+        paths = generate_matmul(args.rows, args.cols, args.dtype, args.output, args.name)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def add_commands(subparsers) -> argparse.ArgumentParser:
+    """Add the ``hdl`` command tree to an argparse subparsers object."""
+    hdl = subparsers.add_parser("hdl", help="generate FPGA cores (Verilog + JSON)")
+    hdl_sub = hdl.add_subparsers(dest="hdl_command", required=True)
+    gen = hdl_sub.add_parser("generate", help="write a core's Verilog and description")
+    gen_sub = gen.add_subparsers(dest="core", required=True)
+    mm = gen_sub.add_parser("matmul", help="systolic int8/int16 matmul core")
+    mm.add_argument("--rows", type=int, default=16, help="array rows R (default 16)")
+    mm.add_argument("--cols", type=int, default=16, help="array columns C (default 16)")
+    mm.add_argument("--dtype", choices=sorted(regmap.DTYPES), default="int8")
+    mm.add_argument("-o", "--output", required=True, help="output directory")
+    mm.add_argument("--name", default=None, help="top module name")
+    mm.set_defaults(func=_cmd_generate_matmul)
+    return hdl
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lepton_accel.hdl.cli")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
