@@ -3,9 +3,10 @@
 Per instance type, with ``n`` nodes (``slots`` job slots each), ``busy`` running jobs and
 ``queued`` jobs placed on the type but not started:
 
-* **scale out** by as many nodes as needed to bring demand back under the threshold when
-  demand = (busy + queued) / (n x slots) exceeds ``scale_out_at`` (default 0.8) and jobs
-  are waiting, or when the type has no node yet and jobs are waiting; never past ``max``;
+* **scale out** when demand = (busy + queued) / (n x slots) exceeds ``scale_out_at``
+  (default 0.8) and jobs are waiting: by at least one node, or to as many nodes as run all
+  the demand at once; a type with no node gets one as soon as a job waits; never past
+  ``max``;
 * **scale in** by one idle node when utilisation (busy slots / all slots, averaged over
   ``window_s``) has stayed under ``scale_in_at`` (default 0.4) for the whole window, nothing
   is queued, and the pool is above ``min``.
@@ -42,8 +43,8 @@ class ElasticPolicy:
             if nodes == 0:
                 want = 1
             demand = (busy + queued) / (max(nodes, 1) * slots)
-            if demand > self.scale_out_at:
-                want = max(want, math.ceil((busy + queued) / (slots * self.scale_out_at)))
+            if demand > self.scale_out_at:   # at least one more node, or enough for all
+                want = max(want, nodes + 1, math.ceil((busy + queued) / slots))
         return max(lo, min(hi, want))
 
 

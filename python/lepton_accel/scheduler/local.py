@@ -229,19 +229,22 @@ class LocalExecutor:
         self._batch = batch
         self._on_finish = on_finish
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._placed = []
         while True:
-            self._collect()
-            self._check_cancelled()
-            self._place_pending()
-            self._placed = self.store.jobs(["placed"], batch=batch)
-            self._dispatch()
-            self._scale()
-            self._publish()
+            self.step()
             if until_idle and not self._unfinished(batch):
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"jobs still unfinished after {timeout} s")
+
+    def step(self) -> None:
+        """One pass of the loop: results, cancellations, placement, dispatch, scaling."""
+        self._collect()
+        self._check_cancelled()
+        self._place_pending()
+        self._placed = self.store.jobs(["placed"], batch=self._batch)
+        self._dispatch()
+        self._scale()
+        self._publish()
 
     def _unfinished(self, batch) -> bool:
         if batch is None:
