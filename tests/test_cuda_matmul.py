@@ -250,7 +250,7 @@ def expected_family(kernel, in_dtype, tf32, cc, a_layout, b_layout, batch, M, N,
         return _vec_ok(off * item, strides, (batch, rows, cols), k_axis, item)
 
     mma_ok = cc >= (8, 0) and eligible(a_layout, M, K, 2) and eligible(b_layout, K, N, 1)
-    wgmma_ok = (cc == (9, 0) and in_dtype in (F16, BF16) and k_major(a_layout, M, K, 2)
+    wgmma_ok = (cc == (9, 0) and in_dtype in (F16, BF16) and K >= 1 and k_major(a_layout, M, K, 2)
                 and k_major(b_layout, K, N, 1))
     if in_dtype == F32 and not tf32:
         return "simt"

@@ -122,6 +122,35 @@ bool mma_dtype_ok(const GemmArgs& g) {
   }
 }
 
+// ---- wgmma (sm_90a) -------------------------------------------------------------
+bool wgmma_available() {
+  static std::mutex mu;
+  static std::unordered_map<int, bool> cache;
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  if (device_cc() != 90) return false;  // sm_90a machine code runs on 9.0 parts only
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(dev);
+  if (it != cache.end()) return it->second;
+  const bool ok = wgmma_sm90_compiled();
+  cache.emplace(dev, ok);
+  return ok;
+}
+
+bool wgmma_problem_ok(const GemmArgs& g, const GemmProblem& p) {
+  if (g.in_dtype != DType::f16 && g.in_dtype != DType::bf16) return false;
+  if (!mma_dtype_ok(g)) return false;
+  constexpr int64_t kMaxCoord = (int64_t(1) << 31) - 512;  // TMA coordinates are int32
+  if (p.K < 1 || p.M > kMaxCoord || p.N > kMaxCoord || p.K > kMaxCoord) return false;
+  // K-major operands for TMA: unit K stride, 16-byte aligned bases and strides,
+  // rows that do not overlap.
+  auto operand_ok = [&](const void* ptr, int64_t s_rows, int64_t s_k, int64_t s_batch) {
+    return s_k == 1 && aligned(ptr, 16) && s_rows % 8 == 0 && s_rows >= p.K &&
+           (p.batch == 1 || s_batch == 0 || (s_batch % 8 == 0 && s_batch > 0));
+  };
+  return operand_ok(p.a, p.a_m, p.a_k, p.a_batch) && operand_ok(p.b, p.b_n, p.b_k, p.b_batch);
+}
+
 // One launch's worth of batch (grid.y is limited to 65535).
 std::string gemm_chunk(const GemmArgs& g) {
   const GemmKernel want = requested_kernel(g.kernel);
@@ -134,6 +163,10 @@ std::string gemm_chunk(const GemmArgs& g) {
   if (want == GemmKernel::simt) return f32_in ? run_simt(p) : gemm_generic(g);
 
   // Tensor cores: wgmma, then mma.sync.
+  if (want != GemmKernel::mma && wgmma_problem_ok(g, p) && wgmma_available()) {
+    std::string name = gemm_wgmma_sm90(p, g.in_dtype);
+    if (!name.empty()) return name;
+  }
   if (mma_dtype_ok(g) && device_cc() >= 80) {
     const std::size_t elem = dtype_size(g.in_dtype);
     bool a_k = false, b_k = false;

@@ -21,4 +21,13 @@ std::string gemm_simt_f32(const SimtParams& sp);
 // base, other stride and batch stride.
 std::string gemm_mma_sm80(const GemmProblem& p, DType in, bool a_k_major, bool b_k_major);
 
+// Opts a kernel in to `bytes` of dynamic shared memory, once per kernel and device.
+void allow_dynamic_smem(const void* fn, int bytes, const char* kernel_name);
+
+// matmul_wgmma_sm90.cu: sm_90a only. f16/bf16 in, f16/bf16/f32 out; A and B K-major
+// (a_k == b_k == 1), bases and strides 16-byte aligned, row strides >= K. Returns ""
+// when the driver refuses the tensor maps (the caller falls back).
+bool wgmma_sm90_compiled();  // this build holds sm_90a code for the current device
+std::string gemm_wgmma_sm90(const GemmProblem& p, DType in);
+
 }  // namespace lepton

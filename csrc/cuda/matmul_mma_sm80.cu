@@ -226,24 +226,11 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_mma_kernel(const GemmProblem 
   }
 }
 
-// Opting in to more than 48 KB of dynamic shared memory, once per kernel and device.
-void allow_smem(const void* fn, int bytes) {
-  static std::mutex mu;
-  static std::set<std::pair<const void*, int>> done;
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  std::lock_guard<std::mutex> lock(mu);
-  if (done.count({fn, dev})) return;
-  check_cuda(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-             "cudaFuncSetAttribute(gemm_mma_kernel)");
-  done.insert({fn, dev});
-}
-
 template <typename T, bool A_K, bool B_K>
 void launch(const GemmProblem& p) {
   constexpr int smem = STAGES * (Tile<T>::bytes(A_K) + Tile<T>::bytes(B_K));
   auto* fn = gemm_mma_kernel<T, A_K, B_K>;
-  allow_smem(reinterpret_cast<const void*>(fn), smem);
+  allow_dynamic_smem(reinterpret_cast<const void*>(fn), smem, "gemm_mma_kernel");
   const int64_t tiles = ((p.M + BM - 1) / BM) * ((p.N + BN - 1) / BN);
   fn<<<dim3(unsigned(tiles), unsigned(p.batch)), THREADS, smem, as_stream(p.stream)>>>(p);
   check_launch("gemm_mma_kernel");
@@ -258,6 +245,18 @@ void launch_layout(const GemmProblem& p, bool a_k, bool b_k) {
 }
 
 }  // namespace
+
+void allow_dynamic_smem(const void* fn, int bytes, const char* kernel_name) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({fn, dev})) return;
+  check_cuda(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             (std::string("cudaFuncSetAttribute(") + kernel_name + ")").c_str());
+  done.insert({fn, dev});
+}
 
 std::string gemm_mma_sm80(const GemmProblem& p, DType in, bool a_k_major, bool b_k_major) {
   const char* tname = "";
