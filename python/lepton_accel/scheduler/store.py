@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -136,6 +137,7 @@ class JobStore:
         self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                      check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
+        self._mutex = threading.RLock()   # one connection, shared safely by threads
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")   # a commit is on disk when it returns
         self._conn.execute("PRAGMA busy_timeout=30000")
@@ -150,13 +152,18 @@ class JobStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+        with self._mutex:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+    def _query(self, sql: str, args=()) -> list[sqlite3.Row]:
+        with self._mutex:
+            return self._conn.execute(sql, args).fetchall()
 
     @staticmethod
     def _event(c, job_id, state, at, itype=None, node=None, attempt=None, detail=None) -> None:
@@ -252,7 +259,7 @@ class JobStore:
 
     def recover(self) -> list[str]:
         """After a scheduler restart: running jobs were lost with it; record them retried."""
-        ids = [r["id"] for r in self._conn.execute("SELECT id FROM jobs WHERE state = 'running'")]
+        ids = [r["id"] for r in self._query("SELECT id FROM jobs WHERE state = 'running'")]
         out = []
         for jid in ids:
             if self.transition(jid, "retried", from_states=("running",),
@@ -262,8 +269,8 @@ class JobStore:
 
     # ---- queries --------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
-        row = self._conn.execute("SELECT * FROM jobs WHERE id = ? OR id LIKE ? ORDER BY seq LIMIT 2",
-                                 (job_id, job_id + "%")).fetchall()
+        row = self._query("SELECT * FROM jobs WHERE id = ? OR id LIKE ? ORDER BY seq LIMIT 2",
+                          (job_id, job_id + "%"))
         if not row:
             raise KeyError(f"no job {job_id!r} in {self.path}")
         if len(row) > 1 and row[0]["id"] != job_id:
@@ -286,22 +293,21 @@ class JobStore:
             q += " AND batch = ?"
             args.append(batch)
         q += " ORDER BY priority DESC, deadline_s IS NULL, deadline_s, seq"
-        return [JobRecord.from_row(r) for r in self._conn.execute(q, args)]
+        return [JobRecord.from_row(r) for r in self._query(q, args)]
 
     def events(self, job_id: str | None = None) -> list[dict]:
         if job_id is None:
-            rows = self._conn.execute("SELECT * FROM events ORDER BY id")
+            rows = self._query("SELECT * FROM events ORDER BY id")
         else:
-            rows = self._conn.execute("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
+            rows = self._query("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
         return [dict(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATES}
-        for r in self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+        for r in self._query("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
             out[r[0]] = r[1]
         return out
 
     def unfinished(self) -> int:
-        return self._conn.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(UNFINISHED))})",
-            UNFINISHED).fetchone()[0]
+        return self._query(f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(UNFINISHED))})",
+                           UNFINISHED)[0][0]
