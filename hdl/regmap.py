@@ -38,7 +38,8 @@ __all__ = [
     "ACC_WIDTH", "DTYPES", "DTYPE_CODES", "Field", "Register", "REGISTERS", "REG",
     "StreamFormat", "STREAMS", "stream_widths", "describe", "tile_order",
     "pack_a", "pack_b", "pack_bias", "pack_job", "unpack_c", "reference", "expected_cycles",
-    "field_value", "field_mask",
+    "field_value", "field_mask", "config_word", "PORT_PREFIX", "PORT_SEPARATOR",
+    "MIN_SIDE", "MAX_SIDE",
 ]
 
 #: Value of the ID register: ASCII "LMMC" (lepton matmul core).
@@ -155,7 +156,9 @@ STREAMS: tuple[StreamFormat, ...] = (
                  "lanes past N are 0; tlast on the tile's last beat"),
 )
 
-#: Verilog port prefix of each stream.
+#: Verilog port names are PREFIX + PORT_SEPARATOR + signal, e.g. ``s_axis_a__tdata``.
+PORT_SEPARATOR = "__"
+#: Verilog port prefix of each stream and of the AXI4-Lite port.
 PORT_PREFIX = {"a": "s_axis_a", "b": "s_axis_b", "bias": "s_axis_bias", "c": "m_axis_c",
                "ctrl": "s_axil"}
 
@@ -197,6 +200,7 @@ def describe(rows: int, cols: int, dtype: str) -> dict:
                    "config_word": config_word(rows, cols, dtype)},
         "clock": {"clock": "clk", "reset": "rst", "reset_polarity": "active-high",
                   "reset_kind": "synchronous"},
+        "port_separator": PORT_SEPARATOR,
         "axi4_lite": {"prefix": PORT_PREFIX["ctrl"], "addr_width": ADDR_WIDTH,
                       "data_width": DATA_WIDTH},
         "registers": [

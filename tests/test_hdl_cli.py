@@ -1,0 +1,54 @@
+"""``hdl generate matmul`` writes Verilog and a JSON description that match regmap."""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("amaranth")
+
+from lepton_accel.hdl import cli, regmap  # noqa: E402
+
+
+def _need_yosys():
+    try:
+        from amaranth._toolchain.yosys import find_yosys
+        find_yosys(lambda ver: ver >= (0, 40))
+    except Exception as e:
+        pytest.skip(f"Amaranth's Verilog backend has no Yosys: {e}")
+
+
+def test_add_commands_plugs_into_a_parent_parser(tmp_path):
+    _need_yosys()
+    parser = argparse.ArgumentParser(prog="lepton-accel")
+    cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["hdl", "generate", "matmul", "--rows", "4", "--cols", "6",
+                              "--dtype", "int16", "-o", str(tmp_path)])
+    assert args.func(args) == 0
+    desc = json.loads((tmp_path / "lepton_matmul_r4c6_int16.json").read_text())
+    expect = regmap.describe(4, 6, "int16")
+    for key in ("config", "registers", "streams", "id", "version"):
+        assert desc[key] == expect[key]
+    v = (tmp_path / desc["verilog"]).read_text()
+    assert re.search(rf"module {desc['top']}\s*\(", v)
+    for s in desc["streams"]:
+        assert re.search(rf"\[{s['tdata_width'] - 1}:0\] {s['prefix']}__tdata;", v), s["name"]
+        for sig in ("tvalid", "tready", "tlast"):
+            assert f"{s['prefix']}__{sig}" in v
+    for sig in ("awaddr", "wdata", "wstrb", "bresp", "araddr", "rdata", "rresp"):
+        assert f"s_axil__{sig}" in v
+
+
+def test_module_entry_point_and_bad_config(tmp_path):
+    _need_yosys()
+    run = [sys.executable, "-m", "lepton_accel.hdl.cli", "hdl", "generate", "matmul"]
+    ok = subprocess.run(run + ["--rows", "2", "--cols", "3", "-o", str(tmp_path)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "lepton_matmul_r2c3_int8.v").exists()
+    bad = subprocess.run(run + ["--rows", "33", "-o", str(tmp_path)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "rows" in bad.stderr

@@ -1,0 +1,100 @@
+"""The matmul core's register map / stream format module (host side, no Amaranth)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lepton_accel.hdl import regmap
+
+
+def test_importable_without_amaranth():
+    code = ("import sys; import lepton_accel.hdl.regmap as r; "
+            "assert 'amaranth' not in sys.modules, 'regmap pulled in amaranth'; "
+            "print(r.CORE_ID)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == regmap.CORE_ID
+
+
+def test_registers_are_word_aligned_unique_and_fit_the_window():
+    offsets = [r.offset for r in regmap.REGISTERS]
+    assert len(set(offsets)) == len(offsets)
+    assert all(o % 4 == 0 and o < 2 ** regmap.ADDR_WIDTH for o in offsets)
+    assert len({r.name for r in regmap.REGISTERS}) == len(regmap.REGISTERS)
+    for r in regmap.REGISTERS:
+        assert r.access in ("ro", "rw", "w1c")
+        used = 0
+        for f in r.fields:
+            mask = ((1 << f.width) - 1) << f.lsb
+            assert f.lsb + f.width <= regmap.DATA_WIDTH, (r.name, f.name)
+            assert not used & mask, f"{r.name}.{f.name} overlaps another field"
+            used |= mask
+
+
+def test_field_helpers_round_trip():
+    word = regmap.config_word(16, 8, "int16")
+    assert regmap.field_value("CONFIG", "ROWS", word) == 16
+    assert regmap.field_value("CONFIG", "COLS", word) == 8
+    assert regmap.field_value("CONFIG", "DTYPE", word) == regmap.DTYPE_CODES["int16"]
+    assert regmap.field_value("CONFIG", "ACC_WIDTH", word) == regmap.ACC_WIDTH
+    assert regmap.field_mask("CTRL", "BIAS_EN") == 2
+
+
+@pytest.mark.parametrize("rows,cols,dtype", [(4, 4, "int8"), (3, 5, "int16"), (16, 16, "int8")])
+def test_pack_unpack_round_trip(rows, cols, dtype):
+    rng = np.random.default_rng()
+    info = np.iinfo(np.int8 if dtype == "int8" else np.int16)
+    m, k, n = int(rng.integers(1, 3 * rows)), int(rng.integers(1, 40)), int(rng.integers(1, 3 * cols))
+    a = rng.integers(info.min, info.max + 1, size=(m, k))
+    b = rng.integers(info.min, info.max + 1, size=(k, n))
+    a.flat[0], b.flat[-1] = info.min, info.max
+    fr = regmap.pack_job(a, b, np.arange(n), rows=rows, cols=cols, dtype=dtype)
+    tiles = list(regmap.tile_order(m, n, rows, cols))
+    w = regmap.stream_widths(rows, cols, dtype)
+    lane = np.int8 if dtype == "int8" else np.int16
+    assert len(fr["a"]) == len(fr["b"]) == len(fr["bias"]) == len(tiles)
+    for (r0, c0), fa, fb, fbias in zip(tiles, fr["a"], fr["b"], fr["bias"]):
+        assert len(fa) == k * w["a"] // 8 and len(fb) == k * w["b"] // 8
+        blk_a = np.frombuffer(fa, dtype=lane).reshape(k, rows)
+        blk_b = np.frombuffer(fb, dtype=lane).reshape(k, cols)
+        h, v = min(rows, m - r0), min(cols, n - c0)
+        np.testing.assert_array_equal(blk_a[:, :h], a[r0:r0 + h].T)
+        assert not blk_a[:, h:].any()
+        np.testing.assert_array_equal(blk_b[:, :v], b[:, c0:c0 + v])
+        np.testing.assert_array_equal(np.frombuffer(fbias, "<i4")[:v], np.arange(c0, c0 + v))
+    # the device's answer, tile by tile, reassembles into the full matrix
+    c = regmap.reference(a, b)
+    out = []
+    for r0, c0 in tiles:
+        blk = np.zeros((min(rows, m - r0), cols), dtype="<i4")
+        sub = c[r0:r0 + rows, c0:c0 + cols]
+        blk[:, :sub.shape[1]] = sub
+        out.append(blk.tobytes())
+    np.testing.assert_array_equal(regmap.unpack_c(out, m, n, rows=rows, cols=cols), c)
+
+
+def test_reference_wraps_modulo_2_32():
+    a = np.full((1, 2), -32768)
+    b = np.full((2, 1), -32768)
+    assert regmap.reference(a, b)[0, 0] == -2 ** 31  # 2^31 wraps
+    assert regmap.reference(np.ones((1, 1)), np.ones((1, 1)), np.array([2 ** 31 - 1]))[0, 0] == -2 ** 31
+
+
+def test_pack_rejects_out_of_range_values():
+    with pytest.raises(ValueError):
+        regmap.pack_a(np.array([[128]]), 1, rows=4, cols=4, dtype="int8")
+    with pytest.raises(ValueError):
+        regmap.describe(64, 4, "int8")
+    with pytest.raises(ValueError):
+        regmap.describe(4, 4, "float32")
+
+
+def test_expected_cycles_by_hand():
+    # one 4x4 tile, K=10: last pair at cycle 10, sums ready R+C=8 later, 4 rows out.
+    assert regmap.expected_cycles(4, 4, 10, 4, 4) == 10 + 8 + 4 - 1
+    # two tiles, K=1: the second tile's last pair waits for the first tile to drain.
+    assert regmap.expected_cycles(8, 4, 1, 4, 4) == (1 + 8 + 4) + 8 + 4 - 1
+    # long K hides the drain completely: tiles*K + R + C + rows - 1
+    assert regmap.expected_cycles(64, 64, 64, 16, 16) == 16 * 64 + 32 + 16 - 1
