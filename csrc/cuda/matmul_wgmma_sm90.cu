@@ -178,6 +178,9 @@ void launch(const CUtensorMap& ta, const CUtensorMap& tb, const WgmmaParams& wp)
 }  // namespace
 
 bool wgmma_sm90_compiled() {
+#ifndef LEPTON_CUDA_HAS_SM90A
+  return false;  // no sm_90a pass in this build (CMake sets the define when there is one)
+#endif
   cudaFuncAttributes attr{};
   if (cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(gemm_wgmma_kernel<__nv_bfloat16>)) !=
       cudaSuccess) {
