@@ -6,6 +6,7 @@ namespace py = pybind11;
 
 #ifdef LEPTON_WITH_CUDA
 void register_cuda(py::module_& m);  // csrc/cuda_bindings.cpp
+void register_cuda_conv(py::module_& m);  // csrc/cuda_conv_bindings.cpp
 #endif
 
 PYBIND11_MODULE(_core, m) {
@@ -17,6 +18,7 @@ PYBIND11_MODULE(_core, m) {
   info["cuda_architectures"] = LEPTON_CUDA_ARCHS;
   info["cuda_compiler"] = LEPTON_CUDA_COMPILER;
   register_cuda(m);
+  register_cuda_conv(m);
 #else
   info["cuda"] = false;
   info["cuda_architectures"] = "";

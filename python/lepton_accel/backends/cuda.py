@@ -112,7 +112,7 @@ class CudaBackend:
         ok, why = self.available()
         if not ok:
             return False, why
-        if spec.op != "matmul":
+        if spec.op not in ("matmul", "conv2d"):
             return False, f"{spec.op} has no CUDA kernel in this build"
         devices = {v.device for v in operands or () if not v.is_host}
         if len(devices) > 1:
@@ -120,7 +120,10 @@ class CudaBackend:
         if devices and any(v.is_host for v in operands):
             return False, "operands mix host and device memory"
         if devices and spec.bias and operands[2].dtype != spec.out_dtype:
-            return False, f"bias on the device must have the output dtype {spec.out_dtype}"
+            # conv2d reads a float32 bias for any float output as well
+            if not (spec.op == "conv2d" and spec.out_dtype != "int32"
+                    and operands[2].dtype == "float32"):
+                return False, f"bias on the device must have the output dtype {spec.out_dtype}"
         return True, ""
 
     def estimate(self, spec: OpSpec, operands=None) -> float:
@@ -129,6 +132,10 @@ class CudaBackend:
         return MODEL.estimate(spec, DEVICES[name], data_on_host=on_host).total_s
 
     def run(self, spec: OpSpec, operands: list[ArrayView]):
+        if spec.op == "conv2d":
+            if operands[0].is_host:
+                return to_caller_kind(self._conv2d_host(spec, operands), operands[0].origin)
+            return self._conv2d_device(spec, operands)
         if spec.op != "matmul":
             raise NotImplementedError(f"{spec.op} on cuda")
         if operands[0].is_host:
@@ -212,3 +219,76 @@ class CudaBackend:
                 a_strides=(0, a_str[-2], a_str[-1]), b_strides=(0, b_str[-2], b_str[-1]),
                 c_strides=(0, N, 1), **common)
         return name
+
+    # ---- conv2d ----------------------------------------------------------------------
+    def _conv2d_host(self, spec: OpSpec, ops: list[ArrayView]) -> np.ndarray:
+        """Copy in, run, copy out. The filter goes up in OHWI order (a host-side
+        transpose), the order the tensor-core kernel reads without a device copy."""
+        out = np.empty(spec.out_shape, DTYPES[spec.out_dtype])
+        if out.size == 0:
+            return out
+        x = np.ascontiguousarray(ops[0].host)
+        w = np.ascontiguousarray(ops[1].host.transpose(0, 2, 3, 1))
+        oc, kh, kw, cg = w.shape
+        w_strides = (kh * kw * cg, 1, kw * cg, cg)  # along (oc, c, kh, kw)
+        bias = None
+        if spec.bias:  # float outputs take the bias in float32, exact for any float bias
+            bias = np.ascontiguousarray(ops[2].host.astype(
+                np.int32 if spec.out_dtype == "int32" else np.float32))
+        buffers = []
+        try:
+            ptrs = []
+            for h in (x, w) + ((bias,) if bias is not None else ()):
+                buf = _DeviceBuffer(h.nbytes)
+                buffers.append(buf)
+                core.cuda_copy_to_device(buf.ptr, h.reshape(-1).view(np.uint8))
+                ptrs.append(buf.ptr)
+            y_buf = _DeviceBuffer(out.nbytes)
+            buffers.append(y_buf)
+            x_strides = tuple(s // x.itemsize for s in x.strides)
+            self._conv2d_launch(spec, ptrs[0], ptrs[1], y_buf.ptr, ptrs[2] if bias is not None else 0,
+                                "int32" if bias is not None and bias.dtype == np.int32 else "float32",
+                                x_strides, w_strides, 0)
+            core.cuda_copy_to_host(out.reshape(-1).view(np.uint8), y_buf.ptr)
+        finally:
+            for buf in buffers:
+                buf.free()
+        return out
+
+    def _conv2d_device(self, spec: OpSpec, ops: list[ArrayView]):
+        """In place on the caller's stream; the output comes from the caller's framework."""
+        out, y_ptr = _empty_like_framework(ops[0].origin, spec.out_shape, spec.out_dtype)
+        if int(np.prod(spec.out_shape)) == 0:
+            return out
+        bias_ptr = ops[2].ptr if spec.bias else 0
+        bias_dtype = ops[2].dtype if spec.bias else spec.out_dtype
+        self._conv2d_launch(spec, ops[0].ptr, ops[1].ptr, y_ptr, bias_ptr, bias_dtype,
+                            ops[0].strides, ops[1].strides, ops[0].stream or 0)
+        return out
+
+    @staticmethod
+    def _conv2d_launch(spec: OpSpec, x_ptr: int, w_ptr: int, y_ptr: int, bias_ptr: int,
+                       bias_dtype: str, x_strides, w_strides, stream: int) -> str:
+        """x_strides in x's own axis order; w_strides along (oc, c, kh, kw); y is
+        contiguous in the spec's layout. Returns the kernel name."""
+        p = spec.param
+        (x_shape, w_shape), out_shape = spec.shapes, spec.out_shape
+        y_contig = [1, out_shape[3], out_shape[3] * out_shape[2],
+                    out_shape[3] * out_shape[2] * out_shape[1]][::-1]
+        if p["layout"] == "NCHW":
+            n, c, h, w = x_shape
+            oh, ow = out_shape[2:]
+            xs = tuple(x_strides)
+            ys = tuple(y_contig)
+        else:  # (n, h, w, c) axes -> (n, c, h, w)
+            n, h, w, c = x_shape
+            oh, ow = out_shape[1:3]
+            xs = (x_strides[0], x_strides[3], x_strides[1], x_strides[2])
+            ys = (y_contig[0], y_contig[3], y_contig[1], y_contig[2])
+        oc, _, kh, kw = w_shape
+        (sh, sw), ((pt, _), (pl, _)), (dh, dw) = p["stride"], p["padding"], p["dilation"]
+        return core.cuda_conv2d(
+            x_ptr, w_ptr, y_ptr, bias_ptr, (n, c, h, w, oc, kh, kw, oh, ow),
+            (sh, sw, pt, pl, dh, dw, p["groups"]), xs, tuple(w_strides), ys,
+            _DTYPE_CODE[spec.dtype], _DTYPE_CODE[spec.out_dtype], _DTYPE_CODE[bias_dtype],
+            _ACTIVATION_CODE[spec.activation], stream)

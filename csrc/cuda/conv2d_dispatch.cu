@@ -1,0 +1,188 @@
+// Chooses the convolution kernel for the device and the arguments.
+// Order of preference: depthwise (channels-last vectors, groups == C == OC) ->
+// tensor-core implicit GEMM (sm_80+, 16/8-bit types, C/groups a multiple of 16 bytes;
+// x and w are first rewritten channels-last into a stream-ordered workspace when
+// they are not already) -> generic direct convolution (everything else).
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include "cuda/conv2d_common.cuh"
+
+namespace lepton {
+namespace {
+
+struct DeviceInfo {
+  int cc = 0;
+  bool mem_pools = false;
+};
+
+DeviceInfo device_info() {
+  static std::mutex mu;
+  static std::unordered_map<int, DeviceInfo> cache;
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(dev);
+  if (it != cache.end()) return it->second;
+  int major = 0, minor = 0, pools = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+             "cudaDeviceGetAttribute(major)");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),
+             "cudaDeviceGetAttribute(minor)");
+  check_cuda(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev),
+             "cudaDeviceGetAttribute(memory pools)");
+  DeviceInfo info{major * 10 + minor, pools != 0};
+  cache.emplace(dev, info);
+  return info;
+}
+
+ConvKernel requested_kernel(ConvKernel k) {
+  if (k != ConvKernel::auto_) return k;
+  const char* env = std::getenv("LEPTON_ACCEL_CONV_KERNEL");
+  if (!env || !*env || std::strcmp(env, "auto") == 0) return ConvKernel::auto_;
+  if (std::strcmp(env, "generic") == 0) return ConvKernel::generic;
+  if (std::strcmp(env, "depthwise") == 0) return ConvKernel::depthwise;
+  if (std::strcmp(env, "mma") == 0) return ConvKernel::mma;
+  throw CudaError(std::string("LEPTON_ACCEL_CONV_KERNEL must be auto, generic, depthwise or mma, not '") +
+                  env + "'");
+}
+
+// Device memory for one call, ordered on the call's stream: freed on that stream
+// after the kernels that use it, so the caller's stream never waits for the host.
+class Workspace {
+ public:
+  Workspace(std::size_t bytes, cudaStream_t stream, bool pools) : stream_(stream), pools_(pools) {
+    if (bytes == 0) return;
+    if (pools_) check_cuda(cudaMallocAsync(&ptr_, bytes, stream_), "cudaMallocAsync(conv2d workspace)");
+    else check_cuda(cudaMalloc(&ptr_, bytes), "cudaMalloc(conv2d workspace)");
+  }
+  ~Workspace() {
+    if (!ptr_) return;
+    if (pools_) {
+      cudaFreeAsync(ptr_, stream_);
+    } else {
+      cudaStreamSynchronize(stream_);
+      cudaFree(ptr_);
+    }
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  char* get() const { return static_cast<char*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+  bool pools_;
+};
+
+bool mma_dtype_ok(const Conv2dArgs& a) {
+  switch (a.in_dtype) {
+    case DType::f16: return a.out_dtype == DType::f16 || a.out_dtype == DType::f32;
+    case DType::bf16: return a.out_dtype == DType::bf16 || a.out_dtype == DType::f32;
+    case DType::i8: return a.out_dtype == DType::i32;
+    default: return false;
+  }
+}
+
+constexpr int64_t kIntLimit = int64_t(1) << 30;
+
+// What the tensor-core kernel needs beyond the operand layouts (which the dispatcher
+// can establish with a layout change): dtype, device, C/groups in whole 16-byte
+// chunks, and every index the kernel keeps in 32 bits well inside int range.
+bool mma_ok(const Conv2dArgs& a, const DeviceInfo& dev) {
+  if (!mma_dtype_ok(a) || dev.cc < 80) return false;
+  const int64_t vec = 16 / int64_t(dtype_size(a.in_dtype));
+  const int64_t Cg = a.C / a.groups, OCg = a.OC / a.groups;
+  if (Cg == 0 || Cg % vec != 0) return false;
+  if (a.groups > 65535) return false;
+  const int64_t ext_h = a.dil_h * (a.KH - 1) + 1, ext_w = a.dil_w * (a.KW - 1) + 1;
+  for (int64_t v : {a.N * a.OH * a.OW, a.H, a.W, OCg, a.KH * a.KW * Cg, ext_h, ext_w,
+                    a.stride_h * a.OH, a.stride_w * a.OW, a.pad_top, a.pad_left})
+    if (v >= kIntLimit) return false;
+  return true;
+}
+
+bool chunked(std::uintptr_t ptr, const int64_t (&s)[4], int64_t vec) {
+  return s[1] == 1 && s[0] % vec == 0 && s[2] % vec == 0 && s[3] % vec == 0 && ptr % 16 == 0;
+}
+
+std::string run_mma(const Conv2dArgs& a, const DeviceInfo& dev) {
+  const int elem = int(dtype_size(a.in_dtype));
+  const int64_t vec = 16 / elem;
+  const int64_t Cg = a.C / a.groups;
+  const bool x_ok = chunked(a.x, a.xs, vec), w_ok = chunked(a.w, a.ws, vec);
+  const std::size_t x_bytes = x_ok ? 0 : std::size_t(a.N * a.H * a.W * a.C) * elem;
+  const std::size_t x_pad = (x_bytes + 255) / 256 * 256;
+  const std::size_t w_bytes = w_ok ? 0 : std::size_t(a.OC * a.KH * a.KW * Cg) * elem;
+  Workspace ws(x_pad + w_bytes, as_stream(a.stream), dev.mem_pools);
+  Conv2dArgs b = a;
+  std::string suffix;
+  if (!x_ok) {
+    to_channels_last(reinterpret_cast<const void*>(a.x), ws.get(), a.N, a.C, a.H, a.W, a.xs, elem,
+                     a.stream);
+    b.x = reinterpret_cast<std::uintptr_t>(ws.get());
+    const int64_t s[4] = {a.H * a.W * a.C, 1, a.W * a.C, a.C};
+    std::memcpy(b.xs, s, sizeof s);
+    suffix += "+x_to_nhwc";
+  }
+  if (!w_ok) {
+    to_channels_last(reinterpret_cast<const void*>(a.w), ws.get() + x_pad, a.OC, Cg, a.KH, a.KW, a.ws,
+                     elem, a.stream);
+    b.w = reinterpret_cast<std::uintptr_t>(ws.get() + x_pad);
+    const int64_t s[4] = {a.KH * a.KW * Cg, 1, a.KW * Cg, Cg};
+    std::memcpy(b.ws, s, sizeof s);
+    suffix += "+w_to_ohwi";
+  }
+  return conv2d_igemm_sm80(b) + suffix;
+}
+
+// The stride of a dimension of extent 1 is never used: give it a value that the
+// layout checks accept (1 for channels, 0 elsewhere), as DLPack producers differ.
+void normalise(int64_t (&s)[4], const int64_t (&dims)[4]) {
+  for (int i = 0; i < 4; ++i)
+    if (dims[i] == 1) s[i] = (i == 1) ? 1 : 0;
+}
+
+bool bias_dtype_ok(DType out, DType bias) {
+  if (out == DType::i32) return bias == DType::i32;
+  return bias == DType::f32 || bias == DType::f16 || bias == DType::bf16;
+}
+
+}  // namespace
+
+std::string conv2d(const Conv2dArgs& in) {
+  Conv2dArgs a = in;
+  for (int64_t v : {a.N, a.C, a.H, a.W, a.OC, a.OH, a.OW, a.pad_top, a.pad_left})
+    if (v < 0) throw CudaError("conv2d: negative size or padding");
+  if (a.KH < 1 || a.KW < 1 || a.stride_h < 1 || a.stride_w < 1 || a.dil_h < 1 || a.dil_w < 1 ||
+      a.groups < 1)
+    throw CudaError("conv2d: kernel size, stride, dilation and groups must be at least 1");
+  if (a.C % a.groups != 0 || a.OC % a.groups != 0)
+    throw CudaError("conv2d: groups must divide the input and output channels");
+  if (!(a.in_dtype == DType::f32 && a.out_dtype == DType::f32) && !mma_dtype_ok(a))
+    throw CudaError("conv2d: unsupported dtype combination");
+  if (a.bias && !bias_dtype_ok(a.out_dtype, a.bias_dtype))
+    throw CudaError("conv2d: bias dtype does not fit the output dtype");
+  if (a.N == 0 || a.OC == 0 || a.OH == 0 || a.OW == 0) return "empty";
+  {
+    const int64_t xd[4] = {a.N, a.C, a.H, a.W}, wd[4] = {a.OC, a.C / a.groups, a.KH, a.KW},
+                  yd[4] = {a.N, a.OC, a.OH, a.OW};
+    normalise(a.xs, xd);
+    normalise(a.ws, wd);
+    normalise(a.ys, yd);
+  }
+
+  const ConvKernel want = requested_kernel(a.kernel);
+  if (want == ConvKernel::generic) return conv2d_generic(a);
+  if ((want == ConvKernel::auto_ || want == ConvKernel::depthwise) && depthwise_vec_ok(a))
+    return conv2d_depthwise_nhwc(a);
+  if (want == ConvKernel::auto_ || want == ConvKernel::mma) {
+    const DeviceInfo dev = device_info();
+    if (mma_ok(a, dev)) return run_mma(a, dev);
+  }
+  return conv2d_generic(a);
+}
+
+}  // namespace lepton
