@@ -34,6 +34,15 @@ def _cmd_generate_matmul(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:
+        print(f"error: {e}; install lepton_accel[sim]", file=sys.stderr)
+        return 1
+    except Exception as e:
+        # Amaranth reports a missing or too old Yosys with its own error type
+        if type(e).__name__ != "YosysError":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

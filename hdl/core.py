@@ -1,6 +1,6 @@
 """Matmul core: the systolic array with its tile sequencer, on amaranth streams."""
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 

@@ -87,6 +87,7 @@ class TB:
         self.axil.read_if.log.setLevel("WARNING")
         self.rows = self.cols = None
         self.dtype = None
+        self.paused = False
 
     async def reset(self, cycles=4):
         self.dut.rst.value = 1
@@ -121,22 +122,22 @@ class TB:
         self.dut._log.info("core: %dx%d %s", self.rows, self.cols, self.dtype)
 
     def set_pauses(self, p_in, p_out):
-        """Random pauses on every source (probability p_in) and the sink (p_out)."""
+        """Random pauses: every channel into the core with probability p_in, every
+        channel out of it (c, AXI4-Lite B and R) with p_out."""
         def gen(p, seed):
             r = random.Random(seed)
             while True:
                 yield r.random() < p
-        for i, s in enumerate(self.src.values()):
-            if p_in:
-                s.set_pause_generator(gen(p_in, random.getrandbits(32)))
-            else:
-                s.clear_pause_generator()
-                s.pause = False  # the generator may have been stopped mid-pause
-        if p_out:
-            self.sink.set_pause_generator(gen(p_out, random.getrandbits(32)))
-        else:
-            self.sink.clear_pause_generator()
-            self.sink.pause = False
+        wr, rd = self.axil.write_if, self.axil.read_if
+        into = [*self.src.values(), wr.aw_channel, wr.w_channel, rd.ar_channel]
+        out_of = [self.sink, wr.b_channel, rd.r_channel]
+        for chans, p in ((into, p_in), (out_of, p_out)):
+            for ch in chans:
+                if p:
+                    ch.set_pause_generator(gen(p, random.getrandbits(32)))
+                else:
+                    ch.clear_pause_generator()
+                    ch.pause = False  # the generator may have been stopped mid-pause
         self.paused = bool(p_in or p_out)
 
     # random data
@@ -253,6 +254,7 @@ async def test_registers(dut):
     """ID/VERSION/CONFIG, reset values, read/write registers, W1C errors, bad dims."""
     tb = TB(dut)
     await tb.start()
+    tb.set_pauses(0.4, 0.4)  # AW, W, AR, B and R channels all stall at random
     for name in ("STATUS", "ERROR", "M", "N", "K", "CTRL", "CYCLES_LO", "TILES_DONE"):
         assert await tb.read(name) == 0, name
     for name in ("M", "N", "K"):

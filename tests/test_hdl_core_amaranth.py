@@ -21,9 +21,7 @@ def _run_jobs(rows, cols, dtype, jobs, rng, pause_in=0.0, pause_out=0.0, max_cyc
             m, k = a.shape
             n = b.shape[1]
             frames = regmap.pack_job(a, b, bias, rows=rows, cols=cols, dtype=dtype)
-            lane = np.dtype(regmap._lane_dtype(dtype))
-
-            def beats(name, frame_list, beat_bytes):
+            def beats(frame_list, beat_bytes):
                 out = []
                 for f in frame_list:
                     nb = len(f) // beat_bytes
@@ -33,9 +31,9 @@ def _run_jobs(rows, cols, dtype, jobs, rng, pause_in=0.0, pause_out=0.0, max_cyc
                 return out
 
             w = regmap.stream_widths(rows, cols, dtype)
-            queues = {"a": beats("a", frames["a"], w["a"] // 8),
-                      "b": beats("b", frames["b"], w["b"] // 8),
-                      "bias": beats("bias", frames.get("bias", []), w["bias"] // 8)}
+            queues = {"a": beats(frames["a"], w["a"] // 8),
+                      "b": beats(frames["b"], w["b"] // 8),
+                      "bias": beats(frames.get("bias", []), w["bias"] // 8)}
             ctx.set(dut.m, m)
             ctx.set(dut.n, n)
             ctx.set(dut.k, k)

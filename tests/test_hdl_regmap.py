@@ -98,3 +98,14 @@ def test_expected_cycles_by_hand():
     assert regmap.expected_cycles(8, 4, 1, 4, 4) == (1 + 8 + 4) + 8 + 4 - 1
     # long K hides the drain completely: tiles*K + R + C + rows - 1
     assert regmap.expected_cycles(64, 64, 64, 16, 16) == 16 * 64 + 32 + 16 - 1
+
+
+def test_docs_register_table_matches_regmap():
+    from pathlib import Path
+    doc = Path(__file__).resolve().parents[1] / "docs" / "fpga-matmul.md"
+    if not doc.exists():
+        pytest.skip("docs not in this checkout")
+    text = doc.read_text()
+    for r in regmap.REGISTERS:
+        assert f"| 0x{r.offset:02X} | {r.name} | {r.access} |" in text, r.name
+    assert f"0x{regmap.CORE_ID:08X}" in text
