@@ -4,9 +4,10 @@ from __future__ import annotations
 from .base import Backend, BackendUnavailable, UnsupportedOperation
 from .cpu import CpuBackend
 from .cuda import CudaBackend
+from .fpga import FpgaBackend
 
 #: name -> backend instance, in the order they are listed
-REGISTRY: dict[str, Backend] = {b.name: b for b in (CpuBackend(), CudaBackend())}
+REGISTRY: dict[str, Backend] = {b.name: b for b in (CpuBackend(), CudaBackend(), FpgaBackend())}
 
 
 def get(name: str) -> Backend:

@@ -1,0 +1,144 @@
+"""Host side of the FPGA cores: the device layer, the host driver and model builds.
+
+    >>> import numpy as np, lepton_accel.fpga as fpga
+    >>> a = np.random.default_rng().integers(-128, 128, (40, 30), dtype=np.int8)
+    >>> b = np.random.default_rng().integers(-128, 128, (30, 20), dtype=np.int8)
+    >>> c = fpga.matmul(a, b)            # int32, on the simulated 16x16 int8 core
+
+Devices: :class:`VerilatorDevice` (the core's Verilog compiled by Verilator, driven by
+our C++ harness) is the only implementation of :class:`Device` today; no FPGA board
+driver exists yet.
+
+The core configuration used by :func:`matmul` and the ``fpga`` backend is
+``LEPTON_ACCEL_FPGA_CORE`` (e.g. ``"16x16"`` or ``"8x8"``; default 16x16) or
+:func:`configure`. int8 operands run on an int8 core of that size; int16 operands on an
+int16 core of that size (each configuration is its own model, built once and cached).
+
+The ``fpga`` backend of :func:`lepton_accel.matmul` offers the simulated device only when
+asked to (``LEPTON_ACCEL_FPGA=sim`` or :func:`enable`); the functions of this module
+always run on it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from .build import BuildError, CoreConfig, build_model, cache_root, toolchain_missing
+from .device import Device, DeviceError, DeviceTimeout, StreamResult
+from .driver import QUANTIZE_MODES, JobStats, MatmulDriver, quantize_symmetric
+
+__all__ = ["enable", "enabled", "configure", "core_size", "driver", "matmul", "conv2d", "CoreConfig", "Device",
+           "DeviceError", "DeviceTimeout", "StreamResult", "MatmulDriver", "JobStats",
+           "BuildError", "build_model", "cache_root", "toolchain_missing", "QUANTIZE_MODES",
+           "quantize_symmetric", "VerilatorDevice"]
+
+_lock = threading.Lock()
+_drivers: dict[CoreConfig, MatmulDriver] = {}
+_size: tuple[int, int] | None = None
+_enabled: bool | None = None
+
+
+def enabled() -> bool:
+    """Whether the fpga backend offers the simulated device (opt-in: it is a slow
+    cycle-accurate simulation). ``LEPTON_ACCEL_FPGA=sim`` or :func:`enable` turns it on."""
+    if _enabled is not None:
+        return _enabled
+    return os.environ.get("LEPTON_ACCEL_FPGA", "").lower() in ("sim", "1", "verilator")
+
+
+def enable(on: bool = True) -> None:
+    """Offer (or stop offering) the simulated device through the ``fpga`` backend."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def _env_size() -> tuple[int, int]:
+    text = os.environ.get("LEPTON_ACCEL_FPGA_CORE", "16x16").lower()
+    try:
+        r, c = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise ValueError(f"LEPTON_ACCEL_FPGA_CORE: expected ROWSxCOLS like '16x16', "
+                         f"got {text!r}") from None
+    return r, c
+
+
+def core_size() -> tuple[int, int]:
+    """(rows, cols) of the core the fpga backend uses."""
+    return _size if _size is not None else _env_size()
+
+
+def configure(rows: int | None = None, cols: int | None = None) -> tuple[int, int]:
+    """Set the array size used from now on (validated against the core's limits)."""
+    global _size
+    r0, c0 = core_size()
+    r, c = rows or r0, cols or c0
+    CoreConfig(r, c, "int8")  # raises ValueError when out of range
+    _size = (r, c)
+    return _size
+
+
+def config_for(dtype: str) -> CoreConfig:
+    r, c = core_size()
+    return CoreConfig(r, c, "int16" if dtype == "int16" else "int8")
+
+
+def driver(config: CoreConfig | None = None) -> MatmulDriver:
+    """The host driver of a configuration on its simulated device (built on first use)."""
+    from .verilator_device import VerilatorDevice
+
+    config = config or config_for("int8")
+    with _lock:
+        drv = _drivers.get(config)
+        if drv is None:
+            drv = MatmulDriver(VerilatorDevice(config))
+            _drivers[config] = drv
+        return drv
+
+
+def is_ready(config: CoreConfig) -> bool:
+    """Whether a model of config is loaded or some build of it is in the cache.
+
+    Cheap (no Verilog generation): a cached build of an older RTL version counts, so
+    this is a hint for cost estimates, not a promise that no rebuild happens.
+    """
+    if config in _drivers:
+        return True
+    try:
+        return any(p.joinpath("libmodel.so").exists()
+                   for p in cache_root().glob(f"{config.tag}-*"))
+    except OSError:
+        return False
+
+
+def _dtype_of(x) -> str:
+    import numpy as np
+
+    return np.asarray(x).dtype.name
+
+
+def matmul(a, b, bias=None, *, activation=None, quantize=None, config=None):
+    """``activation(a @ b + bias)`` on the simulated core (NumPy semantics).
+
+    int8 / int16 operands: exact int32 result with wrap-around. Float operands need
+    ``quantize="per_tensor"`` or ``"per_channel"`` (symmetric; see
+    :mod:`lepton_accel.fpga.driver`) and return float32.
+    """
+    if config is None:
+        dts = {_dtype_of(a), _dtype_of(b)}
+        config = config_for("int16" if "int16" in dts else "int8")
+    return driver(config).matmul(a, b, bias, activation=activation, quantize=quantize)
+
+
+def conv2d(*args, **kwargs):
+    """Convolution through im2col on the matmul core; see :mod:`.conv`."""
+    from .conv import conv2d as _conv2d
+
+    return _conv2d(*args, **kwargs)
+
+
+def __getattr__(name):
+    if name == "VerilatorDevice":
+        from .verilator_device import VerilatorDevice
+
+        return VerilatorDevice
+    raise AttributeError(name)

@@ -1,0 +1,326 @@
+"""Host driver of the matmul core: tiling, packing, job control, quantization.
+
+The driver speaks to any :class:`.device.Device` and follows the host protocol of
+:mod:`lepton_accel.hdl.regmap` (the core's single source of truth): it checks the core's
+ID, VERSION and CONFIG registers, writes M, N, K and CTRL, streams the frames packed by
+``regmap.pack_job`` and assembles the output with ``regmap.unpack_c``.
+
+Shapes: the core takes 1 <= M, N, K < 2**regmap.DIM_BITS per job. Larger operands are
+split into several jobs: K into chunks whose partial results are summed modulo 2**32
+(exactly what one long accumulation would give, since the core's sums wrap), M and N into
+blocks. M is also split so that one job's packed streams stay under ``max_job_bytes``
+(the a stream repeats each row block once per column tile, per the protocol).
+
+Arithmetic: integer operands (int8 on an int8 core; int8 or int16 on an int16 core)
+are multiplied exactly, accumulated in int32 with wrap-around, the int32 bias added with
+wrap-around, and ReLU (if asked for) applied to the wrapped value; the result equals
+``regmap.reference`` bit for bit.
+
+Floating-point operands are accepted only with an explicit ``quantize=``:
+
+* ``"per_tensor"``: one symmetric scale per operand, ``s = max|x| / qmax``
+  (qmax = 127 for int8 cores, 32767 for int16), ``q = clip(round(x / s), -qmax, qmax)``;
+* ``"per_channel"``: a symmetric scale per row of ``a`` (per output row) and per column
+  of ``b`` (per output channel), same rounding.
+
+The integer product is computed on the core and dequantized to float32:
+``C[m, n] = s_a[m] * s_b[n] * (qa @ qb)[m, n]``; a float bias is added after
+dequantization (in float32), then the activation. An all-zero operand (or row/column)
+gets scale 1. Results are exact for the quantized values, not for the float inputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lepton_accel.hdl import regmap
+
+from .device import Device, DeviceError
+
+__all__ = ["MatmulDriver", "JobStats", "quantize_symmetric", "QUANTIZE_MODES",
+           "DEFAULT_MAX_JOB_BYTES"]
+
+QUANTIZE_MODES = ("per_tensor", "per_channel")
+#: Upper bound on one job's packed input streams; bigger GEMMs become several jobs.
+DEFAULT_MAX_JOB_BYTES = 64 << 20
+_DIM_MAX = (1 << regmap.DIM_BITS) - 1
+
+
+@dataclass
+class JobStats:
+    """Counters of the last :meth:`MatmulDriver.gemm` call."""
+
+    jobs: int = 0
+    cycles: int = 0          # sum of the core's CYCLES over the jobs
+    stall_in: int = 0
+    stall_out: int = 0
+
+
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+def quantize_symmetric(x: np.ndarray, qmax: int, axis: int | None):
+    """(q, scale): symmetric quantization of x to [-qmax, qmax], per tensor (axis None)
+    or with one scale per index along ``axis`` (scales broadcastable against x)."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("quantize: operands must be finite to be quantized")
+    if axis is None:
+        amax = np.max(np.abs(x)) if x.size else np.float32(0)
+    else:
+        reduce = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+        amax = np.max(np.abs(x), axis=reduce, keepdims=True) if x.size else \
+            np.zeros([1] * x.ndim, np.float32)
+    scale = np.where(amax > 0, amax / np.float32(qmax), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(x / scale), -qmax, qmax)
+    return q, scale
+
+
+class MatmulDriver:
+    """Runs integer GEMMs of any size on one matmul core behind a :class:`Device`."""
+
+    def __init__(self, device: Device, *, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+                 poll_limit: int = 1000):
+        self.device = device
+        self.max_job_bytes = int(max_job_bytes)
+        self.poll_limit = poll_limit
+        self.last = JobStats()
+        self._check_core()
+
+    # ---- identification ------------------------------------------------------------
+    def _check_core(self) -> None:
+        d = self.device
+        ident = d.read("ID")
+        if ident != regmap.CORE_ID:
+            raise DeviceError(f"not a lepton matmul core: ID reads 0x{ident:08x}, "
+                              f"expected 0x{regmap.CORE_ID:08x}")
+        ver = d.read("VERSION")
+        major = regmap.field_value("VERSION", "MAJOR", ver)
+        if major != regmap.VERSION[0]:
+            raise DeviceError(f"core interface version {major}.x, this driver speaks "
+                              f"{regmap.VERSION[0]}.x")
+        cfg = d.read("CONFIG")
+        self.rows = regmap.field_value("CONFIG", "ROWS", cfg)
+        self.cols = regmap.field_value("CONFIG", "COLS", cfg)
+        code = regmap.field_value("CONFIG", "DTYPE", cfg)
+        names = {v: k for k, v in regmap.DTYPE_CODES.items()}
+        if code not in names:
+            raise DeviceError(f"core reports unknown dtype code {code}")
+        self.dtype = names[code]
+        acc = regmap.field_value("CONFIG", "ACC_WIDTH", cfg)
+        if acc != regmap.ACC_WIDTH:
+            raise DeviceError(f"core accumulates in {acc} bits, driver expects "
+                              f"{regmap.ACC_WIDTH}")
+
+    @property
+    def lane_dtype(self) -> np.dtype:
+        return np.dtype({"int8": np.int8, "int16": np.int16}[self.dtype])
+
+    def accepts(self, dtype) -> bool:
+        """Whether integer operands of dtype run natively on this core."""
+        dt = np.dtype(dtype)
+        return dt.kind == "i" and dt.itemsize <= self.lane_dtype.itemsize
+
+    # ---- one job -------------------------------------------------------------------
+    def _job(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """One core job (dimensions within the registers' range)."""
+        d, R, C = self.device, self.rows, self.cols
+        m, k = a.shape
+        n = b.shape[1]
+        frames = regmap.pack_job(a, b, bias, rows=R, cols=C, dtype=self.dtype)
+        heights = [min(R, m - r0) for r0, _ in regmap.tile_order(m, n, R, C)]
+        c_beats = sum(heights)
+        d.write("M", m)
+        d.write("N", n)
+        d.write("K", k)
+        ctrl = regmap.field_mask("CTRL", "START")
+        if bias is not None:
+            ctrl |= regmap.field_mask("CTRL", "BIAS_EN")
+        d.write("CTRL", ctrl)
+        res = d.stream(b"".join(frames["a"]), b"".join(frames["b"]),
+                       b"".join(frames["bias"]) if bias is not None else None,
+                       k=k, c_beats=c_beats)
+        # Done and error-free?
+        for _ in range(self.poll_limit):
+            status = d.read("STATUS")
+            if regmap.field_value("STATUS", "DONE", status) or \
+                    regmap.field_value("STATUS", "ERROR", status):
+                break
+        else:
+            raise DeviceError("core did not report DONE after its last output beat")
+        err = d.read("ERROR")
+        if err:
+            d.write("ERROR", err)
+            flags = [f.name for f in regmap.REG["ERROR"].fields if (err >> f.lsb) & 1]
+            raise DeviceError(f"core raised ERROR {', '.join(flags)} (0x{err:x})")
+        if regmap.field_value("STATUS", "BUSY", status):
+            raise DeviceError("core still busy after its last output beat")
+        expect_last = np.zeros(c_beats, np.uint8)
+        expect_last[np.cumsum(heights) - 1] = 1
+        if not np.array_equal(res.c_last, expect_last):
+            raise DeviceError("c stream: tlast does not mark the end of every tile")
+        beat = C * regmap.ACC_WIDTH // 8
+        out, pos = [], 0
+        for h in heights:
+            out.append(res.c[pos:pos + h * beat])
+            pos += h * beat
+        cycles = d.read_cycles()
+        self.last.jobs += 1
+        self.last.cycles += cycles
+        self.last.stall_in += d.read("STALL_IN")
+        self.last.stall_out += d.read("STALL_OUT")
+        return regmap.unpack_c(out, m, n, rows=R, cols=C)
+
+    # ---- any shape ------------------------------------------------------------------
+    def _m_block(self, n: int, k: int) -> int:
+        """Rows of a per job so that the packed a and b streams fit max_job_bytes."""
+        R, C, lane = self.rows, self.cols, self.lane_dtype.itemsize
+        col_tiles = math.ceil(n / C)
+        per_row_tile = col_tiles * k * (R + C) * lane  # a and b bytes per R rows
+        tiles = max(1, self.max_job_bytes // max(per_row_tile, 1))
+        return int(min(_DIM_MAX // R * R, tiles * R))
+
+    def gemm(self, a, b, bias=None) -> np.ndarray:
+        """int32 ``a @ b (+ bias)`` with wrap-around, for 2-D integer a (M x K), b (K x N).
+
+        bias: int32 (N,) or None. Bit-exact with ``regmap.reference``.
+        """
+        a, b = np.asarray(a), np.asarray(b)
+        for name, x in (("a", a), ("b", b)):
+            if x.ndim != 2:
+                raise ValueError(f"{name}: expected a 2-D array, got shape {x.shape}")
+            if not self.accepts(x.dtype):
+                raise TypeError(f"{name}: dtype {x.dtype} does not run on this {self.dtype} "
+                                f"core; integer operands up to {self.dtype} are accepted")
+        m, k = a.shape
+        if b.shape[0] != k:
+            raise ValueError(f"b: inner dimensions differ: a is {a.shape}, b is {b.shape}")
+        n = b.shape[1]
+        if bias is not None:
+            bias = _wrap32(bias)
+            if bias.shape != (n,):
+                raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
+        self.last = JobStats()
+        out = np.zeros((m, n), np.int32)
+        if m == 0 or n == 0:
+            return out
+        if k == 0:
+            return np.broadcast_to(bias, (m, n)).copy() if bias is not None else out
+        a = a.astype(self.lane_dtype, copy=False)
+        b = b.astype(self.lane_dtype, copy=False)
+        n_blk = _DIM_MAX // self.cols * self.cols
+        k_blk = _DIM_MAX
+        acc = np.zeros((m, n), np.int64) if k > k_blk else None
+        for n0 in range(0, n, n_blk):
+            n1 = min(n, n0 + n_blk)
+            m_blk = self._m_block(n1 - n0, min(k, k_blk))
+            for m0 in range(0, m, m_blk):
+                m1 = min(m, m0 + m_blk)
+                for k0 in range(0, k, k_blk):
+                    k1 = min(k, k0 + k_blk)
+                    bi = bias[n0:n1] if (bias is not None and k0 == 0) else None
+                    part = self._job(a[m0:m1, k0:k1], b[k0:k1, n0:n1], bi)
+                    if acc is None:
+                        out[m0:m1, n0:n1] = part
+                    else:
+                        acc[m0:m1, n0:n1] += part
+        return out if acc is None else _wrap32(acc)
+
+    def matmul(self, a, b, bias=None, *, activation: str | None = None,
+               quantize: str | None = None) -> np.ndarray:
+        """NumPy-style ``activation(a @ b + bias)`` on the core.
+
+        a: (..., M, K) or (K,); b: (..., K, N) or (K,); leading dims broadcast and run
+        as one job per batch entry (folded into M when b has no batch dims).
+        Integer operands: int32 result (wrap-around), bias int32. Float operands need
+        ``quantize="per_tensor"`` or ``"per_channel"`` (see the module docs) and give
+        float32.
+        """
+        if activation not in (None, "relu"):
+            raise ValueError(f"activation: {activation!r} is not supported on the fpga "
+                             "backend; expected None or 'relu'")
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"{'a' if a.ndim == 0 else 'b'}: expected an array of rank >= 1")
+        is_float = [x.dtype.kind == "f" or x.dtype.name == "bfloat16" for x in (a, b)]
+        if any(is_float):
+            if quantize is None:
+                name = "a" if is_float[0] else "b"
+                raise TypeError(
+                    f"{name}: {np.asarray((a, b)[is_float.index(True)]).dtype} operands do not "
+                    f"run natively on the {self.dtype} core; pass quantize='per_tensor' or "
+                    "'per_channel' (quantize=) to quantize them symmetrically, or give "
+                    "integer operands")
+            if quantize not in QUANTIZE_MODES:
+                raise ValueError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
+            return self._matmul_quantized(a, b, bias, activation, quantize)
+        if quantize is not None:
+            raise ValueError("quantize: only float operands are quantized; integer operands "
+                             "run as they are")
+        for name, x in (("a", a), ("b", b)):
+            if not self.accepts(x.dtype):
+                raise TypeError(f"{name}: dtype {x.dtype} does not run on this {self.dtype} "
+                                f"core; expected integer operands up to {self.dtype}")
+        if bias is not None:
+            bias = np.asarray(bias)
+            if bias.dtype.kind not in "iu":
+                raise TypeError(f"bias: expected an int32 bias for integer operands, got "
+                                f"{bias.dtype}")
+        out = self._batched(a, b, bias)
+        if activation == "relu":
+            np.maximum(out, 0, out=out)
+        return out
+
+    def _batched(self, a, b, bias):
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        if a2.shape[-1] != b2.shape[-2]:
+            raise ValueError(f"b: inner dimensions do not match: a {a.shape}, b {b.shape}")
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+        if b2.ndim == 2:  # one weight matrix: fold the batch into M (one job stream)
+            res = self.gemm(a2.reshape(-1, k), b2, bias).reshape(*batch, m, n)
+            stats = self.last
+        else:
+            aa = np.broadcast_to(a2, batch + (m, k)).reshape(-1, m, k)
+            bb = np.broadcast_to(b2, batch + (k, n)).reshape(-1, k, n)
+            res = np.empty((aa.shape[0], m, n), np.int32)
+            stats = JobStats()
+            for i in range(aa.shape[0]):
+                res[i] = self.gemm(aa[i], bb[i], bias)
+                for f in ("jobs", "cycles", "stall_in", "stall_out"):
+                    setattr(stats, f, getattr(stats, f) + getattr(self.last, f))
+            res = res.reshape(*batch, m, n)
+        self.last = stats
+        if a.ndim == 1:
+            res = res[..., 0, :]
+        if b.ndim == 1:
+            res = res[..., 0]
+        return res
+
+    def _matmul_quantized(self, a, b, bias, activation, mode):
+        qmax = int(np.iinfo(self.lane_dtype).max)
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        if mode == "per_tensor":
+            qa, sa = quantize_symmetric(a2, qmax, None)
+            qb, sb = quantize_symmetric(b2, qmax, None)
+        else:
+            qa, sa = quantize_symmetric(a2, qmax, -2)   # one scale per row of a
+            qb, sb = quantize_symmetric(b2, qmax, -1)   # one scale per column of b
+        # On the promoted (>= 2-D) operands: sa is (..., M, 1) or (1, 1), sb (..., 1, N).
+        acc = self._batched(qa.astype(self.lane_dtype), qb.astype(self.lane_dtype), None)
+        out = (acc.astype(np.float32) * sa) * sb
+        if a.ndim == 1:
+            out = out[..., 0, :]
+        if b.ndim == 1:
+            out = out[..., 0]
+        out = out.astype(np.float32, copy=False)
+        if bias is not None:
+            out = out + np.asarray(bias, dtype=np.float32)
+        if activation == "relu":
+            np.maximum(out, 0, out=out)
+        return out.astype(np.float32, copy=False)
