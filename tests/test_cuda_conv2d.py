@@ -374,7 +374,7 @@ def test_property(case, dt, layout, kernel, bias, activation, x_kind, w_order, y
     assert_ok(name, err, intact, tol)
 
 
-LAYERS = {  # name: (case, needs 16-byte channel multiples for the tensor-core path)
+LAYERS = {
     "stem7x7s2": case_of(2, 3, 33, 31, 64, 7, 7, stride=2, padding=3),
     "1x1_256_64": case_of(2, 256, 14, 14, 64, 1, 1),
     "3x3_64_64": case_of(2, 64, 15, 13, 64, 3, 3, padding=1),
@@ -383,11 +383,10 @@ LAYERS = {  # name: (case, needs 16-byte channel multiples for the tensor-core p
     "ragged_oc72_k24": case_of(3, 24, 11, 9, 72, 1, 1),
     "ragged_oc136_5x3": case_of(1, 40, 12, 17, 136, 5, 3, padding=(2, 1), dilation=(1, 2)),
     "grouped_g4": case_of(2, 64, 10, 10, 96, 3, 3, padding=1, groups=4),
-    "depthwise_3x3": case_of(2, 96, 17, 15, 96, 3, 3, padding=1),
+    "depthwise_3x3": case_of(2, 96, 17, 15, 96, 3, 3, padding=1, groups=96),
     "depthwise_s2_mult2": case_of(2, 32, 16, 16, 64, 3, 3, stride=2, padding=1, groups=32),
     "depthwise_5x5": case_of(1, 144, 14, 14, 144, 5, 5, padding=2, groups=144),
 }
-LAYERS["depthwise_3x3"]["groups"] = 96
 
 
 @gpu
