@@ -74,19 +74,19 @@ def test_node_removed_mid_job_is_retried_on_another_node(ray_cluster, tmp_path):
 
     g6 = CAT["g6.xlarge"]
     res = {resource_name(g6): 1, "accelerator_type:L4": 1}
-    first = cluster.add_node(num_cpus=1, num_gpus=1, resources=res)
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=1, resources=res) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
     store = JobStore(tmp_path / "jobs.sqlite")
-    (jid,) = store.submit(parse_workload({"name": "long", "suite": {"name": "shell", "command": "sleep 3"},
-                                          "estimate_s": 3, "constraints": {"instance_types": ["g6.xlarge"]}}))
+    (jid,) = store.submit(parse_workload({"name": "long", "suite": {"name": "shell", "command": "sleep 4"},
+                                          "estimate_s": 4, "constraints": {"instance_types": ["g6.xlarge"]}}))
     ex = RayExecutor(store, CAT, allow_shell=True, request_resources=False, max_retries=2)
     err = []
     th = threading.Thread(target=lambda: _guard(err, ex.run, timeout=90), daemon=True)
     th.start()
     _wait(lambda: store.get(jid).state == "running", 60)
-    assert store.get(jid).node == first.node_id
-    second = cluster.add_node(num_cpus=1, num_gpus=1, resources=res)
-    cluster.remove_node(first)
+    on = store.get(jid).node
+    first = next(n for n in nodes if n.node_id == on)
+    cluster.remove_node(first)          # the node dies mid-job
     th.join(120)
     assert not th.is_alive() and not err, err
     r = store.get(jid)

@@ -8,7 +8,8 @@ For every catalog type the job may use, placement builds a :class:`Candidate`:
   memory, host<->device transfer, call overhead) on the type's accelerator; a suite's run
   time is the estimate the job gives.
 * **cost** = what the choice adds to the bill. A new node is billed whole, per second with
-  the cloud's minimum (``catalog.billing``), from launch until the job ends. On a warm
+  the cloud's minimum (``catalog.billing``), from launch until the job ends plus the idle
+  time the cluster keeps a node before removing it (``ClusterState.idle_timeout_s``). On a warm
   node the job pays the time it occupies one slot: the hourly price divided by the slots
   (accelerators) of the type, for image load plus run.
 
@@ -47,6 +48,7 @@ class ClusterState:
 
     nodes: list[NodeView] = field(default_factory=list)
     max_nodes: dict[str, int] = field(default_factory=dict)
+    idle_timeout_s: float = 0.0      # a new node is kept (and billed) this long after its work
 
     def of_type(self, name: str) -> list[NodeView]:
         return [n for n in self.nodes if n.itype == name]
@@ -102,13 +104,13 @@ def _fits(job: Job, itype: InstanceType) -> bool:
 
 
 def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, node: NodeView | None,
-            elapsed_s: float) -> Candidate:
+            elapsed_s: float, idle_s: float = 0.0) -> Candidate:
     c = Candidate(itype, estimate=est, run_s=run_s)
     fpga_load = _device(itype).image_load_s if itype.kind == "fpga" else 0.0
     if node is None:
         c.startup_s, c.image_load_s = itype.startup_s, fpga_load
         c.time_s = c.startup_s + c.image_load_s + run_s
-        c.cost = catalog.launch_cost(itype, c.time_s)
+        c.cost = catalog.launch_cost(itype, c.time_s + idle_s)
     else:
         c.node = node.node_id
         c.wait_s = 0.0 if node.free_slots > 0 else node.wait_s
@@ -153,7 +155,7 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
             continue
         options = [_option(job, itype, catalog, run_s, est, n, elapsed_s) for n in state.of_type(itype.name)]
         if state.can_launch(itype.name):
-            options.append(_option(job, itype, catalog, run_s, est, None, elapsed_s))
+            options.append(_option(job, itype, catalog, run_s, est, None, elapsed_s, state.idle_timeout_s))
         if not options:
             out.append(Candidate(itype, excluded="at its node limit"))
             continue
