@@ -23,6 +23,7 @@ struct GemmProblem {
   DType out_dtype = DType::f32;
   Activation act = Activation::none;
   bool bias_on_rows = false;
+  bool c_pairs = false;  // (m, n), (m, n+1) for even n form one aligned 2-element vector
   std::uintptr_t stream = 0;
 };
 
@@ -57,20 +58,41 @@ __device__ __forceinline__ void store_pair(const GemmProblem& p, char* c_base, i
                                            TAcc v0, TAcc v1) {
   if (m >= p.M) return;
   const int64_t off = m * p.c_m + n * p.c_n;
+  const bool pair = p.c_pairs && n + 1 < p.N;  // n is even at every call site
   if constexpr (std::is_integral<TAcc>::value) {
     int32_t* c = reinterpret_cast<int32_t*>(c_base) + off;
+    if (pair) {
+      *reinterpret_cast<int2*>(c) = make_int2(epilogue_value<int32_t>(v0, p, m, n),
+                                              epilogue_value<int32_t>(v1, p, m, n + 1));
+      return;
+    }
     if (n < p.N) c[0] = epilogue_value<int32_t>(v0, p, m, n);
     if (n + 1 < p.N) c[p.c_n] = epilogue_value<int32_t>(v1, p, m, n + 1);
   } else if (p.out_dtype == DType::f16) {
     __half* c = reinterpret_cast<__half*>(c_base) + off;
+    if (pair) {
+      *reinterpret_cast<__half2*>(c) = __halves2half2(epilogue_value<__half>(v0, p, m, n),
+                                                      epilogue_value<__half>(v1, p, m, n + 1));
+      return;
+    }
     if (n < p.N) c[0] = epilogue_value<__half>(v0, p, m, n);
     if (n + 1 < p.N) c[p.c_n] = epilogue_value<__half>(v1, p, m, n + 1);
   } else if (p.out_dtype == DType::bf16) {
     __nv_bfloat16* c = reinterpret_cast<__nv_bfloat16*>(c_base) + off;
+    if (pair) {
+      *reinterpret_cast<__nv_bfloat162*>(c) = __halves2bfloat162(
+          epilogue_value<__nv_bfloat16>(v0, p, m, n), epilogue_value<__nv_bfloat16>(v1, p, m, n + 1));
+      return;
+    }
     if (n < p.N) c[0] = epilogue_value<__nv_bfloat16>(v0, p, m, n);
     if (n + 1 < p.N) c[p.c_n] = epilogue_value<__nv_bfloat16>(v1, p, m, n + 1);
   } else {
     float* c = reinterpret_cast<float*>(c_base) + off;
+    if (pair) {
+      *reinterpret_cast<float2*>(c) =
+          make_float2(epilogue_value<float>(v0, p, m, n), epilogue_value<float>(v1, p, m, n + 1));
+      return;
+    }
     if (n < p.N) c[0] = epilogue_value<float>(v0, p, m, n);
     if (n + 1 < p.N) c[p.c_n] = epilogue_value<float>(v1, p, m, n + 1);
   }

@@ -158,6 +158,9 @@ std::string gemm_chunk(const GemmArgs& g) {
 
   GemmProblem p = to_problem(g);
   if (p.c_n != 1 && p.c_m == 1) p = transposed(p);  // make C's unit stride run along N
+  const std::size_t out_size = dtype_size(g.out_dtype);
+  p.c_pairs = p.c_n == 1 && p.c_m % 2 == 0 && (p.batch == 1 || p.c_batch % 2 == 0) &&
+              aligned(p.c, 2 * out_size);
 
   const bool f32_in = g.in_dtype == DType::f32 && g.out_dtype == DType::f32;
   if (want == GemmKernel::simt) return f32_in ? run_simt(p) : gemm_generic(g);
