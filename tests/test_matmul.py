@@ -10,7 +10,9 @@ from lepton_accel.reference import TOLERANCE, matmul_ref, relative_error
 from operands import random_operand
 
 SIZES = st.sampled_from([1, 2, 3, 7, 13, 16, 31, 32, 33, 64, 67, 97])
-BACKENDS = [b["name"] for b in la.backends() if b["available"]]
+# The simulated fpga backend runs integers only, at small array sizes, in its own tests
+# (tests/test_fpga_backend.py); every other available backend runs the whole contract.
+BACKENDS = [b["name"] for b in la.backends() if b["available"] and b["name"] != "fpga"]
 
 
 def check(out, ref, dtype):

@@ -73,7 +73,8 @@ def cmd_demo(args) -> int:
             try:
                 out = fn(**kw, backend=backend)
             except la.UnsupportedOperation as exc:
-                rows.append([backend, op, dtype, "-", "-", f"skipped: {exc}"])
+                why = str(exc).split(": ", 2)[-1].split(";")[0]
+                rows.append([backend, op, dtype, "-", "-", f"not supported: {why}"])
                 continue
             ms = (time.perf_counter() - t0) * 1e3
             ref = matmul_ref(**kw) if op == "matmul" else conv2d_ref(**kw)

@@ -48,9 +48,8 @@ class FpgaBackend:
         from .. import fpga
 
         if not fpga.enabled():
-            return False, ("no FPGA board driver exists yet, and the simulated device is "
-                           "opt-in: set LEPTON_ACCEL_FPGA=sim or call "
-                           "lepton_accel.fpga.enable()")
+            return False, ("the simulated FPGA device is switched off "
+                           "(LEPTON_ACCEL_FPGA=off or lepton_accel.fpga.enable(False))")
         if self._avail is None:
             try:
                 from ..fpga.build import toolchain_missing

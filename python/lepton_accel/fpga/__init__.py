@@ -14,9 +14,10 @@ The core configuration used by :func:`matmul` and the ``fpga`` backend is
 :func:`configure`. int8 operands run on an int8 core of that size; int16 operands on an
 int16 core of that size (each configuration is its own model, built once and cached).
 
-The ``fpga`` backend of :func:`lepton_accel.matmul` offers the simulated device only when
-asked to (``LEPTON_ACCEL_FPGA=sim`` or :func:`enable`); the functions of this module
-always run on it.
+The ``fpga`` backend of :func:`lepton_accel.matmul` offers the simulated device whenever
+the toolchain (Amaranth, Verilator, a C++ compiler) is installed; ``LEPTON_ACCEL_FPGA=off``
+or ``enable(False)`` switches it off. Its cost estimate includes simulation time, so
+auto-dispatch picks it only when asked for by name.
 """
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ _enabled: bool | None = None
 
 
 def enabled() -> bool:
-    """Whether the fpga backend offers the simulated device (opt-in: it is a slow
-    cycle-accurate simulation). ``LEPTON_ACCEL_FPGA=sim`` or :func:`enable` turns it on."""
+    """Whether the fpga backend offers the simulated device (on unless switched off with
+    ``LEPTON_ACCEL_FPGA=off`` or :func:`enable` ``(False)``)."""
     if _enabled is not None:
         return _enabled
-    return os.environ.get("LEPTON_ACCEL_FPGA", "").lower() in ("sim", "1", "verilator")
+    return os.environ.get("LEPTON_ACCEL_FPGA", "").lower() not in ("off", "0", "none")
 
 
 def enable(on: bool = True) -> None:
