@@ -25,25 +25,8 @@ from lepton_accel.dtypes import DTYPES as NP_DTYPES
 from lepton_accel.reference import conv2d_ref, relative_error
 from lepton_accel.spec import conv2d_spec
 
-try:
-    from lepton_accel import _core
-    _IMPORT_ERROR = ""
-except ImportError as exc:  # pragma: no cover - extension not built
-    _core = None
-    _IMPORT_ERROR = str(exc)
+from cuda_device import SKIP_REASON, _core
 
-
-def _skip_reason() -> str | None:
-    if _core is None:
-        return f"lepton_accel._core is not importable ({_IMPORT_ERROR})"
-    if not _core.BUILD_INFO.get("cuda"):
-        return "lepton_accel._core was built without CUDA"
-    if _core.cuda_device_count() == 0:
-        return "no usable CUDA device: " + (_core.cuda_runtime_status() or "device count is 0")
-    return None
-
-
-SKIP_REASON = _skip_reason()
 
 
 def gpu(fn):

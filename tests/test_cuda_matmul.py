@@ -19,24 +19,8 @@ try:
 except ImportError:  # pragma: no cover - ml_dtypes is a package dependency
     ml_dtypes = None
 
-try:
-    from lepton_accel import _core
-except ImportError as exc:  # pragma: no cover - extension not built
-    _core = None
-    _IMPORT_ERROR = str(exc)
+from cuda_device import SKIP_REASON, _core
 
-
-def _skip_reason() -> str | None:
-    if _core is None:
-        return f"lepton_accel._core is not importable ({_IMPORT_ERROR})"
-    if not _core.BUILD_INFO.get("cuda"):
-        return "lepton_accel._core was built without CUDA"
-    if _core.cuda_device_count() == 0:
-        return "no usable CUDA device: " + (_core.cuda_runtime_status() or "device count is 0")
-    return None
-
-
-SKIP_REASON = _skip_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
 
 F32, F16, BF16, I8, I32 = 0, 1, 2, 3, 4

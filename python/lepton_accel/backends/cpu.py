@@ -71,7 +71,7 @@ def epilogue(acc: np.ndarray, bias: np.ndarray | None, activation: str | None,
     return acc.astype(DTYPES[out_dtype], copy=False)
 
 
-def _im2col_nhwc(x: np.ndarray, spec: OpSpec) -> np.ndarray:
+def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
     """(N, H, W, C) -> strided windows (N, OH, OW, C, KH, KW), copying only for padding."""
     p = spec.param
     (pt, pb), (pl, pr) = p["padding"]
@@ -98,7 +98,7 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
     else:
         # Taps outermost, channels innermost: the im2col copy then reads and writes runs
         # of contiguous channels instead of gathering one element per kernel tap.
-        win = _im2col_nhwc(x, spec).transpose(0, 1, 2, 4, 5, 3)    # (N, OH, OW, KH, KW, C)
+        win = im2col_windows(x, spec).transpose(0, 1, 2, 4, 5, 3)    # (N, OH, OW, KH, KW, C)
         oh, ow = win.shape[1], win.shape[2]
         cols = win.reshape(n, oh, ow, kh * kw, g, cg)
     p = n * oh * ow

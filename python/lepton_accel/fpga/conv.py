@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.cpu import im2col_windows
 from ..spec import OpSpec, conv2d_spec
 from .driver import MatmulDriver
 
-__all__ = ["im2col_nhwc", "conv2d_spec_run", "conv2d"]
-
-
-def im2col_nhwc(x: np.ndarray, spec: OpSpec) -> np.ndarray:
-    """(N, H, W, C) -> (N*OH*OW, C, KH, KW) patches as a (P, C*KH*KW)-reshapable array."""
-    p = spec.param
-    (pt, pb), (pl, pr) = p["padding"]
-    if pt or pb or pl or pr:
-        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    _, _, kh, kw = spec.shapes[1]
-    (dh, dw), (sh, sw) = p["dilation"], p["stride"]
-    win = np.lib.stride_tricks.sliding_window_view(
-        x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))    # (N, H', W', C, eh, ew)
-    oh, ow = (spec.out_shape[2], spec.out_shape[3]) if p["layout"] == "NCHW" else \
-        (spec.out_shape[1], spec.out_shape[2])
-    return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]           # (N, OH, OW, C, KH, KW)
+__all__ = ["conv2d_spec_run", "conv2d"]
 
 
 def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
@@ -38,7 +24,7 @@ def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
     g = spec.param["groups"]
     oc, cg, kh, kw = w.shape
     ocg = oc // g
-    win = im2col_nhwc(x_nhwc, spec)
+    win = im2col_windows(x_nhwc, spec)
     n, oh, ow = win.shape[:3]
     cols = win.reshape(n * oh * ow, g, cg * kh * kw)
     wg = w.reshape(g, ocg, cg * kh * kw)
