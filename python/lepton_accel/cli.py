@@ -93,8 +93,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    """The pytest-benchmark suites of a source checkout, side by side with their peers."""
+    from pathlib import Path
+
     import pytest
 
+    if not Path("benchmarks", "conftest.py").is_file():
+        print("lepton-accel bench: run it from a checkout of lepton_accel (no ./benchmarks here)",
+              file=sys.stderr)
+        return 2
     return pytest.main(["benchmarks", "--benchmark-only", "-m", "", "-q", *args.pytest_args])
 
 
