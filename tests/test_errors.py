@@ -27,6 +27,8 @@ def m(*shape, dtype=F32):
     (lambda: la.matmul(m(2, 3), m(3, 2), backend="tpu"), ValueError, r"backend: unknown backend 'tpu'.*cpu"),
     (lambda: la.matmul("abc", m(3, 2)), TypeError, r"a: unsupported dtype"),
     (lambda: la.matmul(object(), m(3, 2)), TypeError, r"a: expected a NumPy array or an object with __dlpack__"),
+    (lambda: la.matmul(m(2, 3, dtype=np.float16), m(3, 2, dtype=np.float16), allow_tf32=True), ValueError, r"allow_tf32: applies to float32 operands only, got float16"),
+    (lambda: la.matmul(m(2, 3), m(3, 2), allow_tf32="yes"), TypeError, r"allow_tf32: expected True or False"),
     # conv2d
     (lambda: la.conv2d(m(1, 3, 8), m(4, 3, 3, 3)), ValueError, r"x: expected a 4-D array \(NCHW\), got rank 3"),
     (lambda: la.conv2d(m(1, 3, 8, 8), m(4, 3, 3)), ValueError, r"w: expected a 4-D array"),

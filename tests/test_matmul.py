@@ -108,3 +108,12 @@ def test_auto_dispatch_picks_an_available_backend(rng):
     spec = la.matmul_spec(a.shape, "float32", a.shape, "float32")
     chosen = la.choose_backend(spec)
     assert dict((b["name"], b["available"]) for b in la.backends())[chosen.name]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_allow_tf32_stays_within_tf32_tolerance(backend, rng):
+    a = random_operand(rng, (130, 257), "float32")
+    b = random_operand(rng, (257, 67), "float32", "t")
+    out = la.matmul(a, b, allow_tf32=True, backend=backend)
+    assert out.dtype == np.float32
+    assert relative_error(out, matmul_ref(a, b)) < 1e-3

@@ -55,3 +55,17 @@ def test_table_overrides_efficiency(tmp_path):
     assert after == pytest.approx(before * DEVICES["L4"].efficiency["float16"] / 0.5)
     with pytest.raises(ValueError, match="fraction"):
         model.set_efficiency("L4", "float16", 1.5)
+
+
+def test_tf32_permission_uses_tensor_core_rate():
+    model = PerfModel()
+    exact = matmul_spec((4096, 4096), "float32", (4096, 4096), "float32")
+    tf32 = matmul_spec((4096, 4096), "float32", (4096, 4096), "float32", allow_tf32=True)
+    h100 = DEVICES["H100-SXM"]
+    assert model.estimate(exact, h100, data_on_host=False).compute_s == pytest.approx(
+        exact.flops / h100.rate("float32"))
+    assert model.estimate(tf32, h100, data_on_host=False).compute_s == pytest.approx(
+        tf32.flops / h100.rate("tf32"))
+    # a CPU has no TF32 units: the permission changes nothing there
+    cpu = DEVICES["host-cpu"]
+    assert model.estimate(tf32, cpu).total_s == model.estimate(exact, cpu).total_s

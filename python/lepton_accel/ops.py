@@ -43,19 +43,21 @@ def _bias_view(bias):
     return None if bias is None else as_view(bias, "bias")
 
 
-def matmul(a, b, *, bias=None, activation=None, out_dtype=None, backend="auto"):
+def matmul(a, b, *, bias=None, activation=None, out_dtype=None, allow_tf32=False,
+           backend="auto"):
     """``activation(a @ b + bias)`` with NumPy's matmul semantics.
 
     a: (..., M, K) or (K,); b: (..., K, N) or (K,); leading dims broadcast.
     bias: (N,), added along the last output axis. activation: None, "relu" or "gelu"
-    (tanh approximation). Dtype rules are in :mod:`lepton_accel.dtypes`.
+    (tanh approximation). Dtype rules are in :mod:`lepton_accel.dtypes`. ``allow_tf32``
+    lets float32 run on TF32 tensor cores where the backend has them (exact float32 otherwise).
     """
     _check_backend_name(backend)
     va, vb, vbias = as_view(a, "a"), as_view(b, "b"), _bias_view(bias)
     spec = matmul_spec(va.shape, va.dtype, vb.shape, vb.dtype,
                        bias_shape=None if vbias is None else vbias.shape,
                        bias_dtype=None if vbias is None else vbias.dtype,
-                       activation=activation, out_dtype=out_dtype)
+                       activation=activation, out_dtype=out_dtype, allow_tf32=allow_tf32)
     views = [va, vb] + ([vbias] if vbias is not None else [])
     return choose_backend(spec, views, backend).run(spec, views)
 

@@ -144,8 +144,12 @@ def _check_bias(bias_shape, bias_dtype, length: int, out_dtype: str) -> bool:
 
 # ---- matmul ---------------------------------------------------------------------------
 def matmul_spec(a_shape, a_dtype, b_shape, b_dtype, *, bias_shape=None, bias_dtype=None,
-                activation=None, out_dtype=None) -> OpSpec:
-    """Validate a matmul with NumPy's semantics (1-D promotion, broadcast batch dims)."""
+                activation=None, out_dtype=None, allow_tf32=False) -> OpSpec:
+    """Validate a matmul with NumPy's semantics (1-D promotion, broadcast batch dims).
+
+    ``allow_tf32`` lets float32 operands run on TF32 tensor cores (10-bit mantissa
+    products, float32 accumulation) where a backend has them; without it float32 is exact.
+    """
     a_shape, b_shape = tuple(int(s) for s in a_shape), tuple(int(s) for s in b_shape)
     if len(a_shape) == 0:
         raise ValueError("a: expected an array of rank >= 1, got a scalar (rank 0)")
@@ -173,8 +177,13 @@ def matmul_spec(a_shape, a_dtype, b_shape, b_dtype, *, bias_shape=None, bias_dty
         if n is None:
             raise ValueError("bias: a bias needs a 2-D (or batched) b with an N dimension")
         has_bias = _check_bias(bias_shape, bias_dtype, n, out_dt)
+    if not isinstance(allow_tf32, bool):
+        raise TypeError(f"allow_tf32: expected True or False, got {allow_tf32!r}")
+    if allow_tf32 and dtype != "float32":
+        raise ValueError(f"allow_tf32: applies to float32 operands only, got {dtype}")
+    params = (("allow_tf32", True),) if allow_tf32 else ()
     return OpSpec("matmul", (a_shape, b_shape), dtype, tuple(out), out_dt, acc,
-                  has_bias, activation)
+                  has_bias, activation, params)
 
 
 def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:

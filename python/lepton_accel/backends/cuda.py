@@ -200,7 +200,8 @@ class CudaBackend:
         bias_ptr = ptrs[2] if spec.bias else 0
         common = dict(M=M, N=N, K=K, in_dtype=_DTYPE_CODE[spec.dtype],
                       out_dtype=_DTYPE_CODE[spec.out_dtype],
-                      activation=_ACTIVATION_CODE[spec.activation], stream=stream)
+                      activation=_ACTIVATION_CODE[spec.activation],
+                      allow_tf32=spec.param.get("allow_tf32", False), stream=stream)
         itemsize = {"a": DTYPES[spec.dtype].itemsize, "c": DTYPES[spec.out_dtype].itemsize}
         collapsed = _collapse(batch_shape, [a_b, b_b, c_b]) if batch_shape else [0, 0, 0]
         if collapsed is not None:

@@ -62,7 +62,8 @@ class PerfModel:
     def estimate(self, spec: OpSpec, device: DeviceSpec | str, *, data_on_host: bool = True,
                  precision: str | None = None) -> Estimate:
         dev = DEVICES[device] if isinstance(device, str) else device
-        dtype = "tf32" if (precision == "tf32" and spec.dtype == "float32") else spec.dtype
+        tf32 = precision == "tf32" or spec.param.get("allow_tf32", False)
+        dtype = "tf32" if (tf32 and spec.dtype == "float32" and "tf32" in dev.peak) else spec.dtype
         peak = dev.peak.get(dtype, 0.0)
         if peak <= 0:
             return Estimate(dev.name, math.inf, math.inf, 0.0, dev.call_overhead)
