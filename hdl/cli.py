@@ -1,4 +1,5 @@
-"""``hdl`` commands: ``hdl generate matmul --rows R --cols C --dtype int8 -o OUT/``."""
+"""``hdl`` commands: ``hdl generate matmul --rows R --cols C --dtype int8 -o OUT/`` and
+``hdl generate conv2d --rows R --cols C --dtype int8 [--x-lanes XL] [--depth D] -o OUT/``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from . import regmap
 
-__all__ = ["add_commands", "generate_matmul", "main"]
+__all__ = ["add_commands", "generate_matmul", "generate_conv2d", "main"]
 
 
 def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None = None) -> dict:
@@ -28,9 +29,32 @@ def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None 
     return {"verilog": str(v_path), "json": str(j_path)}
 
 
+def generate_conv2d(rows: int, cols: int, dtype: str, out_dir, name: str | None = None,
+                    x_lanes: int | None = None, depth: int = 1024) -> dict:
+    """Write the conv2d core's ``<name>.v`` and ``<name>.json``; return the paths."""
+    from . import conv_regmap
+    from .conv import generate_verilog
+
+    desc = conv_regmap.describe(rows, cols, dtype, x_lanes, depth)  # validates
+    x_lanes = desc["config"]["x_lanes"]
+    name = name or f"lepton_conv2d_r{rows}c{cols}_{dtype}_xl{x_lanes}_d{depth}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    v_path, j_path = out / f"{name}.v", out / f"{name}.json"
+    v_path.write_text(generate_verilog(rows, cols, dtype, x_lanes, depth, name=name))
+    desc["top"] = name
+    desc["verilog"] = v_path.name
+    j_path.write_text(json.dumps(desc, indent=2) + "\n")
+    return {"verilog": str(v_path), "json": str(j_path)}
+
+
 def _cmd_generate_matmul(args) -> int:
     try:
-        paths = generate_matmul(args.rows, args.cols, args.dtype, args.output, args.name)
+        if args.core == "conv2d":
+            paths = generate_conv2d(args.rows, args.cols, args.dtype, args.output, args.name,
+                                    args.x_lanes, args.depth)
+        else:
+            paths = generate_matmul(args.rows, args.cols, args.dtype, args.output, args.name)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -61,6 +85,19 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
     mm.add_argument("-o", "--output", required=True, help="output directory")
     mm.add_argument("--name", default=None, help="top module name")
     mm.set_defaults(func=_cmd_generate_matmul)
+    cv = gen_sub.add_parser("conv2d", help="int8/int16 conv2d core (hardware im2col)")
+    cv.add_argument("--rows", type=int, default=16,
+                    help="array rows R = output pixels per tile (default 16)")
+    cv.add_argument("--cols", type=int, default=16,
+                    help="array columns C = output channels per tile (default 16)")
+    cv.add_argument("--dtype", choices=sorted(regmap.DTYPES), default="int8")
+    cv.add_argument("--x-lanes", type=int, default=None,
+                    help="image elements per x beat, a power of two (default: >= rows)")
+    cv.add_argument("--depth", type=int, default=1024,
+                    help="image memory words per row copy (capacity x_lanes*depth)")
+    cv.add_argument("-o", "--output", required=True, help="output directory")
+    cv.add_argument("--name", default=None, help="top module name")
+    cv.set_defaults(func=_cmd_generate_matmul)
     return hdl
 
 

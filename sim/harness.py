@@ -138,3 +138,58 @@ def run(sim: str, rows: int, cols: int, dtype: str, *, testcase=None, env=None,
         return runner.test(test_module="matmul_tb", hdl_toplevel=TOP, build_dir=bdir,
                            test_dir=bdir, testcase=testcase, timescale=("1ns", "1ps"),
                            extra_env=env), bdir
+
+
+# --- conv2d core -----------------------------------------------------------------------
+
+CONV_TOP = "lepton_conv2d"
+
+
+def conv_build_dir(sim: str, rows: int, cols: int, dtype: str, x_lanes: int | None = None,
+                   depth: int = 256) -> Path:
+    from lepton_accel.hdl.conv_regmap import default_x_lanes
+
+    xl = x_lanes or default_x_lanes(rows)
+    return BUILD_ROOT / f"conv_{sim}_r{rows}c{cols}_{dtype}_xl{xl}_d{depth}"
+
+
+def build_conv(sim: str, rows: int, cols: int, dtype: str, x_lanes: int | None = None,
+               depth: int = 256):
+    """Generate the conv core's Verilog and build the simulator model."""
+    from cocotb_tools.runner import get_runner
+
+    from lepton_accel.hdl.conv import generate_verilog
+
+    if sim == "verilator":
+        setup_verilator()
+    bdir = conv_build_dir(sim, rows, cols, dtype, x_lanes, depth)
+    bdir.mkdir(parents=True, exist_ok=True)
+    src = bdir / f"{CONV_TOP}.v"
+    text = generate_verilog(rows, cols, dtype, x_lanes, depth, name=CONV_TOP)
+    if not src.exists() or src.read_text() != text:
+        src.write_text(text)
+    runner = get_runner(sim)
+    kwargs = {}
+    if sim == "verilator":
+        kwargs["build_args"] = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
+                                "--x-assign", "fast", "--x-initial", "fast"]
+    extra = {}
+    if sim == "verilator" and _pch_make_flags():
+        extra["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " " + _pch_make_flags()).strip()
+    with _env(**extra):
+        runner.build(sources=[src], hdl_toplevel=CONV_TOP, build_dir=bdir,
+                     timescale=("1ns", "1ps"), **kwargs)
+    return runner, bdir
+
+
+def run_conv(sim: str, rows: int, cols: int, dtype: str, *, x_lanes: int | None = None,
+             depth: int = 256, testcase=None, env=None, name: str = "run"):
+    """Build if needed and run the cocotb tests of conv_tb; raise on failure."""
+    runner, bdir = build_conv(sim, rows, cols, dtype, x_lanes, depth)
+    env = dict(env or {})
+    env.setdefault("LEPTON_COVERAGE_DIR", str(bdir))
+    env.setdefault("LEPTON_COVERAGE_NAME", name)
+    with _env(**env):
+        return runner.test(test_module="conv_tb", hdl_toplevel=CONV_TOP, build_dir=bdir,
+                           test_dir=bdir, testcase=testcase, timescale=("1ns", "1ps"),
+                           extra_env=env), bdir

@@ -1,0 +1,557 @@
+"""Conv2d core: image memory, im2col streamer and the output-stationary systolic array.
+
+The host loads one NHWC image into on-chip memory; the streamer then generates the
+array's A operand (R output pixels x K = KH*KW*CG taps) from it by address arithmetic,
+with zeros for padding; weights arrive tile by tile on ``b`` as in the matmul core.
+Interface and host protocol: :mod:`.conv_regmap`.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import conv_regmap as cr
+from .axi import AXILiteSignature, AXILiteTarget, AXIStreamSignature
+from .core import beat_layout
+from .pe import Control
+from .systolic import SystolicArray
+
+__all__ = ["ConvCore", "AXIConv2d", "generate_verilog"]
+
+_DIMS = ("n", "h", "w", "ch", "g", "cg", "ocg", "oh", "ow")
+_DIM_REG = {"n": "N", "h": "H", "w": "W", "ch": "C", "g": "G", "cg": "CG", "ocg": "OCG",
+            "oh": "OH", "ow": "OW"}
+_SMALL = ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl")
+
+
+class ConvCore(wiring.Component):
+    """One conv2d job (N images) on an R x C array, on amaranth streams.
+
+    ``start`` begins a job with the size inputs; it is refused while ``busy``
+    (``err_start_busy``) or with a zero size or an image larger than the memory
+    (``err_dim``). Error outputs are one-cycle strobes.
+
+    Image memory: R copies (one per array row, each with its own read port) of
+    ``depth`` words of XL elements; capacity XL*depth elements per image. Every x beat is
+    written to all copies at once, so loading takes ceil(H*W*C/XL) cycles.
+
+    Streamer: a pixel walker gathers the next R output pixels (their top-left input
+    coordinates and base addresses, one pixel per cycle) while the current pixel tile
+    computes; each A step then reads one element per row at ``base_i + offset(kh, kw,
+    c)``, zeroed when the tap falls outside the image. Strides, dilation and padding are
+    all in this address generation; groups are the outer loop (a channel offset).
+    """
+
+    def __init__(self, rows: int, cols: int, dtype: str = "int8", x_lanes: int | None = None,
+                 depth: int = 1024):
+        x_lanes = x_lanes or cr.default_x_lanes(rows)
+        cr._check_config(rows, cols, dtype, x_lanes, depth)
+        widths = cr.stream_widths(rows, cols, dtype, x_lanes)
+        self.rows, self.cols, self.dtype = rows, cols, dtype
+        self.x_lanes, self.depth = x_lanes, depth
+        self.capacity = x_lanes * depth
+        self.in_width = cr.DTYPES[dtype]
+        self.acc_width = cr.ACC_WIDTH
+        ports = {
+            "x": In(stream.Signature(beat_layout(widths["x"]))),
+            "b": In(stream.Signature(beat_layout(widths["b"]))),
+            "bias": In(stream.Signature(beat_layout(widths["bias"]))),
+            "c": Out(stream.Signature(beat_layout(widths["c"]))),
+            "start": In(1),
+            "bias_en": In(1),
+            "busy": Out(1),
+            "loading": Out(1),
+            "done": Out(1),
+            "cycles": Out(64),
+            "tiles_done": Out(32),
+            "stall_in": Out(32),
+            "stall_out": Out(32),
+            "load_cycles": Out(32),
+            "err_start_busy": Out(1),
+            "err_dim": Out(1),
+            "err_x_last": Out(1),
+            "err_b_last": Out(1),
+            "err_bias_last": Out(1),
+        }
+        ports.update({d: In(cr.DIM_BITS) for d in _DIMS})
+        ports.update({s: In(cr.SMALL_BITS) for s in _SMALL})
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C, aw, w = self.rows, self.cols, self.acc_width, self.in_width
+        XL = self.x_lanes
+        xl_bits = XL.bit_length() - 1
+        AB = max(1, (self.capacity - 1).bit_length())   # element address bits
+        WB = max(1, (self.depth - 1).bit_length())      # word address bits
+        CB = 26                                         # signed coordinate bits
+        DB = cr.DIM_BITS
+
+        m.submodules.array = array = SystolicArray(R, C, w, aw)
+
+        # --- job parameters, latched at start -------------------------------------
+        p = {name: Signal(DB, name=f"{name}_r") for name in _DIMS}
+        p.update({name: Signal(cr.SMALL_BITS, name=f"{name}_r") for name in _SMALL})
+        bias_en = Signal()
+        npix = Signal(32)                 # OH*OW
+        hwc = Signal(AB + 1)              # H*W*C (checked against the capacity)
+        s_wc = Signal(AB)                 # SW*C: next pixel in a row
+        s_hwc = Signal(AB)                # SH*W*C: next output row
+        d_wc = Signal(AB)                 # DW*C: next kernel column
+        d_hwc = Signal(AB)                # DH*W*C: next kernel row
+        base0 = Signal(AB)                # (-PAD_T*W - PAD_L)*C, modulo 2**AB
+
+        hwc_full = Signal(3 * DB)
+        m.d.comb += hwc_full.eq(self.h * self.w * self.ch)
+        zero = Signal()
+        m.d.comb += zero.eq(Cat(*[getattr(self, n) == 0 for n in _DIMS + _SMALL[:6]]).any()
+                            | (hwc_full > self.capacity))
+        start_ok = Signal()
+        m.d.comb += [
+            start_ok.eq(self.start & ~self.busy & ~zero),
+            self.err_start_busy.eq(self.start & self.busy),
+            self.err_dim.eq(self.start & ~self.busy & zero),
+        ]
+
+        # --- state --------------------------------------------------------------
+        loading = Signal()     # taking an image on x
+        computing = Signal()   # streaming A steps for the current image
+        img = Signal(DB)       # image index
+        m.d.comb += self.loading.eq(loading)
+
+        # --- image memory ---------------------------------------------------------
+        mems = []
+        for i in range(R):
+            mem = memory.Memory(shape=unsigned(XL * w), depth=self.depth, init=[])
+            m.submodules[f"image_{i}"] = mem
+            mems.append((mem.write_port(), mem.read_port()))
+
+        x_count = Signal(AB + 1)     # elements taken so far for this image
+        x_last = Signal()
+        x_fire = Signal()
+        m.d.comb += [
+            self.x.ready.eq(loading),
+            x_fire.eq(self.x.valid & loading),
+            x_last.eq(x_count + XL >= hwc),
+            self.err_x_last.eq(x_fire & (self.x.payload.last != x_last)),
+        ]
+        for wp, _ in mems:
+            m.d.comb += [wp.addr.eq(x_count[xl_bits:]), wp.data.eq(self.x.payload.data),
+                         wp.en.eq(x_fire)]
+
+        # --- pixel walker: gathers the next tile's R pixels ------------------------
+        wk_p = Signal(32)        # pixels of this group gathered
+        wk_ox = Signal(DB)
+        wk_ix0 = Signal(signed(CB))
+        wk_iy0 = Signal(signed(CB))
+        wk_base = Signal(AB)
+        wk_rowbase = Signal(AB)
+        wk_goff = Signal(AB)
+        wk_g = Signal(DB)
+        wk_done = Signal()
+        wk_cnt = Signal(range(R))
+        wk_rows = Signal(range(R + 1))
+
+        nx_iy0 = [Signal(signed(CB), name=f"nx_iy0_{i}") for i in range(R)]
+        nx_ix0 = [Signal(signed(CB), name=f"nx_ix0_{i}") for i in range(R)]
+        nx_base = [Signal(AB, name=f"nx_base_{i}") for i in range(R)]
+        nx_ok = [Signal(name=f"nx_ok_{i}") for i in range(R)]
+        nx_full = Signal()
+        nx_rows = Signal(range(R + 1))
+        nx_last_tp = Signal()    # last pixel tile of its group
+        nx_last_g = Signal()     # ... of the last group
+
+        ac_iy0 = [Signal(signed(CB), name=f"ac_iy0_{i}") for i in range(R)]
+        ac_ix0 = [Signal(signed(CB), name=f"ac_ix0_{i}") for i in range(R)]
+        ac_base = [Signal(AB, name=f"ac_base_{i}") for i in range(R)]
+        ac_ok = [Signal(name=f"ac_ok_{i}") for i in range(R)]
+        ac_full = Signal()
+        ac_rows = Signal(range(R + 1))
+        ac_last_tp = Signal()
+        ac_last_g = Signal()
+
+        walk = Signal()
+        pix_ok = Signal()
+        m.d.comb += [walk.eq(computing & ~nx_full & ~wk_done), pix_ok.eq(wk_p < npix)]
+
+        def walker_reset():
+            return [wk_p.eq(0), wk_ox.eq(0), wk_ix0.eq(-p["pl"]), wk_iy0.eq(-p["pt"]),
+                    wk_base.eq(base0), wk_rowbase.eq(base0), wk_goff.eq(0), wk_g.eq(0),
+                    wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
+                    ac_full.eq(0)]
+
+        with m.If(walk):
+            # shift the pixel in at the top; after R shifts lane 0 holds the first one
+            for i in range(R - 1):
+                m.d.sync += [nx_iy0[i].eq(nx_iy0[i + 1]), nx_ix0[i].eq(nx_ix0[i + 1]),
+                             nx_base[i].eq(nx_base[i + 1]), nx_ok[i].eq(nx_ok[i + 1])]
+            m.d.sync += [nx_iy0[R - 1].eq(wk_iy0), nx_ix0[R - 1].eq(wk_ix0),
+                         nx_base[R - 1].eq(wk_base), nx_ok[R - 1].eq(pix_ok)]
+            p_next = Signal(32)
+            rows_next = Signal(range(R + 1))
+            m.d.comb += [p_next.eq(wk_p + pix_ok), rows_next.eq(wk_rows + pix_ok)]
+            m.d.sync += [wk_p.eq(p_next), wk_rows.eq(rows_next)]
+            with m.If(pix_ok):
+                with m.If(wk_ox == p["ow"] - 1):
+                    m.d.sync += [wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
+                                 wk_iy0.eq(wk_iy0 + p["sh"]),
+                                 wk_rowbase.eq(wk_rowbase + s_hwc),
+                                 wk_base.eq(wk_rowbase + s_hwc)]
+                with m.Else():
+                    m.d.sync += [wk_ox.eq(wk_ox + 1), wk_ix0.eq(wk_ix0 + p["sw"]),
+                                 wk_base.eq(wk_base + s_wc)]
+            with m.If(wk_cnt == R - 1):
+                last_tp = Signal()
+                last_g = Signal()
+                m.d.comb += [last_tp.eq(p_next == npix), last_g.eq(wk_g == p["g"] - 1)]
+                m.d.sync += [wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(1),
+                             nx_rows.eq(rows_next), nx_last_tp.eq(last_tp),
+                             nx_last_g.eq(last_g)]
+                with m.If(last_tp):
+                    # next group: same pixels, channels CG further on
+                    goff = Signal(AB)
+                    m.d.comb += goff.eq(wk_goff + p["cg"])
+                    m.d.sync += [wk_p.eq(0), wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
+                                 wk_iy0.eq(-p["pt"]), wk_goff.eq(goff),
+                                 wk_base.eq(base0 + goff), wk_rowbase.eq(base0 + goff),
+                                 wk_g.eq(wk_g + 1), wk_done.eq(last_g)]
+            with m.Else():
+                m.d.sync += wk_cnt.eq(wk_cnt + 1)
+
+        # --- A steps ----------------------------------------------------------------
+        kc_c = Signal(DB)
+        kc_kw = Signal(cr.SMALL_BITS)
+        kc_kh = Signal(cr.SMALL_BITS)
+        kwd = Signal(DB)          # kw * DW
+        khd = Signal(DB)          # kh * DH
+        offw = Signal(AB)
+        offh = Signal(AB)
+        oc0 = Signal(DB + 1)
+
+        last_c, last_kw, last_kh = Signal(), Signal(), Signal()
+        is_last, last_col = Signal(), Signal()
+        m.d.comb += [
+            last_c.eq(kc_c == p["cg"] - 1),
+            last_kw.eq(kc_kw == p["kw"] - 1),
+            last_kh.eq(kc_kh == p["kh"] - 1),
+            is_last.eq(last_c & last_kw & last_kh),
+            last_col.eq(oc0 + C >= p["ocg"]),
+        ]
+
+        fill = Signal(range(R + C + 1))
+        draining = Signal()
+        drain_free = Signal()
+        m.d.comb += drain_free.eq((fill == 0) & ~draining)
+
+        can = Signal()
+        fire = Signal()
+        m.d.comb += [
+            can.eq(computing & ac_full & (~is_last | drain_free)),
+            self.b.ready.eq(can),
+            fire.eq(can & self.b.valid),
+            self.err_b_last.eq(fire & (self.b.payload.last != is_last)),
+        ]
+
+        off = Signal(AB)
+        m.d.comb += off.eq(offh + offw + kc_c)
+        a_ok = [Signal(name=f"a_ok_{i}") for i in range(R)]
+        a_sel = [Signal(max(1, xl_bits), name=f"a_sel_{i}") for i in range(R)]
+        for i in range(R):
+            addr = Signal(AB, name=f"addr_{i}")
+            iy = Signal(signed(CB), name=f"iy_{i}")
+            ix = Signal(signed(CB), name=f"ix_{i}")
+            inside = Signal(name=f"inside_{i}")
+            m.d.comb += [
+                addr.eq(ac_base[i] + off),
+                iy.eq(ac_iy0[i] + khd), ix.eq(ac_ix0[i] + kwd),
+                inside.eq(ac_ok[i] & (iy >= 0) & (iy < p["h"]) & (ix >= 0) & (ix < p["w"])),
+                mems[i][1].addr.eq(addr[xl_bits:xl_bits + WB]),
+            ]
+            m.d.sync += a_ok[i].eq(inside)
+            if xl_bits:
+                m.d.sync += a_sel[i].eq(addr[:xl_bits])
+
+        # Registered injection: the read data arrives one cycle after the step fires,
+        # together with the registered b beat and the control flags.
+        ctl = Signal(Control)
+        m.d.sync += [array.b.eq(self.b.payload.data), ctl.valid.eq(fire),
+                     ctl.first.eq((kc_c == 0) & (kc_kw == 0) & (kc_kh == 0)),
+                     ctl.last.eq(is_last)]
+        m.d.comb += array.ctl.eq(ctl)
+        lanes = []
+        for i in range(R):
+            word = mems[i][1].data
+            elem = word.word_select(a_sel[i], w) if xl_bits else word
+            lanes.append(Mux(a_ok[i], elem, 0))
+        m.d.comb += array.a.eq(Cat(*lanes))
+
+        d_rows = Signal(range(R + 1))
+        d_col0 = Signal(DB + 1)
+        d_final = Signal()
+        tile_end = Signal()
+        ptile_end = Signal()
+        image_end = Signal()
+        m.d.comb += [
+            tile_end.eq(fire & is_last),
+            ptile_end.eq(tile_end & last_col),
+            image_end.eq(ptile_end & ac_last_tp & ac_last_g),
+        ]
+        with m.If(fire):
+            with m.If(last_c):
+                m.d.sync += kc_c.eq(0)
+                with m.If(last_kw):
+                    m.d.sync += [kc_kw.eq(0), kwd.eq(0), offw.eq(0)]
+                    with m.If(last_kh):
+                        m.d.sync += [kc_kh.eq(0), khd.eq(0), offh.eq(0)]
+                    with m.Else():
+                        m.d.sync += [kc_kh.eq(kc_kh + 1), khd.eq(khd + p["dh"]),
+                                     offh.eq(offh + d_hwc)]
+                with m.Else():
+                    m.d.sync += [kc_kw.eq(kc_kw + 1), kwd.eq(kwd + p["dw"]),
+                                 offw.eq(offw + d_wc)]
+            with m.Else():
+                m.d.sync += kc_c.eq(kc_c + 1)
+            with m.If(is_last):
+                m.d.sync += [fill.eq(R + C - 1), d_rows.eq(ac_rows), d_col0.eq(oc0),
+                             d_final.eq(image_end & (img == p["n"] - 1))]
+                with m.If(last_col):
+                    m.d.sync += oc0.eq(0)
+                with m.Else():
+                    m.d.sync += oc0.eq(oc0 + C)
+
+        # swap in the gathered pixels when the active tile is finished (or empty)
+        swap = Signal()
+        m.d.comb += swap.eq(computing & nx_full & (~ac_full | (ptile_end & ~image_end)))
+        with m.If(swap):
+            m.d.sync += [ac_full.eq(1), nx_full.eq(0), ac_rows.eq(nx_rows),
+                         ac_last_tp.eq(nx_last_tp), ac_last_g.eq(nx_last_g)]
+            for i in range(R):
+                m.d.sync += [ac_iy0[i].eq(nx_iy0[i]), ac_ix0[i].eq(nx_ix0[i]),
+                             ac_base[i].eq(nx_base[i]), ac_ok[i].eq(nx_ok[i])]
+        with m.Elif(ptile_end):
+            m.d.sync += ac_full.eq(0)
+
+        with m.If(image_end):
+            m.d.sync += computing.eq(0)
+            with m.If(img != p["n"] - 1):
+                m.d.sync += [img.eq(img + 1), loading.eq(1), x_count.eq(0)]
+                m.d.sync += walker_reset()
+
+        with m.If(x_fire):
+            m.d.sync += x_count.eq(x_count + XL)
+            with m.If(x_last):
+                m.d.sync += [loading.eq(0), computing.eq(1)]
+
+        with m.If(fill != 0):
+            m.d.sync += fill.eq(fill - 1)
+            with m.If(fill == 1):
+                m.d.sync += draining.eq(1)
+
+        # --- drain ------------------------------------------------------------------
+        bias_full = Signal()
+        bias_reg = Signal(C * aw)
+        d_row = Signal(range(R))
+        m.d.comb += self.bias.ready.eq(draining & bias_en & ~bias_full)
+        with m.If(self.bias.valid & self.bias.ready):
+            m.d.sync += [bias_reg.eq(self.bias.payload.data), bias_full.eq(1)]
+        m.d.comb += self.err_bias_last.eq(self.bias.valid & self.bias.ready
+                                          & ~self.bias.payload.last)
+        out = []
+        for j in range(C):
+            s = array.out[j * aw:(j + 1) * aw]
+            bj = Mux(bias_en, bias_reg[j * aw:(j + 1) * aw], 0)
+            out.append(Mux(d_col0 + j < p["ocg"], (s + bj)[:aw], 0))
+        out_last = Signal()
+        c_fire = Signal()
+        m.d.comb += [
+            out_last.eq(d_row == d_rows - 1),
+            self.c.valid.eq(draining & (~bias_en | bias_full)),
+            self.c.payload.data.eq(Cat(*out)),
+            self.c.payload.last.eq(out_last),
+            c_fire.eq(self.c.valid & self.c.ready),
+            array.shift.eq(c_fire),
+        ]
+        with m.If(c_fire):
+            m.d.sync += d_row.eq(d_row + 1)
+            with m.If(out_last):
+                m.d.sync += [d_row.eq(0), draining.eq(0), bias_full.eq(0),
+                             self.tiles_done.eq(self.tiles_done + 1)]
+                with m.If(d_final):
+                    m.d.sync += self.busy.eq(0)
+                    m.d.comb += self.done.eq(1)
+
+        # --- counters -----------------------------------------------------------------
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(loading):
+                m.d.sync += self.load_cycles.eq(self.load_cycles + 1)
+            with m.If(computing & ac_full & (~is_last | drain_free) & ~self.b.valid):
+                m.d.sync += self.stall_in.eq(self.stall_in + 1)
+            with m.If(computing & ac_full & self.b.valid & is_last & ~drain_free):
+                m.d.sync += self.stall_out.eq(self.stall_out + 1)
+
+        # --- start ----------------------------------------------------------------------
+        with m.If(start_ok):
+            m.d.sync += [p[n].eq(getattr(self, n)) for n in p]
+            m.d.sync += [
+                bias_en.eq(self.bias_en),
+                npix.eq(self.oh * self.ow),
+                hwc.eq(hwc_full),
+                s_wc.eq(self.sw * self.ch),
+                s_hwc.eq(self.sh * self.w * self.ch),
+                d_wc.eq(self.dw * self.ch),
+                d_hwc.eq(self.dh * self.w * self.ch),
+                base0.eq(-((self.pt * self.w + self.pl) * self.ch)),
+                self.busy.eq(1), loading.eq(1), computing.eq(0), img.eq(0), x_count.eq(0),
+                kc_c.eq(0), kc_kw.eq(0), kc_kh.eq(0), kwd.eq(0), khd.eq(0), offw.eq(0),
+                offh.eq(0), oc0.eq(0),
+                self.cycles.eq(0), self.tiles_done.eq(0), self.stall_in.eq(0),
+                self.stall_out.eq(0), self.load_cycles.eq(0),
+            ]
+            # the walker starts from base0, which is only latched now: load it directly
+            b0 = Signal(AB)
+            m.d.comb += b0.eq(-((self.pt * self.w + self.pl) * self.ch))
+            m.d.sync += [wk_p.eq(0), wk_ox.eq(0), wk_ix0.eq(-self.pl), wk_iy0.eq(-self.pt),
+                         wk_base.eq(b0), wk_rowbase.eq(b0), wk_goff.eq(0), wk_g.eq(0),
+                         wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
+                         ac_full.eq(0)]
+        return m
+
+
+class AXIConv2d(wiring.Component):
+    """The conv2d core as a shell sees it: AXI4-Lite registers (:data:`.conv_regmap.
+    REGISTERS`), AXI4-Stream ``s_axis_x``, ``s_axis_b``, ``s_axis_bias`` in and
+    ``m_axis_c`` out, ``clk`` and active-high synchronous ``rst``.
+
+    rows, cols: array size (2..32); dtype: ``"int8"`` or ``"int16"``; x_lanes: image
+    lanes per x beat (power of two, default the next power of two >= rows); depth: image
+    memory words per copy (capacity x_lanes*depth elements).
+    """
+
+    def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
+                 x_lanes: int | None = None, depth: int = 1024):
+        x_lanes = x_lanes or cr.default_x_lanes(rows)
+        cr._check_config(rows, cols, dtype, x_lanes, depth)
+        widths = cr.stream_widths(rows, cols, dtype, x_lanes)
+        self.rows, self.cols, self.dtype = rows, cols, dtype
+        self.x_lanes, self.depth = x_lanes, depth
+        P = cr.PORT_PREFIX
+        super().__init__({
+            P["ctrl"]: In(AXILiteSignature(cr.ADDR_WIDTH, cr.DATA_WIDTH)),
+            P["x"]: In(AXIStreamSignature(widths["x"])),
+            P["b"]: In(AXIStreamSignature(widths["b"])),
+            P["bias"]: In(AXIStreamSignature(widths["bias"])),
+            P["c"]: Out(AXIStreamSignature(widths["c"])),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P = cr.PORT_PREFIX
+        m.submodules.core = core = ConvCore(self.rows, self.cols, self.dtype, self.x_lanes,
+                                            self.depth)
+        m.submodules.axil = axil = AXILiteTarget(cr.ADDR_WIDTH, cr.DATA_WIDTH)
+        wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
+        for name in ("x", "b", "bias"):
+            port, s = getattr(self, P[name]), getattr(core, name)
+            m.d.comb += [s.payload.data.eq(port.tdata), s.payload.last.eq(port.tlast),
+                         s.valid.eq(port.tvalid), port.tready.eq(s.ready)]
+        port = getattr(self, P["c"])
+        m.d.comb += [port.tdata.eq(core.c.payload.data), port.tlast.eq(core.c.payload.last),
+                     port.tvalid.eq(core.c.valid), core.c.ready.eq(port.tready)]
+
+        R = cr.REG
+
+        def fld(reg, name):
+            return next(f for f in R[reg].fields if f.name == name)
+
+        def bit(reg, name):
+            f = fld(reg, name)
+            assert f.width == 1
+            return f.lsb
+
+        # rw registers
+        dims = {_DIM_REG[n]: Signal(cr.DIM_BITS, name=f"reg_{n}") for n in _DIMS}
+        packed = {name: Signal(2 * cr.SMALL_BITS, name=f"reg_{name.lower()}")
+                  for name in ("KERNEL", "STRIDE", "DILATION", "PAD")}
+        for n in _DIMS:
+            m.d.comb += getattr(core, n).eq(dims[_DIM_REG[n]])
+        for port_name, reg, f in (("kh", "KERNEL", "K_H"), ("kw", "KERNEL", "K_W"),
+                                  ("sh", "STRIDE", "S_H"), ("sw", "STRIDE", "S_W"),
+                                  ("dh", "DILATION", "D_H"), ("dw", "DILATION", "D_W"),
+                                  ("pt", "PAD", "PAD_T"), ("pl", "PAD", "PAD_L")):
+            fd = fld(reg, f)
+            m.d.comb += getattr(core, port_name).eq(packed[reg][fd.lsb:fd.lsb + fd.width])
+
+        bias_en = Signal()
+        done = Signal()
+        errors = Signal(5)
+        cycles_hi = Signal(32)
+        wr = {r.name: Signal(name=f"wr_{r.name.lower()}") for r in cr.REGISTERS}
+        for name, s in wr.items():
+            m.d.comb += s.eq(axil.w_stb & (axil.w_addr == R[name].offset) & axil.w_strb.all())
+        start = Signal()
+        m.d.comb += [
+            start.eq(wr["CTRL"] & axil.w_data[bit("CTRL", "START")]),
+            core.start.eq(start),
+            core.bias_en.eq(Mux(wr["CTRL"], axil.w_data[bit("CTRL", "BIAS_EN")], bias_en)),
+        ]
+        with m.If(wr["CTRL"]):
+            m.d.sync += bias_en.eq(axil.w_data[bit("CTRL", "BIAS_EN")])
+        for name, sig in (*dims.items(), *packed.items()):
+            with m.If(wr[name]):
+                m.d.sync += sig.eq(axil.w_data)
+
+        err_strobes = {"START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
+                       "X_LAST": core.err_x_last, "B_LAST": core.err_b_last,
+                       "BIAS_LAST": core.err_bias_last}
+        clear = Signal(len(errors))
+        with m.If(wr["ERROR"]):
+            m.d.comb += clear.eq(axil.w_data)
+        new = Signal(len(errors))
+        for name, strobe in err_strobes.items():
+            m.d.comb += new[bit("ERROR", name)].eq(strobe)
+        m.d.sync += errors.eq((errors & ~clear) | new)
+        with m.If(start):
+            m.d.sync += done.eq(0)
+        with m.If(core.done):
+            m.d.sync += done.eq(1)
+
+        status = Signal(32)
+        m.d.comb += [
+            status[bit("STATUS", "BUSY")].eq(core.busy),
+            status[bit("STATUS", "DONE")].eq(done),
+            status[bit("STATUS", "ERROR")].eq(errors.any()),
+            status[bit("STATUS", "LOADING")].eq(core.loading),
+        ]
+        ctrl = Signal(32)
+        m.d.comb += ctrl[bit("CTRL", "BIAS_EN")].eq(bias_en)
+        values = {
+            "ID": Const(cr.CORE_ID, 32), "VERSION": Const(cr.VERSION_WORD, 32),
+            "CONFIG": Const(cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes), 32),
+            "CTRL": ctrl, "STATUS": status, "ERROR": errors,
+            "CAPACITY": Const(self.x_lanes * self.depth, 32),
+            **dims, **packed,
+            "CYCLES_LO": core.cycles[:32], "CYCLES_HI": cycles_hi,
+            "TILES_DONE": core.tiles_done, "STALL_IN": core.stall_in,
+            "STALL_OUT": core.stall_out, "LOAD_CYCLES": core.load_cycles,
+        }
+        assert set(values) == set(R), set(R) ^ set(values)
+        with m.Switch(axil.r_addr):
+            for name, value in values.items():
+                with m.Case(R[name].offset):
+                    m.d.comb += axil.r_data.eq(value)
+            with m.Default():
+                m.d.comb += axil.r_data.eq(0)
+        with m.If(axil.r_stb & (axil.r_addr == R["CYCLES_LO"].offset)):
+            m.d.sync += cycles_hi.eq(core.cycles[32:])
+        return m
+
+
+def generate_verilog(rows: int = 16, cols: int = 16, dtype: str = "int8",
+                     x_lanes: int | None = None, depth: int = 1024,
+                     name: str = "lepton_conv2d") -> str:
+    """Verilog text of one configuration, top module ``name``."""
+    from amaranth.back import verilog
+
+    return verilog.convert(AXIConv2d(rows, cols, dtype, x_lanes, depth), name=name,
+                           emit_src=False)

@@ -1,0 +1,467 @@
+"""Register map, stream formats and host protocol of the conv2d core.
+
+The single description of the conv core's interface, read by the Amaranth design
+(``conv.py``), the cocotb testbenches and the host driver. Nothing here imports Amaranth.
+
+The core computes one NHWC int8/int16 convolution job with PyTorch's meaning of stride,
+padding, dilation and groups; weights are (OC, Cg, KH, KW); accumulation wraps modulo
+2**32 as in the matmul core (:mod:`.regmap`, whose dtype table and field helpers this
+module shares).
+
+Host protocol of one job (registers first, then CTRL.START, then the streams):
+
+* For every image n = 0 .. N-1 the host sends the whole H x W x C image (NHWC order,
+  flattened) on ``x``: ceil(H*W*C / XL) beats of XL lanes (XL = the core's image lanes,
+  CONFIG.XLANES_LOG2), element e of the image in lane e % XL of beat e // XL, lanes past
+  the end zero, ``tlast`` on the image's last beat. The core stores it in its image memory
+  (H*W*C must not exceed the CAPACITY register) and only then computes from it.
+* Output pixels p = oy*OW + ox are cut into pixel tiles of R consecutive pixels; output
+  channels of a group into channel tiles of C. Tile order per image:
+  ``for g in range(G): for p0 in range(0, OH*OW, R): for oc0 in range(0, OCG, C)``.
+* For every tile the host sends K = KH*KW*CG beats on ``b``: beat k = (kh*KW + kw)*CG + c
+  holds lane j = w[g*OCG + oc0 + j, c, kh, kw] (lanes past OCG zero), ``tlast`` on beat K-1.
+  The core generates the matching A operand itself (the im2col streamer): lane i of
+  step k is x[n, iy, ix, g*CG + c] with iy = oy*SH - PAD_T + kh*DH, ix = ox*SW - PAD_L +
+  kw*DW for pixel p0 + i, and zero where (iy, ix) falls outside the image (padding) or
+  the pixel is past OH*OW.
+* With CTRL.BIAS_EN one ``bias`` beat per tile: lane j = bias[g*OCG + oc0 + j], ``tlast``=1.
+* The core returns min(R, OH*OW - p0) beats per tile on ``c``: beat i, lane j =
+  out[n, oy, ox, g*OCG + oc0 + j] for pixel p0 + i; lanes past OCG are zero; ``tlast``
+  on the tile's last beat.
+
+Padding is given as PAD_T and PAD_L together with the output size OH, OW (bottom and
+right padding follow from them: any tap past the image reads zero), so asymmetric and
+"same" padding need nothing else. Lanes are packed little-endian, lane 0 lowest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+import numpy as np
+
+from .regmap import (ACC_WIDTH, ADDR_WIDTH, DATA_WIDTH, DTYPE_CODES, DTYPES, Field,
+                     Register, StreamFormat)
+
+__all__ = [
+    "CORE_ID", "VERSION", "VERSION_WORD", "ADDR_WIDTH", "DATA_WIDTH", "DIM_BITS", "SMALL_BITS",
+    "ACC_WIDTH", "DTYPES", "DTYPE_CODES", "REGISTERS", "REG", "STREAMS", "PORT_PREFIX",
+    "PORT_SEPARATOR", "MIN_SIDE", "MAX_SIDE", "ConvJob", "default_x_lanes", "stream_widths",
+    "config_word", "field_value", "field_mask", "describe", "tile_order", "register_values",
+    "pack_x", "pack_b", "pack_bias", "pack_job", "unpack_c", "reference", "expected_cycles",
+    "useful_macs", "im2col_reference",
+]
+
+#: Value of the ID register: ASCII "LCNV" (lepton conv core).
+CORE_ID = 0x4C434E56
+VERSION = (1, 0, 0)
+VERSION_WORD = (VERSION[0] << 16) | (VERSION[1] << 8) | VERSION[2]
+#: Width of the size registers (N, H, W, C, CG, OCG, G, OH, OW).
+DIM_BITS = 16
+#: Width of the kernel, stride, dilation and padding fields.
+SMALL_BITS = 8
+MIN_SIDE = 2
+MAX_SIDE = 32
+PORT_SEPARATOR = "__"
+PORT_PREFIX = {"x": "s_axis_x", "b": "s_axis_b", "bias": "s_axis_bias", "c": "m_axis_c",
+               "ctrl": "s_axil"}
+
+
+def _pair(name, lo_doc, hi_doc):
+    return (Field(name + "_H", 0, SMALL_BITS, lo_doc), Field(name + "_W", 8, SMALL_BITS, hi_doc))
+
+
+REGISTERS: tuple[Register, ...] = (
+    Register("ID", 0x00, "ro", "Core identifier, always CORE_ID."),
+    Register("VERSION", 0x04, "ro", "Interface version.", (
+        Field("PATCH", 0, 8), Field("MINOR", 8, 8), Field("MAJOR", 16, 8))),
+    Register("CONFIG", 0x08, "ro", "Build-time configuration.", (
+        Field("ROWS", 0, 8, "array rows R (output pixels per tile)"),
+        Field("COLS", 8, 8, "array columns C (output channels per tile)"),
+        Field("DTYPE", 16, 4, "input dtype, see DTYPE_CODES"),
+        Field("XLANES_LOG2", 20, 4, "log2 of the image lanes XL of the x stream"),
+        Field("ACC_WIDTH", 24, 8, "accumulator width in bits"))),
+    Register("CTRL", 0x0C, "rw", "Control. START reads as 0.", (
+        Field("START", 0, 1, "write 1 to start a job with the current registers"),
+        Field("BIAS_EN", 1, 1, "consume one bias beat per tile and add it"))),
+    Register("STATUS", 0x10, "ro", "Status.", (
+        Field("BUSY", 0, 1, "a job is running"),
+        Field("DONE", 1, 1, "the last job finished; cleared by START"),
+        Field("ERROR", 2, 1, "some ERROR bit is set"),
+        Field("LOADING", 3, 1, "the core is taking an image on x"))),
+    Register("ERROR", 0x14, "w1c", "Sticky error flags; write 1 to clear.", (
+        Field("START_BUSY", 0, 1, "START written while busy (ignored)"),
+        Field("BAD_DIM", 1, 1, "START with a zero size/kernel/stride/dilation, or "
+                               "H*W*C above CAPACITY (ignored)"),
+        Field("X_LAST", 2, 1, "tlast on x did not match an image's last beat"),
+        Field("B_LAST", 3, 1, "tlast on b did not match beat K-1 of a tile"),
+        Field("BIAS_LAST", 4, 1, "a bias beat arrived without tlast"))),
+    Register("CAPACITY", 0x18, "ro", "Image memory size in elements (largest H*W*C)."),
+    Register("N", 0x1C, "rw", "Images in the job."),
+    Register("H", 0x20, "rw", "Input height."),
+    Register("W", 0x24, "rw", "Input width."),
+    Register("C", 0x28, "rw", "Input channels (all groups)."),
+    Register("G", 0x2C, "rw", "Groups."),
+    Register("CG", 0x30, "rw", "Input channels per group (C = G*CG)."),
+    Register("OCG", 0x34, "rw", "Output channels per group."),
+    Register("OH", 0x38, "rw", "Output height."),
+    Register("OW", 0x3C, "rw", "Output width."),
+    Register("KERNEL", 0x40, "rw", "Kernel size.", _pair("K", "KH", "KW")),
+    Register("STRIDE", 0x44, "rw", "Stride.", _pair("S", "SH", "SW")),
+    Register("DILATION", 0x48, "rw", "Dilation.", _pair("D", "DH", "DW")),
+    Register("PAD", 0x4C, "rw", "Top and left padding.", (
+        Field("PAD_T", 0, SMALL_BITS, "rows of zeros above the image"),
+        Field("PAD_L", 8, SMALL_BITS, "columns of zeros left of the image"))),
+    Register("CYCLES_LO", 0x50, "ro",
+             "Cycles from START to the last output beat, low word; reading it latches "
+             "CYCLES_HI."),
+    Register("CYCLES_HI", 0x54, "ro", "High word latched by the last CYCLES_LO read."),
+    Register("TILES_DONE", 0x58, "ro", "Output tiles completely sent in this job."),
+    Register("STALL_IN", 0x5C, "ro",
+             "Computing cycles in which the streamer had an A step ready but no b beat."),
+    Register("STALL_OUT", 0x60, "ro",
+             "Computing cycles in which a tile's last step waited for the previous tile "
+             "to drain."),
+    Register("LOAD_CYCLES", 0x64, "ro", "Busy cycles spent taking images on x."),
+)
+REG = {r.name: r for r in REGISTERS}
+
+STREAMS: tuple[StreamFormat, ...] = (
+    StreamFormat("x", "in", "xlanes", "dtype",
+                 "per image ceil(H*W*C/XL) beats, NHWC order, element e in lane e % XL of "
+                 "beat e // XL; tlast on the image's last beat"),
+    StreamFormat("b", "in", "cols", "dtype",
+                 "K = KH*KW*CG beats per tile; lane j of beat (kh*KW+kw)*CG+c = "
+                 "w[g*OCG+oc0+j, c, kh, kw]; tlast on beat K-1"),
+    StreamFormat("bias", "in", "cols", "acc",
+                 "one beat per tile when CTRL.BIAS_EN; lane j = bias[g*OCG+oc0+j]; tlast=1"),
+    StreamFormat("c", "out", "cols", "acc",
+                 "min(R, OH*OW-p0) beats per tile; lane j of beat i = "
+                 "out[n, p0+i, g*OCG+oc0+j]; lanes past OCG are 0; tlast on the last beat"),
+)
+
+
+def field_mask(reg: str, name: str) -> int:
+    f = next(f for f in REG[reg].fields if f.name == name)
+    return ((1 << f.width) - 1) << f.lsb
+
+
+def field_value(reg: str, name: str, word: int) -> int:
+    f = next(f for f in REG[reg].fields if f.name == name)
+    return (word >> f.lsb) & ((1 << f.width) - 1)
+
+
+def default_x_lanes(rows: int) -> int:
+    """Image lanes XL: the smallest power of two >= rows."""
+    return 1 << max(0, (rows - 1).bit_length())
+
+
+def _check_config(rows, cols, dtype, x_lanes, depth):
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    for name, v in (("rows", rows), ("cols", cols)):
+        if not (MIN_SIDE <= v <= MAX_SIDE):
+            raise ValueError(f"{name} must be in [{MIN_SIDE}, {MAX_SIDE}], not {v}")
+    if x_lanes < 1 or x_lanes & (x_lanes - 1) or x_lanes > 64:
+        raise ValueError(f"x_lanes must be a power of two in [1, 64], not {x_lanes}")
+    if depth < 2 or x_lanes * depth > 2 ** 26:
+        raise ValueError(f"depth must be >= 2 with x_lanes*depth <= 2**26, not {depth}")
+
+
+def stream_widths(rows: int, cols: int, dtype: str, x_lanes: int | None = None) -> dict:
+    x_lanes = x_lanes or default_x_lanes(rows)
+    w = DTYPES[dtype]
+    return {"x": x_lanes * w, "b": cols * w, "bias": cols * ACC_WIDTH, "c": cols * ACC_WIDTH}
+
+
+def config_word(rows: int, cols: int, dtype: str, x_lanes: int | None = None) -> int:
+    x_lanes = x_lanes or default_x_lanes(rows)
+    return (rows | (cols << 8) | (DTYPE_CODES[dtype] << 16)
+            | ((x_lanes.bit_length() - 1) << 20) | (ACC_WIDTH << 24))
+
+
+def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
+             depth: int = 1024) -> dict:
+    """JSON-ready description of a configuration and its register map."""
+    x_lanes = x_lanes or default_x_lanes(rows)
+    _check_config(rows, cols, dtype, x_lanes, depth)
+    widths = stream_widths(rows, cols, dtype, x_lanes)
+    lanes = {"x": x_lanes, "b": cols, "bias": cols, "c": cols}
+    return {
+        "core": "conv2d",
+        "id": CORE_ID,
+        "version": ".".join(map(str, VERSION)),
+        "config": {"rows": rows, "cols": cols, "dtype": dtype, "x_lanes": x_lanes,
+                   "depth": depth, "capacity": x_lanes * depth, "acc_width": ACC_WIDTH,
+                   "overflow": "wrap", "dataflow": "output-stationary, hardware im2col",
+                   "config_word": config_word(rows, cols, dtype, x_lanes)},
+        "clock": {"clock": "clk", "reset": "rst", "reset_polarity": "active-high",
+                  "reset_kind": "synchronous"},
+        "port_separator": PORT_SEPARATOR,
+        "axi4_lite": {"prefix": PORT_PREFIX["ctrl"], "addr_width": ADDR_WIDTH,
+                      "data_width": DATA_WIDTH},
+        "registers": [
+            {"name": r.name, "offset": r.offset, "access": r.access, "doc": r.doc,
+             "fields": [{"name": f.name, "lsb": f.lsb, "width": f.width, "doc": f.doc}
+                        for f in r.fields]}
+            for r in REGISTERS],
+        "streams": [
+            {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,
+             "tdata_width": widths[s.name], "lanes": lanes[s.name],
+             "lane_bits": DTYPES[dtype] if s.lane_bits == "dtype" else ACC_WIDTH,
+             "lane_order": "little-endian, lane 0 in bits [lane_bits-1:0]", "doc": s.doc}
+            for s in STREAMS],
+        "tile_order": "per image: group, then pixel tile (R pixels), then channel tile (C)",
+    }
+
+
+# --- jobs ------------------------------------------------------------------------------
+
+def _pair_of(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@dataclass(frozen=True)
+class ConvJob:
+    """Sizes of one job; ``pad`` is ((top, bottom), (left, right))."""
+    n: int
+    h: int
+    w: int
+    c: int
+    oc: int
+    kh: int
+    kw: int
+    stride: tuple = (1, 1)
+    pad: tuple = ((0, 0), (0, 0))
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+    @classmethod
+    def make(cls, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
+        """From an NHWC input shape and an (OC, CG, KH, KW) weight shape."""
+        n, h, w, c = x_shape
+        oc, cg, kh, kw = w_shape
+        if isinstance(padding, int):
+            padding = ((padding, padding), (padding, padding))
+        elif isinstance(padding[0], int):
+            padding = ((padding[0], padding[0]), (padding[1], padding[1]))
+        job = cls(n, h, w, c, oc, kh, kw, _pair_of(stride), tuple(map(tuple, padding)),
+                  _pair_of(dilation), groups)
+        if c % groups or oc % groups or cg != c // groups:
+            raise ValueError(f"channels {c} -> {oc} do not split into {groups} groups of "
+                             f"weights {w_shape}")
+        return job
+
+    @property
+    def cg(self):
+        return self.c // self.groups
+
+    @property
+    def ocg(self):
+        return self.oc // self.groups
+
+    @property
+    def k(self):
+        return self.kh * self.kw * self.cg
+
+    @property
+    def oh(self):
+        (pt, pb), (sh, dh) = self.pad[0], (self.stride[0], self.dilation[0])
+        return (self.h + pt + pb - dh * (self.kh - 1) - 1) // sh + 1
+
+    @property
+    def ow(self):
+        (pl, pr), (sw, dw) = self.pad[1], (self.stride[1], self.dilation[1])
+        return (self.w + pl + pr - dw * (self.kw - 1) - 1) // sw + 1
+
+
+def register_values(job: ConvJob) -> dict[str, int]:
+    """Values of the job registers (written before CTRL.START)."""
+    return {
+        "N": job.n, "H": job.h, "W": job.w, "C": job.c, "G": job.groups, "CG": job.cg,
+        "OCG": job.ocg, "OH": job.oh, "OW": job.ow,
+        "KERNEL": job.kh | (job.kw << 8),
+        "STRIDE": job.stride[0] | (job.stride[1] << 8),
+        "DILATION": job.dilation[0] | (job.dilation[1] << 8),
+        "PAD": job.pad[0][0] | (job.pad[1][0] << 8),
+    }
+
+
+def tile_order(job: ConvJob, rows: int, cols: int):
+    """Yield (g, p0, oc0) of each tile of one image in the order the core runs them."""
+    for g in range(job.groups):
+        for p0 in range(0, job.oh * job.ow, rows):
+            for oc0 in range(0, job.ocg, cols):
+                yield g, p0, oc0
+
+
+def _lane_dtype(dtype):
+    return {"int8": np.dtype("<i1"), "int16": np.dtype("<i2")}[dtype]
+
+
+def _check_int(x, dtype, what):
+    x = np.asarray(x)
+    info = np.iinfo(_lane_dtype(dtype))
+    if x.size and (x.min() < info.min or x.max() > info.max):
+        raise ValueError(f"{what} has values outside {dtype}")
+    return x
+
+
+def pack_x(x, *, dtype: str, x_lanes: int) -> list[bytes]:
+    """One frame per image of the NHWC input x."""
+    x = _check_int(x, dtype, "x")
+    frames = []
+    for img in x:
+        flat = img.reshape(-1).astype(_lane_dtype(dtype))
+        beats = ceil(flat.size / x_lanes)
+        buf = np.zeros(beats * x_lanes, _lane_dtype(dtype))
+        buf[:flat.size] = flat
+        frames.append(buf.tobytes())
+    return frames
+
+
+def pack_b(w, job: ConvJob, *, rows: int, cols: int, dtype: str) -> list[bytes]:
+    """One frame per tile (for one image) of the (OC, CG, KH, KW) weights."""
+    w = _check_int(w, dtype, "w")
+    ocg = job.ocg
+    # (G, KH, KW, CG, OCG): row k = (kh*KW + kw)*CG + c, column = output channel
+    wk = w.reshape(job.groups, ocg, job.cg, job.kh, job.kw).transpose(0, 3, 4, 2, 1)
+    wk = wk.reshape(job.groups, job.k, ocg)
+    frames = []
+    for g, _, oc0 in tile_order(job, rows, cols):
+        blk = np.zeros((job.k, cols), _lane_dtype(dtype))
+        blk[:, :min(cols, ocg - oc0)] = wk[g, :, oc0:oc0 + cols]
+        frames.append(blk.tobytes())
+    return frames
+
+
+def pack_bias(bias, job: ConvJob, *, rows: int, cols: int) -> list[bytes]:
+    bias = np.asarray(bias).astype(np.int64)
+    frames = []
+    for g, _, oc0 in tile_order(job, rows, cols):
+        beat = np.zeros(cols, "<i4")
+        lo = g * job.ocg + oc0
+        n = min(cols, job.ocg - oc0)
+        beat[:n] = bias[lo:lo + n].astype("<i4")
+        frames.append(beat.tobytes())
+    return frames
+
+
+def pack_job(x, w, bias, job: ConvJob, *, rows: int, cols: int, dtype: str,
+             x_lanes: int) -> dict[str, list]:
+    """Input frames by stream; ``b`` and ``bias`` are per image (send them N times)."""
+    frames = {"x": pack_x(x, dtype=dtype, x_lanes=x_lanes),
+              "b": pack_b(w, job, rows=rows, cols=cols, dtype=dtype)}
+    if bias is not None:
+        frames["bias"] = pack_bias(bias, job, rows=rows, cols=cols)
+    return frames
+
+
+def unpack_c(frames, job: ConvJob, *, rows: int, cols: int) -> np.ndarray:
+    """Assemble the ``c`` frames of a job (all images) into (N, OH, OW, OC) int32."""
+    p_all = job.oh * job.ow
+    out = np.zeros((job.n, p_all, job.oc), np.int32)
+    tiles = list(tile_order(job, rows, cols))
+    if len(frames) != len(tiles) * job.n:
+        raise ValueError(f"expected {len(tiles) * job.n} output tiles, got {len(frames)}")
+    it = iter(frames)
+    for n in range(job.n):
+        for g, p0, oc0 in tiles:
+            h = min(rows, p_all - p0)
+            blk = np.frombuffer(bytes(next(it)), "<i4")
+            if blk.size != h * cols:
+                raise ValueError(f"tile {(n, g, p0, oc0)}: expected {h * cols} lanes, "
+                                 f"got {blk.size}")
+            blk = blk.reshape(h, cols)
+            wdt = min(cols, job.ocg - oc0)
+            lo = g * job.ocg + oc0
+            out[n, p0:p0 + h, lo:lo + wdt] = blk[:, :wdt]
+    return out.reshape(job.n, job.oh, job.ow, job.oc)
+
+
+def im2col_reference(x, w, bias, job: ConvJob) -> np.ndarray:
+    """Independent NumPy model (explicit im2col + int64 GEMM, wrapped to int32), NHWC."""
+    x = np.asarray(x).astype(np.int64)
+    (pt, pb), (pl, pr) = job.pad
+    xp = np.pad(x, ((0, 0), (pt, pb + job.h), (pl, pr + job.w), (0, 0)))
+    sh, sw = job.stride
+    dh, dw = job.dilation
+    out = np.zeros((job.n, job.oh, job.ow, job.oc), np.int64)
+    wt = np.asarray(w).astype(np.int64)
+    for g in range(job.groups):
+        cols = []
+        for kh in range(job.kh):
+            for kw in range(job.kw):
+                y0, x0 = kh * dh, kw * dw
+                cols.append(xp[:, y0:y0 + sh * (job.oh - 1) + 1:sh,
+                               x0:x0 + sw * (job.ow - 1) + 1:sw,
+                               g * job.cg:(g + 1) * job.cg])
+        a = np.concatenate(cols, axis=-1)  # (N, OH, OW, KH*KW*CG), (kh, kw, c) order
+        wg = wt[g * job.ocg:(g + 1) * job.ocg].transpose(0, 2, 3, 1).reshape(job.ocg, -1)
+        out[..., g * job.ocg:(g + 1) * job.ocg] = a @ wg.T
+    if bias is not None:
+        out = out + np.asarray(bias).astype(np.int64)
+    return (out & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+def reference(x, w, bias, job: ConvJob) -> np.ndarray:
+    """Bit-exact model of the core (NHWC int32): the package's exact conv2d reference
+    (``lepton_accel.reference.conv2d_ref``, int64) wrapped to int32 for int8 operands;
+    the API has neither int16 conv2d nor asymmetric or over-wide padding, so those jobs use
+    :func:`im2col_reference`."""
+    x, w = np.asarray(x), np.asarray(w)
+    (pt, pb), (pl, pr) = job.pad
+    if x.dtype != np.int8 or w.dtype != np.int8 or pt != pb or pl != pr:
+        return im2col_reference(x, w, bias, job)
+    from lepton_accel.reference import conv2d_ref
+
+    try:
+        out = conv2d_ref(x, w, None, stride=job.stride, padding=(pt, pl),
+                         dilation=job.dilation, groups=job.groups, layout="NHWC")
+    except ValueError:  # padding beyond what the API allows (the core takes any)
+        return im2col_reference(x, w, bias, job)
+    out = np.asarray(out).astype(np.int64)
+    if bias is not None:
+        out = out + np.asarray(bias).astype(np.int64)
+    return (out & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+def useful_macs(job: ConvJob) -> int:
+    return job.n * job.oh * job.ow * job.oc * job.k
+
+
+def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int) -> int:
+    """CYCLES of a job with every stream at full rate and the output always ready.
+
+    Cycle 0 is the START write, cycle 1 the first busy cycle. Per image the x beats go
+    in one per cycle (from the cycle after START or after the previous image's last A
+    step); the pixel walker then gathers the first tile's R pixels (one per cycle) and
+    the tile's first A step fires two cycles later. Every later pixel tile's pixels are
+    gathered during the previous pixel tile, starting the cycle after it began, so a
+    pixel tile can start R cycles after the previous one at the earliest. A tile takes
+    K = KH*KW*CG steps, one per cycle, its last step held until the previous tile has
+    left the drain registers (R + C + its beats cycles after that tile's last step). The
+    job ends with the last output beat.
+    """
+    k = job.k
+    beats = ceil(job.h * job.w * job.c / x_lanes)
+    p_all = job.oh * job.ow
+    t = 0          # cycle of the previous A step (0: START)
+    free_at = 0    # first cycle at which the drain registers are free
+    for _ in range(job.n):
+        load_end = t + beats
+        gathered = None
+        for idx, (_, p0, oc0) in enumerate(tile_order(job, rows, cols)):
+            h = min(rows, p_all - p0)
+            if idx == 0:
+                first = load_end + rows + 2
+            elif oc0 == 0:
+                first = max(t, gathered) + 1
+            else:
+                first = t + 1
+            if oc0 == 0:
+                gathered = first + rows
+            t = max(first + k - 1, free_at)
+            free_at = t + rows + cols + h
+    return free_at - 1

@@ -1,0 +1,445 @@
+"""cocotb testbench of the conv2d core (AXIConv2d), run through sim/test_conv_sim.py.
+
+Bus models come from cocotbext-axi; the scoreboard is conv_regmap.reference (the
+package's exact conv2d reference, wrapped to int32). The array size, dtype, image lanes
+and capacity are read from the core's registers. Randomness comes from cocotb's seed
+(logged at start, fresh each run; COCOTB_RANDOM_SEED reproduces a run).
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+from cocotb_coverage import coverage
+from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamFrame,
+                           AxiStreamSink, AxiStreamSource)
+
+from lepton_accel.hdl import conv_regmap as cr
+
+REG = cr.REG
+CLK_NS = 4
+
+
+# --- functional coverage -------------------------------------------------------------
+
+def _kernel(j):
+    k = (j["job"].kh, j["job"].kw)
+    return {(1, 1): "1x1", (3, 3): "3x3", (7, 7): "7x7"}.get(k, "other")
+
+
+def _groups(j):
+    job = j["job"]
+    if job.groups == 1:
+        return "dense"
+    return "depthwise" if job.cg == 1 else "grouped"
+
+
+@coverage.CoverPoint("conv.kernel", xf=_kernel, bins=["1x1", "3x3", "7x7", "other"])
+@coverage.CoverPoint("conv.stride", xf=lambda j: max(j["job"].stride) > 1, bins=[False, True])
+@coverage.CoverPoint("conv.pad", xf=lambda j: max(max(p) for p in j["job"].pad) > 0,
+                     bins=[False, True])
+@coverage.CoverPoint("conv.dilation", xf=lambda j: max(j["job"].dilation) > 1,
+                     bins=[False, True])
+@coverage.CoverPoint("conv.groups", xf=_groups, bins=["dense", "grouped", "depthwise"])
+@coverage.CoverPoint("conv.ocg", xf=lambda j: "multiple" if j["job"].ocg % j["cols"] == 0
+                     else "not_multiple", bins=["multiple", "not_multiple"])
+@coverage.CoverPoint("conv.pixels", xf=lambda j: "multiple" if
+                     (j["job"].oh * j["job"].ow) % j["rows"] == 0 else "not_multiple",
+                     bins=["multiple", "not_multiple"])
+@coverage.CoverPoint("conv.batch", xf=lambda j: j["job"].n > 1, bins=[False, True])
+@coverage.CoverPoint("conv.bias", xf=lambda j: j["bias"], bins=[False, True])
+@coverage.CoverPoint("conv.wraps", xf=lambda j: j["wraps"], bins=[False, True])
+@coverage.CoverPoint("conv.backpressure", xf=lambda j: j["pauses"], bins=[False, True])
+@coverage.CoverCross("conv.kernel_x_groups", items=["conv.kernel", "conv.groups"],
+                     ign_bins=[("7x7", "grouped"), ("1x1", "depthwise")])
+def sample_job(j):
+    pass
+
+
+def report_coverage(dut, name):
+    coverage.coverage_db.report_coverage(dut._log.info, bins=True)
+    out = Path(os.environ.get("LEPTON_COVERAGE_DIR", "."))
+    out.mkdir(parents=True, exist_ok=True)
+    coverage.coverage_db.export_to_yaml(str(out / f"coverage_{name}.yml"))
+    summary = {k: coverage.coverage_db[k].cover_percentage
+               for k in coverage.coverage_db if k.count(".") == 1}
+    (out / f"coverage_{name}.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# --- testbench -----------------------------------------------------------------------
+
+class TB:
+    def __init__(self, dut):
+        self.dut = dut
+        self.rng = np.random.default_rng(random.getrandbits(64))
+        cocotb.start_soon(Clock(dut.clk, CLK_NS, unit="ns").start())
+        P = cr.PORT_PREFIX
+        self.src = {name: AxiStreamSource(AxiStreamBus.from_prefix(dut, P[name] + "_"),
+                                          dut.clk, dut.rst)
+                    for name in ("x", "b", "bias")}
+        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, P["c"] + "_"), dut.clk,
+                                  dut.rst)
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, P["ctrl"] + "_"), dut.clk,
+                                  dut.rst)
+        for obj in (*self.src.values(), self.sink):
+            obj.log.setLevel("WARNING")
+        self.axil.write_if.log.setLevel("WARNING")
+        self.axil.read_if.log.setLevel("WARNING")
+        self.paused = False
+
+    async def start(self):
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, 4)
+        self.dut.rst.value = 0
+        await ClockCycles(self.dut.clk, 2)
+        assert await self.read("ID") == cr.CORE_ID
+        assert await self.read("VERSION") == cr.VERSION_WORD
+        cfg = await self.read("CONFIG")
+        self.rows = cr.field_value("CONFIG", "ROWS", cfg)
+        self.cols = cr.field_value("CONFIG", "COLS", cfg)
+        code = cr.field_value("CONFIG", "DTYPE", cfg)
+        self.dtype = {v: k for k, v in cr.DTYPE_CODES.items()}[code]
+        self.x_lanes = 1 << cr.field_value("CONFIG", "XLANES_LOG2", cfg)
+        assert cr.field_value("CONFIG", "ACC_WIDTH", cfg) == cr.ACC_WIDTH
+        assert cfg == cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes)
+        self.capacity = await self.read("CAPACITY")
+        self.np_dtype = np.int8 if self.dtype == "int8" else np.int16
+        self.dut._log.info("core: %dx%d %s, %d image lanes, capacity %d", self.rows,
+                           self.cols, self.dtype, self.x_lanes, self.capacity)
+
+    async def read(self, name):
+        return await self.axil.read_dword(REG[name].offset)
+
+    async def write(self, name, value):
+        await self.axil.write_dword(REG[name].offset, value)
+
+    def set_pauses(self, p_in, p_out):
+        def gen(p, seed):
+            r = random.Random(seed)
+            while True:
+                yield r.random() < p
+        wr, rd = self.axil.write_if, self.axil.read_if
+        into = [*self.src.values(), wr.aw_channel, wr.w_channel, rd.ar_channel]
+        out_of = [self.sink, wr.b_channel, rd.r_channel]
+        for chans, p in ((into, p_in), (out_of, p_out)):
+            for ch in chans:
+                if p:
+                    ch.set_pause_generator(gen(p, random.getrandbits(32)))
+                else:
+                    ch.clear_pause_generator()
+                    ch.pause = False
+        self.paused = bool(p_in or p_out)
+
+    def rand(self, shape, extremes=False):
+        info = np.iinfo(self.np_dtype)
+        if extremes:
+            x = self.rng.choice(np.array([info.min, info.max, info.min, -1, 1]), size=shape)
+        else:
+            x = self.rng.integers(info.min, info.max + 1, size=shape)
+        x.flat[self.rng.integers(x.size)] = info.min if self.rng.random() < 0.5 else info.max
+        return x.astype(self.np_dtype)
+
+    def rand_bias(self, n):
+        return self.rng.integers(-2**31, 2**31, size=n, dtype=np.int64)
+
+    def timeout_for(self, job):
+        est = cr.expected_cycles(job, self.rows, self.cols, self.x_lanes)
+        return int(est * (25 if self.paused else 2)) + 3000
+
+    async def submit(self, x, w, bias, job, x_tlast=True):
+        frames = cr.pack_job(x, w, bias, job, rows=self.rows, cols=self.cols,
+                             dtype=self.dtype, x_lanes=self.x_lanes)
+        for name, value in cr.register_values(job).items():
+            await self.write(name, value)
+        ctrl = cr.field_mask("CTRL", "START")
+        if bias is not None:
+            ctrl |= cr.field_mask("CTRL", "BIAS_EN")
+        if x_tlast:
+            for f in frames["x"]:
+                self.src["x"].send_nowait(AxiStreamFrame(f))
+        else:  # one frame for all images: only the last image's tlast is present
+            self.src["x"].send_nowait(AxiStreamFrame(b"".join(frames["x"])))
+        for _ in range(job.n):
+            for name in ("b", "bias"):
+                for f in frames.get(name, []):
+                    self.src[name].send_nowait(AxiStreamFrame(f))
+        await self.write("CTRL", ctrl)
+        return len(list(cr.tile_order(job, self.rows, self.cols))) * job.n
+
+    async def collect(self, job, ntiles, timeout_cycles):
+        frames = []
+        for _ in range(ntiles):
+            fr = await with_timeout(self.sink.recv(), timeout_cycles * CLK_NS, "ns")
+            frames.append(fr.tdata)
+        return cr.unpack_c(frames, job, rows=self.rows, cols=self.cols)
+
+    async def wait_done(self, polls=2000):
+        for _ in range(polls):
+            st = await self.read("STATUS")
+            if cr.field_value("STATUS", "DONE", st):
+                assert not cr.field_value("STATUS", "BUSY", st)
+                return st
+        raise AssertionError("core never reported DONE")
+
+    async def run_job(self, x, w, bias, job, extremes=False, x_tlast=True):
+        """Run one job, check it bit-exact, return CYCLES."""
+        ntiles = await self.submit(x, w, bias, job, x_tlast)
+        got = await self.collect(job, ntiles, self.timeout_for(job))
+        await self.wait_done()
+        expect = cr.reference(x, w, bias, job)
+        np.testing.assert_array_equal(got, expect, err_msg=f"{job} bias={bias is not None}")
+        assert self.sink.empty(), "core sent more output than the job has"
+        exact = _exact(x, w, bias, job)
+        lo = await self.read("CYCLES_LO")
+        hi = await self.read("CYCLES_HI")
+        assert await self.read("TILES_DONE") == ntiles
+        sample_job(dict(job=job, rows=self.rows, cols=self.cols, bias=bias is not None,
+                        extremes=extremes, wraps=bool((exact != expect).any()),
+                        pauses=self.paused))
+        return (hi << 32) | lo
+
+    def random_job(self, i):
+        """A random job that fits the memory; kernel and group kinds rotate with i."""
+        r = self.rng
+        R, C = self.rows, self.cols
+        for _ in range(1000):
+            kh, kw = [(1, 1), (3, 3), (7, 7), (int(r.integers(1, 6)), int(r.integers(1, 6)))][i % 4]
+            kind = ["dense", "grouped", "depthwise"][(i // 4 + i) % 3]
+            if kind == "depthwise":
+                groups = int(r.integers(2, 2 * R + 3))
+                cg, ocg = 1, int(r.integers(1, 3))
+            elif kind == "grouped":
+                groups = int(r.integers(2, 4))
+                cg, ocg = int(r.integers(1, 5)), int(r.integers(1, C + 3))
+            else:
+                groups = 1
+                cg = int(r.integers(1, 2 * R + 3))
+                ocg = int(r.choice([C, 2 * C, int(r.integers(1, 2 * C + 3))]))
+            c = groups * cg
+            sh, sw = int(r.integers(1, 3)), int(r.integers(1, 4))
+            dh, dw = (1, 1) if r.random() < 0.6 else (int(r.integers(1, 3)), int(r.integers(1, 3)))
+            pt, pb = int(r.integers(0, kh + 1)), int(r.integers(0, kh + 1))
+            pl, pr = int(r.integers(0, kw + 1)), int(r.integers(0, kw + 1))
+            if r.random() < 0.3:
+                pt = pb = pl = pr = 0
+            h, w = int(r.integers(1, 12)), int(r.integers(1, 12))
+            n = 2 if r.random() < 0.25 else 1
+            try:
+                job = cr.ConvJob.make((n, h, w, c), (groups * ocg, cg, kh, kw), (sh, sw),
+                                      ((pt, pb), (pl, pr)), (dh, dw), groups)
+            except ValueError:
+                continue
+            if job.oh < 1 or job.ow < 1 or h * w * c > self.capacity:
+                continue
+            if job.n * job.oh * job.ow * job.oc * job.k > 60_000:
+                continue
+            return job
+        raise AssertionError("no random job found")
+
+
+def _exact(x, w, bias, job):
+    """Unwrapped int64 result (to see whether a job wrapped)."""
+    x = np.asarray(x).astype(np.int64)
+    (pt, pb), (pl, pr) = job.pad
+    xp = np.pad(x, ((0, 0), (pt, pb + job.h), (pl, pr + job.w), (0, 0)))
+    out = np.zeros((job.n, job.oh, job.ow, job.oc), np.int64)
+    wt = np.asarray(w).astype(np.int64)
+    sh, sw = job.stride
+    dh, dw = job.dilation
+    for g in range(job.groups):
+        for kh in range(job.kh):
+            for kw in range(job.kw):
+                patch = xp[:, kh * dh:kh * dh + sh * (job.oh - 1) + 1:sh,
+                           kw * dw:kw * dw + sw * (job.ow - 1) + 1:sw, g * job.cg:(g + 1) * job.cg]
+                out[..., g * job.ocg:(g + 1) * job.ocg] += patch @ wt[g * job.ocg:(g + 1) * job.ocg, :, kh, kw].T
+    if bias is not None:
+        out = out + np.asarray(bias).astype(np.int64)
+    return out
+
+
+def edge_jobs(R, C, capacity):
+    """Named edge cases (NHWC input shape, weight shape, stride, pad, dilation, groups)."""
+    cases = [
+        ("1x1", (1, 5, 7, 3), (C + 1, 3, 1, 1), 1, 0, 1, 1),
+        ("1x1 one pixel", (1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1),
+        ("3x3 pad 1", (1, 6, 5, R + 1), (2 * C, R + 1, 3, 3), 1, 1, 1, 1),
+        ("7x7 stride 2 pad 3", (1, 11, 9, 3), (C - 1, 3, 7, 7), 2, 3, 1, 1),
+        ("odd sizes", (1, 7, 3, 5), (3, 5, 2, 3), (2, 1), ((0, 1), (2, 0)), 1, 1),
+        ("dilation 2", (1, 9, 8, 2), (C + 3, 2, 3, 3), 1, 2, 2, 1),
+        ("depthwise 3x3", (1, 6, 6, 2 * R + 1), (2 * R + 1, 1, 3, 3), 1, 1, 1, 2 * R + 1),
+        ("depthwise x2 stride 2", (1, 7, 5, 3), (6, 1, 3, 3), 2, 1, 1, 3),
+        ("grouped", (2, 4, 5, 6), (2 * C + 2, 3, 3, 3), 1, 1, 1, 2),
+        ("pad wider than kernel", (1, 3, 4, 2), (3, 2, 2, 2), (1, 2), ((3, 2), (4, 1)), 1, 1),
+        ("dilation with stride", (1, 10, 10, 3), (5, 3, 3, 2), (3, 2), 1, (2, 3), 1),
+    ]
+    out = []
+    for name, xs, ws, s, p, d, g in cases:
+        job = cr.ConvJob.make(xs, ws, s, p, d, g)
+        assert job.h * job.w * job.c <= capacity, name
+        out.append((name, job))
+    return out
+
+
+# --- tests ---------------------------------------------------------------------------
+
+@cocotb.test()
+async def test_registers(dut):
+    """ID/VERSION/CONFIG/CAPACITY, read/write registers, W1C errors, refused STARTs."""
+    tb = TB(dut)
+    await tb.start()
+    tb.set_pauses(0.4, 0.4)
+    for name in ("STATUS", "ERROR", "N", "H", "KERNEL", "PAD", "CTRL", "CYCLES_LO",
+                 "TILES_DONE"):
+        assert await tb.read(name) == 0, name
+    for name in ("N", "H", "W", "C", "G", "CG", "OCG", "OH", "OW"):
+        v = int(tb.rng.integers(1, 2 ** cr.DIM_BITS))
+        await tb.write(name, v)
+        assert await tb.read(name) == v, name
+    for name in ("KERNEL", "STRIDE", "DILATION", "PAD"):
+        v = int(tb.rng.integers(1, 2 ** 16))
+        await tb.write(name, v)
+        assert await tb.read(name) == v, name
+    await tb.write("ID", 0x12345678)
+    assert await tb.read("ID") == cr.CORE_ID
+    assert await tb.axil.read_dword(0xFC) == 0
+    bad = cr.field_mask("ERROR", "BAD_DIM")
+    # a zero kernel size, then an image larger than the memory: both refused
+    job = cr.ConvJob.make((1, 3, 3, 1), (1, 1, 1, 1))
+    for regs in ({**cr.register_values(job), "KERNEL": 0},
+                 {**cr.register_values(job), "H": tb.capacity + 1}):
+        for name, value in regs.items():
+            await tb.write(name, value)
+        await tb.write("CTRL", cr.field_mask("CTRL", "START"))
+        st = await tb.read("STATUS")
+        assert not cr.field_value("STATUS", "BUSY", st)
+        assert cr.field_value("STATUS", "ERROR", st)
+        assert await tb.read("ERROR") == bad
+        await tb.write("ERROR", bad)
+        assert await tb.read("ERROR") == 0
+
+
+@cocotb.test()
+async def test_edges(dut):
+    """1x1, 3x3, 7x7 stride 2, odd sizes, padding, dilation, depthwise, groups, batch."""
+    tb = TB(dut)
+    await tb.start()
+    for i, (name, job) in enumerate(edge_jobs(tb.rows, tb.cols, tb.capacity)):
+        tb.set_pauses(*[(0.0, 0.0), (0.3, 0.3), (0.1, 0.5), (0.5, 0.1)][i % 4])
+        x = tb.rand((job.n, job.h, job.w, job.c))
+        w = tb.rand((job.oc, job.cg, job.kh, job.kw))
+        bias = tb.rand_bias(job.oc) if i % 2 else None
+        dut._log.info("edge %s: %s", name, job)
+        await tb.run_job(x, w, bias, job)
+    # extremes: the largest products, and a bias that wraps
+    info = np.iinfo(tb.np_dtype)
+    job = cr.ConvJob.make((1, 4, 4, 3), (tb.cols, 3, 3, 3), 1, 1)
+    tb.set_pauses(0.2, 0.2)
+    for xv, wv, bv in [(info.min, info.min, 2**31 - 1), (info.max, info.min, -2**31)]:
+        x = np.full((1, 4, 4, 3), xv, tb.np_dtype)
+        w = np.full((tb.cols, 3, 3, 3), wv, tb.np_dtype)
+        await tb.run_job(x, w, np.full(tb.cols, bv, np.int64), job, extremes=True)
+    assert await tb.read("ERROR") == 0
+
+
+@cocotb.test()
+async def test_random_jobs(dut):
+    """Back-to-back random jobs without reset, random pauses on every port."""
+    tb = TB(dut)
+    await tb.start()
+    njobs = int(os.environ.get("LEPTON_JOBS", "8"))
+    for i in range(njobs):
+        tb.set_pauses(*[(0.0, 0.0), (0.3, 0.3), (0.1, 0.6), (0.6, 0.1)][i % 4])
+        job = tb.random_job(i)
+        extremes = bool(tb.rng.random() < 0.3)
+        x = tb.rand((job.n, job.h, job.w, job.c), extremes)
+        w = tb.rand((job.oc, job.cg, job.kh, job.kw), extremes)
+        bias = tb.rand_bias(job.oc) if (i // 2) % 2 else None
+        dut._log.info("job %d: %s bias=%s", i, job, bias is not None)
+        await tb.run_job(x, w, bias, job, extremes)
+    assert await tb.read("ERROR") == 0
+
+
+@cocotb.test()
+async def test_reset_and_tlast(dut):
+    """A reset mid-job leaves a clean core; a missing x tlast is flagged."""
+    tb = TB(dut)
+    await tb.start()
+    R, C = tb.rows, tb.cols
+    tb.set_pauses(0.3, 0.3)
+    job = cr.ConvJob.make((1, 6, 6, 3), (2 * C, 3, 3, 3), 1, 1)
+    x, w = tb.rand((1, 6, 6, 3)), tb.rand((2 * C, 3, 3, 3))
+    await tb.submit(x, w, None, job)
+    for _ in range(2000):
+        if await tb.read("TILES_DONE") >= 1:
+            break
+    else:
+        raise AssertionError("job made no progress")
+    await RisingEdge(dut.clk)
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 4)
+    for s in tb.src.values():
+        s.clear()
+    tb.sink.clear()
+    dut.rst.value = 0
+    await ClockCycles(dut.clk, 2)
+    for name in ("STATUS", "ERROR", "N", "CTRL", "TILES_DONE", "CYCLES_LO"):
+        assert await tb.read(name) == 0, name
+    await tb.run_job(x, w, tb.rand_bias(job.oc), job)
+    # two images sent as one frame: the first image's tlast is missing
+    tb.set_pauses(0.0, 0.0)
+    job = cr.ConvJob.make((2, 3, 5, 2), (C, 2, 1, 1))
+    x, w = tb.rand((2, 3, 5, 2)), tb.rand((C, 2, 1, 1))
+    await tb.run_job(x, w, None, job, x_tlast=False)
+    assert await tb.read("ERROR") == cr.field_mask("ERROR", "X_LAST")
+    await tb.write("ERROR", 0xFFFFFFFF)
+
+
+@cocotb.test()
+async def test_cycle_count(dut):
+    """At full rate CYCLES equals conv_regmap.expected_cycles; report MAC utilisation."""
+    tb = TB(dut)
+    await tb.start()
+    R, C = tb.rows, tb.cols
+    tb.set_pauses(0.0, 0.0)
+    layers = json.loads(os.environ.get("LEPTON_UTIL_LAYERS", "[]")) or [
+        {"x": [1, 5, 5, 2 * R], "w": [2 * C, 2 * R, 3, 3], "stride": 1, "padding": 1},
+        {"x": [2, 7, 7, 3], "w": [C + 1, 3, 3, 3], "stride": 2, "padding": 1},
+        {"x": [1, 4, 4, 4], "w": [4, 1, 3, 3], "stride": 1, "padding": 1, "groups": 4},
+    ]
+    results = []
+    for L in layers:
+        job = cr.ConvJob.make(L["x"], L["w"], L.get("stride", 1), L.get("padding", 0),
+                              L.get("dilation", 1), L.get("groups", 1))
+        x = tb.rand(tuple(L["x"]))
+        w = tb.rand(tuple(L["w"]))
+        cycles = await tb.run_job(x, w, None, job)
+        expect = cr.expected_cycles(job, R, C, tb.x_lanes)
+        util = cr.useful_macs(job) / (R * C * cycles)
+        load = await tb.read("LOAD_CYCLES")
+        dut._log.info("%s on %dx%d: %d cycles (model %d, load %d), utilisation %.4f",
+                      job, R, C, cycles, expect, load, util)
+        assert cycles == expect, (cycles, expect)
+        assert await tb.read("STALL_IN") == 0
+        results.append(dict(layer=L, rows=R, cols=C, dtype=tb.dtype, cycles=cycles,
+                            model_cycles=expect, load_cycles=load,
+                            stall_out=await tb.read("STALL_OUT"),
+                            useful_macs=cr.useful_macs(job), utilisation=util))
+    out = os.environ.get("LEPTON_UTIL_OUT")
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+@cocotb.test()
+async def test_coverage_report(dut):
+    """Report functional coverage of everything this run sampled (runs last)."""
+    summary = report_coverage(dut, os.environ.get("LEPTON_COVERAGE_NAME", "run"))
+    dut._log.info("coverage: %s", summary)
+    required = [p for p in os.environ.get("LEPTON_COVERAGE_REQUIRE", "").split(",") if p]
+    for point in required:
+        assert summary[point] == 100, (point, summary[point])

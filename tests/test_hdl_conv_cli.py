@@ -1,0 +1,49 @@
+"""``hdl generate conv2d`` writes Verilog and a JSON description that match conv_regmap."""
+
+import argparse
+import json
+import re
+
+import pytest
+
+pytest.importorskip("amaranth")
+
+from lepton_accel.hdl import cli, conv_regmap  # noqa: E402
+
+
+def _need_yosys():
+    try:
+        from amaranth._toolchain.yosys import find_yosys
+        find_yosys(lambda ver: ver >= (0, 40))
+    except Exception as e:
+        pytest.skip(f"Amaranth's Verilog backend has no Yosys: {e}")
+
+
+def test_generate_conv2d(tmp_path):
+    _need_yosys()
+    parser = argparse.ArgumentParser(prog="lepton-accel")
+    cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["hdl", "generate", "conv2d", "--rows", "3", "--cols", "5",
+                              "--dtype", "int16", "--depth", "64", "-o", str(tmp_path)])
+    assert args.func(args) == 0
+    (v,) = tmp_path.glob("*.v")
+    desc = json.loads(v.with_suffix(".json").read_text())
+    assert desc["core"] == "conv2d" and desc["config"]["x_lanes"] == 4
+    assert desc["config"]["capacity"] == 256
+    text = v.read_text()
+    assert re.search(rf"module {desc['top']}\b", text)
+    widths = {s["name"]: s["tdata_width"] for s in desc["streams"]}
+    assert widths == {"x": 64, "b": 80, "bias": 160, "c": 160}
+    for s in desc["streams"]:
+        assert re.search(rf"\[{s['tdata_width'] - 1}:0\] {s['prefix']}__tdata", text), s
+    names = [r["name"] for r in desc["registers"]]
+    assert names == [r.name for r in conv_regmap.REGISTERS]
+
+
+def test_generate_conv2d_rejects_bad_config(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="lepton-accel")
+    cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["hdl", "generate", "conv2d", "--x-lanes", "12",
+                              "-o", str(tmp_path)])
+    assert args.func(args) == 2
+    assert "x_lanes" in capsys.readouterr().err

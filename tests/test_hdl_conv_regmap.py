@@ -1,0 +1,90 @@
+"""The conv core's register map / host protocol module (host side, no Amaranth)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lepton_accel.hdl import conv_regmap as cr
+from lepton_accel.reference import conv2d_ref
+
+
+def test_importable_without_amaranth():
+    code = ("import sys; import lepton_accel.hdl.conv_regmap as r; "
+            "assert 'amaranth' not in sys.modules; print(r.CORE_ID)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == cr.CORE_ID
+
+
+def test_registers_unique_aligned_and_fields_fit():
+    offs = [r.offset for r in cr.REGISTERS]
+    assert len(set(offs)) == len(offs)
+    assert all(o % 4 == 0 and o < 2 ** cr.ADDR_WIDTH for o in offs)
+    for r in cr.REGISTERS:
+        used = 0
+        for f in r.fields:
+            mask = ((1 << f.width) - 1) << f.lsb
+            assert f.lsb + f.width <= cr.DATA_WIDTH and not used & mask, (r.name, f.name)
+            used |= mask
+
+
+def test_config_word_round_trip():
+    word = cr.config_word(16, 8, "int16", 32)
+    assert cr.field_value("CONFIG", "ROWS", word) == 16
+    assert cr.field_value("CONFIG", "COLS", word) == 8
+    assert cr.field_value("CONFIG", "XLANES_LOG2", word) == 5
+    assert cr.default_x_lanes(3) == 4 and cr.default_x_lanes(16) == 16
+    with pytest.raises(ValueError):
+        cr.describe(16, 16, "int8", x_lanes=12)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 0, 1, 1), (2, 3, 1, 1), ((2, 1), (1, 2), (2, 1), 2), (1, 1, 1, 6)])
+def test_im2col_model_matches_package_reference(stride, padding, dilation, groups):
+    rng = np.random.default_rng()
+    x = rng.integers(-128, 128, (2, 9, 11, 6)).astype(np.int8)
+    kh = 7 if padding == 3 else 3
+    w = rng.integers(-128, 128, (6, 6 // groups, kh, kh)).astype(np.int8)
+    job = cr.ConvJob.make(x.shape, w.shape, stride, padding, dilation, groups)
+    ref = conv2d_ref(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                     layout="NHWC")
+    np.testing.assert_array_equal(cr.im2col_reference(x, w, None, job),
+                                  np.asarray(ref).astype(np.int32))
+    assert cr.reference(x, w, None, job).shape == (2, job.oh, job.ow, 6)
+
+
+def test_pack_unpack_round_trip_and_tile_order():
+    rng = np.random.default_rng()
+    job = cr.ConvJob.make((2, 5, 4, 6), (10, 3, 3, 3), 1, 1, 1, 2)
+    R, C = 4, 4
+    tiles = list(cr.tile_order(job, R, C))
+    assert len(tiles) == 2 * 5 * 2  # groups x pixel tiles x channel tiles
+    out = rng.integers(-2**31, 2**31, (2, job.oh, job.ow, 10)).astype(np.int32)
+    flat = out.reshape(2, -1, 10)
+    frames = []
+    for n in range(2):
+        for g, p0, oc0 in tiles:
+            blk = np.zeros((min(R, 20 - p0), C), "<i4")
+            wd = min(C, 5 - oc0)
+            blk[:, :wd] = flat[n, p0:p0 + R, g * 5 + oc0:g * 5 + oc0 + wd]
+            frames.append(blk.tobytes())
+    np.testing.assert_array_equal(cr.unpack_c(frames, job, rows=R, cols=C), out)
+    w = rng.integers(-128, 128, (10, 3, 3, 3)).astype(np.int8)
+    b = cr.pack_b(w, job, rows=R, cols=C, dtype="int8")
+    first = np.frombuffer(b[0], np.int8).reshape(job.k, C)
+    # beat (kh*KW + kw)*CG + c, lane j = w[j, c, kh, kw]
+    assert first[(1 * 3 + 2) * 3 + 1, 2] == w[2, 1, 1, 2]
+    assert (first[:, 4:] == 0).all() if C > 4 else True
+    x = rng.integers(-128, 128, (2, 5, 4, 6)).astype(np.int8)
+    xf = cr.pack_x(x, dtype="int8", x_lanes=8)
+    assert len(xf) == 2 and len(xf[0]) == 8 * 15
+    assert np.frombuffer(xf[1], np.int8)[:120].tolist() == x[1].reshape(-1).tolist()
+
+
+def test_expected_cycles_is_near_ideal_for_resnet_layers():
+    for xs, ws in [((1, 56, 56, 64), (64, 64, 3, 3)), ((1, 28, 28, 128), (128, 128, 3, 3))]:
+        job = cr.ConvJob.make(xs, ws, 1, 1)
+        cyc = cr.expected_cycles(job, 16, 16, 16)
+        assert cr.useful_macs(job) / (256 * cyc) > 0.95
