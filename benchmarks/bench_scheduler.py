@@ -136,7 +136,8 @@ class Sim:
             start = max(now, n.ready)
             free = sum(1 for b in n.slots if b <= start) if n.ready <= now else 0
             wait = max(min(n.slots), n.ready) - now
-            views.append(NodeView(n.nid, n.itype.name, free, frozenset(n.cores), max(wait, 0.0)))
+            views.append(NodeView(n.nid, n.itype.name, free, frozenset(n.cores), max(wait, 0.0),
+                                  busy_until_s=max(n.last_end, n.ready) - now, age_s=now - n.launched))
         return ClusterState(views, idle_timeout_s=IDLE_TIMEOUT_S)
 
     def run_on(self, job, itype, node_id, now, run_s, load_s):

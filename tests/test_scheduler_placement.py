@@ -182,3 +182,76 @@ def test_winner_is_optimal_among_feasible(m, n, k, dtype, policy, deadline, warm
     key = (lambda c: c.cost) if policy == "min_cost" else (lambda c: c.time_s)
     assert key(p.winner) <= min(key(c) for c in feas) * (1 + 1e-12)
     assert not p.winner.itype.retired
+
+
+# ---- warm nodes: the marginal bill -----------------------------------------------------------
+def small_job(**extra):
+    return gemm_job(64, 64, 64, "float32", **extra)
+
+
+def test_warm_node_costs_what_it_adds_to_the_node_bill():
+    job = small_job(constraints={"instance_types": ["p4d.24xlarge"]})
+    p4d = CAT["p4d.24xlarge"]
+    run = next(c for c in candidates(job, CAT) if c.itype.name == "p4d.24xlarge").run_s
+    # idle node, history unknown, no idle timeout: the whole node for the run (not 1/8 of it)
+    p = place(job, CAT, ClusterState([NodeView("p4d-1", "p4d.24xlarge", 8)]))
+    assert p.winner.node == "p4d-1"
+    assert p.winner.cost == pytest.approx(21.9576 / 3600 * run)
+    # idle for 10 s of a 120 s idle timeout: the job pushes the release back by 10 s + run
+    idle10 = NodeView("p4d-1", "p4d.24xlarge", 8, busy_until_s=-10.0)
+    p = place(job, CAT, ClusterState([idle10], idle_timeout_s=120))
+    assert p.winner.extends_s == pytest.approx(10 + run)
+    assert p.winner.cost == pytest.approx(21.9576 / 3600 * (10 + run))
+    assert "node life +" in p.explain()
+    # another slot busy for 100 s more: the node is billed for this job's time anyway
+    busy = NodeView("p4d-1", "p4d.24xlarge", 7, busy_until_s=100.0, age_s=300.0)
+    p = place(job, CAT, ClusterState([busy], idle_timeout_s=120))
+    assert (p.winner.cost, p.winner.extends_s) == (0.0, 0.0)
+    assert "billed for that time anyway" in p.reason
+    # young node: the difference is taken between billed seconds (60 s minimum, whole seconds)
+    young = NodeView("p4d-1", "p4d.24xlarge", 8, busy_until_s=0.0, age_s=5.0)
+    assert place(job, CAT, ClusterState([young])).winner.cost == 0.0       # inside the minimum
+    assert p4d.slots == 8
+
+
+def test_a_stream_of_small_jobs_does_not_keep_a_big_warm_node_alive():
+    """A p4d launched for a deadline job, then a small job every 2 s: the small jobs move to
+    a cheap type and the p4d goes after its idle timeout instead of living on their slots."""
+    idle_timeout, gap = 120.0, 2.0
+    nodes = []          # [name, itype, launched, ready, busy_until, released]
+
+    def state(now):
+        for n in nodes:
+            if n[5] is None and n[4] + idle_timeout <= now:
+                n[5] = n[4] + idle_timeout
+        live = [n for n in nodes if n[5] is None]
+        return ClusterState([NodeView(n[0], n[1], 1 if n[4] <= now and n[3] <= now else 0,
+                                      wait_s=max(n[4], n[3]) - now, busy_until_s=max(n[4], n[3]) - now,
+                                      age_s=now - n[2]) for n in live], idle_timeout_s=idle_timeout)
+
+    def run(job, now):
+        p = place(job, CAT, state(now))
+        w = p.winner
+        if w.node is None:
+            nodes.append([f"{w.itype.name}#{len(nodes)}", w.itype.name, now, now + w.startup_s, now, None])
+            node = nodes[-1]
+        else:
+            node = next(n for n in nodes if n[0] == w.node)
+        node[4] = max(now, node[3], node[4]) + w.image_load_s + w.run_s
+        return node
+
+    big = run(gemm_job(8192, 8192, 8192, "float16", constraints={"instance_types": ["p4d.24xlarge"]},
+                       deadline_s=65), 0.0)
+    assert big[1] == "p4d.24xlarge"
+    big_done = big[4]
+    t, placed_on = big_done, []
+    while t < big_done + 600:
+        placed_on.append(run(small_job(), t)[1])
+        t += gap
+    state(t)
+    life = (big[5] if big[5] is not None else big[4] + idle_timeout) - big[2]
+    # released within a couple of small jobs of its idle timeout (a slot-share price kept it
+    # alive for the whole 600 s stream)
+    assert life <= big_done + idle_timeout + 2 * gap
+    assert sum(name == big[1] for name in placed_on) <= 2
+    assert max(set(placed_on), key=placed_on.count) in ("c7i.large", "m7i.xlarge", "c7i.2xlarge")

@@ -7,11 +7,15 @@ For every catalog type the job may use, placement builds a :class:`Candidate`:
   + the run itself, from the shared :data:`lepton_accel.perf.MODEL` (compute or device
   memory, host<->device transfer, call overhead) on the type's accelerator; a suite's run
   time is the estimate the job gives.
-* **cost** = what the choice adds to the bill. A new node is billed whole, per second with
-  the cloud's minimum (``catalog.billing``), from launch until the job ends plus the idle
-  time the cluster keeps a node before removing it (``ClusterState.idle_timeout_s``). On a warm
-  node the job pays the time it occupies one slot: the hourly price divided by the slots
-  (accelerators) of the type, for image load plus run.
+* **cost** = what the choice adds to the bill (the marginal cost). A new node is billed
+  whole, per second with the cloud's minimum (``catalog.billing``), from launch until the
+  job ends plus the idle time the cluster keeps a node before removing it
+  (``ClusterState.idle_timeout_s``). A warm node is billed whole too, until its committed
+  work ends plus the idle time; the job adds only the time by which it pushes that release
+  back (its end plus the idle time, past the old release), at the node's full price. A job
+  that fits inside a life the node is billed for anyway adds nothing; a job that keeps an
+  expensive node alive pays for keeping it alive, not a slot's share of it. With the node's
+  age known the difference is taken between billed seconds (rounding and minimum included).
 
 A type is excluded by the job's constraints, when it is retired (unless asked), when its
 device cannot run the dtype, when the operands do not fit its memory, or when the job's
@@ -40,6 +44,16 @@ class NodeView:
     free_slots: int = 1
     cores: frozenset = frozenset()   # FPGA core images loaded on it
     wait_s: float = 0.0              # expected wait for a slot when none is free
+    # seconds from now until the node's committed work ends (<= 0: idle since that long);
+    # None: not tracked, taken as ``wait_s`` when no slot is free and 0 otherwise
+    busy_until_s: float | None = None
+    age_s: float | None = None       # seconds since launch (billing minimum); None: past it
+
+    @property
+    def work_end_s(self) -> float:
+        if self.busy_until_s is not None:
+            return self.busy_until_s
+        return self.wait_s if self.free_slots <= 0 else 0.0
 
 
 @dataclass
@@ -71,6 +85,7 @@ class Candidate:
     image_load_s: float = 0.0
     time_s: float = math.inf
     cost: float = math.inf
+    extends_s: float = 0.0          # warm node: how far the job pushes back the node's release
 
     @property
     def where(self) -> str:
@@ -116,13 +131,28 @@ def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, 
         c.wait_s = 0.0 if node.free_slots > 0 else node.wait_s
         c.image_load_s = 0.0 if (job.core in node.cores or itype.kind != "fpga") else fpga_load
         c.time_s = c.wait_s + c.image_load_s + run_s
-        c.cost = itype.slot_price_per_second * (c.image_load_s + run_s)
+        c.extends_s, c.cost = _extension(catalog, itype, node, c.time_s, idle_s)
     if job.deadline_s is not None and elapsed_s + c.time_s > job.deadline_s:
         c.excluded = (f"misses deadline {job.deadline_s:g} s: {elapsed_s + c.time_s:.3g} s on "
                       f"{c.where}")
     else:
         c.feasible = True
     return c
+
+
+def _extension(catalog: Catalog, itype: InstanceType, node: NodeView, end_s: float,
+               idle_s: float) -> tuple[float, float]:
+    """(seconds, dollars) by which a job ending ``end_s`` from now extends ``node``'s bill.
+
+    Without the job the node is released ``idle_s`` after its committed work ends; with it,
+    no earlier than ``idle_s`` after the job ends. Only the difference is new money.
+    """
+    old = max(node.work_end_s + idle_s, 0.0)
+    new = max(old, end_s + idle_s)
+    if node.age_s is None:
+        return new - old, itype.price_per_second * (new - old)
+    billed = catalog.billing.billed_seconds
+    return new - old, itype.price_per_second * (billed(node.age_s + new) - billed(node.age_s + old))
 
 
 def _key(policy: str):
@@ -153,7 +183,8 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
         if not _fits(job, itype):
             out.append(Candidate(itype, excluded=f"operands exceed {itype.memory_gib:g} GiB memory"))
             continue
-        options = [_option(job, itype, catalog, run_s, est, n, elapsed_s) for n in state.of_type(itype.name)]
+        options = [_option(job, itype, catalog, run_s, est, n, elapsed_s, state.idle_timeout_s)
+                   for n in state.of_type(itype.name)]
         if state.can_launch(itype.name):
             options.append(_option(job, itype, catalog, run_s, est, None, elapsed_s, state.idle_timeout_s))
         if not options:
@@ -194,6 +225,9 @@ def _reason(job: Job, win: Candidate, feasible: list[Candidate], cands: list[Can
     if beaten_by_deadline:
         parts.append("the deadline ruled out the " + ("cheaper " if job.policy == "min_cost" else "")
                      + ", ".join(c.itype.name for c in beaten_by_deadline))
+    if win.node:
+        parts.append(f"keeps {win.node} billed {win.extends_s:.4g} s longer" if win.extends_s > 0
+                     else f"{win.node} is billed for that time anyway")
     if win.node and win.itype.kind == "fpga" and win.image_load_s == 0:
         parts.append(f"{win.node} already holds core {job.core}")
     elif win.node is None and win.startup_s:
@@ -218,6 +252,9 @@ def explain(p: Placement) -> str:
             lines.append(f"  {c.itype.name:<14} {dev:<10} {'-':<16} {'-':>10} {'-':>8} {'-':>7} {'-':>10} {'-':>10}  excluded: {c.excluded}")
             continue
         mark = "<- chosen" if c is p.winner else ("" if c.feasible else f"excluded: {c.excluded}")
+        if c.node:
+            life = f"node life +{c.extends_s:.3g} s" if c.extends_s > 0 else "node billed anyway"
+            mark = f"{mark}; {life}" if mark else life
         lines.append(f"  {c.itype.name:<14} {dev:<10} {c.where:<16} {c.run_s:>10.4g} {c.startup_s:>8.3g} "
                      f"{c.image_load_s:>7.3g} {c.time_s:>10.4g} {c.cost:>10.3g}  {mark}")
     lines.append(("winner: " if p.winner else "no placement: ") + p.reason)
