@@ -27,11 +27,12 @@ SIZE = (4, 4)
 
 @pytest.fixture(autouse=True)
 def small_core():
-    old, was = fpga.core_size(), fpga.enabled()
-    fpga.configure(*SIZE)
+    old, was, depth = fpga.core_size(), fpga.enabled(), fpga._conv_depth
+    fpga.configure(*SIZE, conv_depth=64)
     fpga.enable()
     yield
     fpga.configure(*old)
+    fpga._conv_depth = depth
     fpga.enable(was)
 
 
@@ -200,7 +201,7 @@ def test_quantized_float(rng, mode):
     assert np.abs(out - exact).max() <= 0.05 * np.abs(exact).max() + 1e-3
 
 
-def test_conv2d_im2col(rng):
+def test_conv2d_on_the_conv_core(rng):
     x = ints(rng, (2, 6, 9, 8))
     w = ints(rng, (6, 3, 3, 3))
     bias = rng.integers(-5000, 5000, 6).astype(np.int32)

@@ -1,9 +1,12 @@
-"""FPGA backend: the matmul core, run by the host driver in :mod:`lepton_accel.fpga`.
+"""FPGA backend: the matmul and conv2d cores, run by the host drivers in
+:mod:`lepton_accel.fpga`.
 
 With no board present (no board driver exists yet) the device is the Verilator model of
-the core's Verilog. matmul runs natively on int8 operands (int32 result, wrap-around,
-bias and ReLU as the dtype rules say); conv2d is lowered on the host to a GEMM by
-im2col and run on the same matmul core (there is no conv core behind this backend yet).
+each core's Verilog. matmul runs natively on int8 operands (int32 result, wrap-around,
+bias and ReLU as the dtype rules say) on the matmul core; conv2d runs on the conv2d core
+(image memory + hardware im2col; row bands for images larger than its memory) and falls
+back to host im2col on the matmul core only when the conv core cannot take the
+convolution (``lepton_accel.fpga.conv.LAST_ROUTE`` says which ran and why).
 Float operands are not quantized implicitly: this backend declines them, and
 ``lepton_accel.fpga.matmul(..., quantize=...)`` runs them with an explicit choice.
 
@@ -25,6 +28,7 @@ import numpy as np
 from ..arrays import ArrayView, to_caller_kind
 from ..perf import DEVICES, MODEL
 from ..perf.devices import with_overrides
+from ..perf.model import fpga_cycle_key
 from ..spec import OpSpec
 
 #: Part whose clock and link the simulated core stands for (F2's VU47P, 250 MHz).
@@ -99,7 +103,9 @@ class FpgaBackend:
         cycles = est.compute_s * dev.clock_hz
         total = est.total_s + cycles * self._sim_s_per_cycle
         try:
-            if not fpga.is_ready(fpga.config_for(spec.dtype)):
+            cfg = (fpga.conv_config_for(spec.dtype) if spec.op == "conv2d"
+                   else fpga.config_for(spec.dtype))
+            if not fpga.is_ready(cfg):
                 total += BUILD_S
         except Exception:
             total += BUILD_S
@@ -110,24 +116,32 @@ class FpgaBackend:
 
         arrays = [v.host for v in operands]
         bias = arrays[2] if spec.bias else None
-        drv = fpga.driver(fpga.config_for(spec.dtype))
-        dev = drv.device
         t0 = time.perf_counter()
-        sim0 = getattr(dev, "sim_cycles", None)
         if spec.op == "matmul":
+            drv = fpga.driver(fpga.config_for(spec.dtype))
+            sim0 = getattr(drv.device, "sim_cycles", None)
             out = drv.matmul(arrays[0], arrays[1], bias, activation=spec.activation)
             out = np.asarray(out).reshape(spec.out_shape)
         else:
-            from ..fpga.conv import conv2d_spec_run
+            from ..fpga.conv import conv2d_run
 
-            out = conv2d_spec_run(drv, spec, arrays[0], arrays[1], bias)
+            drv = fpga.driver(fpga.conv_config_for(spec.dtype))
+            sim0 = getattr(drv.device, "sim_cycles", None)
+            out, ran = conv2d_run(spec, arrays[0], arrays[1], bias, spec.dtype)
+            if ran is not drv:   # the matmul-core fallback ran: its own clock
+                drv, sim0 = ran, None
+        dev = drv.device
         wall = time.perf_counter() - t0
         stats = drv.last
         if stats.jobs:
-            batch, m, n, k = spec.gemm_shape
-            per_gemm = stats.cycles / max(batch, 1)
-            MODEL.record_fpga_cycles(drv.rows, drv.cols, spec.dtype, (m, n, k),
-                                     int(round(per_gemm)))
+            if spec.op == "conv2d" and isinstance(drv, fpga.ConvDriver):
+                MODEL.record_fpga_cycles(drv.rows, drv.cols, spec.dtype,
+                                         fpga_cycle_key(spec), stats.cycles)
+            else:
+                batch, m, n, k = spec.gemm_shape
+                per_gemm = stats.cycles / max(batch, 1)
+                MODEL.record_fpga_cycles(drv.rows, drv.cols, spec.dtype, (m, n, k),
+                                         int(round(per_gemm)))
         if sim0 is not None:
             simulated = dev.sim_cycles - sim0
             if simulated > 10_000:

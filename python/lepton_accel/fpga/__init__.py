@@ -5,6 +5,10 @@
     >>> b = np.random.default_rng().integers(-128, 128, (30, 20), dtype=np.int8)
     >>> c = fpga.matmul(a, b)            # int32, on the simulated 16x16 int8 core
 
+    >>> x = np.random.default_rng().integers(-128, 128, (1, 8, 12, 12), dtype=np.int8)
+    >>> w = np.random.default_rng().integers(-128, 128, (16, 8, 3, 3), dtype=np.int8)
+    >>> y = fpga.conv2d(x, w, padding=1)  # int32, on the simulated conv2d core
+
 Devices: :class:`VerilatorDevice` (the core's Verilog compiled by Verilator, driven by
 our C++ harness) is the only implementation of :class:`Device` today; no FPGA board
 driver exists yet.
@@ -13,6 +17,9 @@ The core configuration used by :func:`matmul` and the ``fpga`` backend is
 ``LEPTON_ACCEL_FPGA_CORE`` (e.g. ``"16x16"`` or ``"8x8"``; default 16x16) or
 :func:`configure`. int8 operands run on an int8 core of that size; int16 operands on an
 int16 core of that size (each configuration is its own model, built once and cached).
+conv2d runs on a conv2d core of the same array size whose image memory holds
+``LEPTON_ACCEL_FPGA_CONV_DEPTH`` words per row copy (default 1024; capacity = image lanes
+x depth elements) or ``configure(conv_depth=)``; larger images run in row bands.
 
 The ``fpga`` backend of :func:`lepton_accel.matmul` offers the simulated device whenever
 the toolchain (Amaranth, Verilator, a C++ compiler) is installed; ``LEPTON_ACCEL_FPGA=off``
@@ -26,16 +33,21 @@ import threading
 
 from .build import BuildError, CoreConfig, build_model, cache_root, toolchain_missing
 from .device import Device, DeviceError, DeviceTimeout, StreamResult
+from .conv_driver import ConvDriver, ConvStats, ConvUnsupported
 from .driver import QUANTIZE_MODES, JobStats, MatmulDriver, quantize_symmetric
 
 __all__ = ["enable", "enabled", "configure", "core_size", "driver", "matmul", "conv2d", "CoreConfig", "Device",
            "DeviceError", "DeviceTimeout", "StreamResult", "MatmulDriver", "JobStats",
+           "ConvDriver", "ConvStats", "ConvUnsupported", "conv_driver", "conv_config_for",
            "BuildError", "build_model", "cache_root", "toolchain_missing", "QUANTIZE_MODES",
            "quantize_symmetric", "VerilatorDevice"]
 
 _lock = threading.Lock()
-_drivers: dict[CoreConfig, MatmulDriver] = {}
+_drivers: dict[CoreConfig, MatmulDriver | ConvDriver] = {}
 _size: tuple[int, int] | None = None
+_conv_depth: int | None = None
+#: Image memory depth (words per row copy) of the conv2d core when nothing is configured.
+DEFAULT_CONV_DEPTH = 1024
 _enabled: bool | None = None
 
 
@@ -68,12 +80,29 @@ def core_size() -> tuple[int, int]:
     return _size if _size is not None else _env_size()
 
 
-def configure(rows: int | None = None, cols: int | None = None) -> tuple[int, int]:
-    """Set the array size used from now on (validated against the core's limits)."""
-    global _size
+def conv_depth() -> int:
+    """Image memory depth of the conv2d core the fpga backend uses."""
+    if _conv_depth is not None:
+        return _conv_depth
+    text = os.environ.get("LEPTON_ACCEL_FPGA_CONV_DEPTH", str(DEFAULT_CONV_DEPTH))
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"LEPTON_ACCEL_FPGA_CONV_DEPTH: expected an integer, got {text!r}") \
+            from None
+
+
+def configure(rows: int | None = None, cols: int | None = None, *,
+              conv_depth: int | None = None) -> tuple[int, int]:
+    """Set the array size (and the conv2d core's image memory depth) used from now on,
+    validated against the cores' limits."""
+    global _size, _conv_depth
     r0, c0 = core_size()
     r, c = rows or r0, cols or c0
     CoreConfig(r, c, "int8")  # raises ValueError when out of range
+    if conv_depth is not None:
+        CoreConfig(r, c, "int8", "conv2d", 0, conv_depth)
+        _conv_depth = int(conv_depth)
     _size = (r, c)
     return _size
 
@@ -83,17 +112,30 @@ def config_for(dtype: str) -> CoreConfig:
     return CoreConfig(r, c, "int16" if dtype == "int16" else "int8")
 
 
-def driver(config: CoreConfig | None = None) -> MatmulDriver:
-    """The host driver of a configuration on its simulated device (built on first use)."""
+def conv_config_for(dtype: str) -> CoreConfig:
+    r, c = core_size()
+    return CoreConfig(r, c, "int16" if dtype == "int16" else "int8", "conv2d", 0,
+                      conv_depth())
+
+
+def driver(config: CoreConfig | None = None) -> MatmulDriver | ConvDriver:
+    """The host driver of a configuration on its simulated device (built on first use):
+    a :class:`MatmulDriver`, or a :class:`ConvDriver` for a conv2d configuration."""
     from .verilator_device import VerilatorDevice
 
     config = config or config_for("int8")
     with _lock:
         drv = _drivers.get(config)
         if drv is None:
-            drv = MatmulDriver(VerilatorDevice(config))
+            cls = ConvDriver if config.kind == "conv2d" else MatmulDriver
+            drv = cls(VerilatorDevice(config))
             _drivers[config] = drv
         return drv
+
+
+def conv_driver(config: CoreConfig | None = None) -> ConvDriver:
+    """The conv2d core's host driver (configuration: :func:`conv_config_for`)."""
+    return driver(config or conv_config_for("int8"))
 
 
 def is_ready(config: CoreConfig) -> bool:
@@ -131,7 +173,8 @@ def matmul(a, b, bias=None, *, activation=None, quantize=None, config=None):
 
 
 def conv2d(*args, **kwargs):
-    """Convolution through im2col on the matmul core; see :mod:`.conv`."""
+    """Integer convolution on the conv2d core (host im2col on the matmul core only as the
+    fallback); see :mod:`.conv`."""
     from .conv import conv2d as _conv2d
 
     return _conv2d(*args, **kwargs)

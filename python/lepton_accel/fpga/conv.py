@@ -1,9 +1,13 @@
-"""conv2d on the matmul core by host-side im2col.
+"""conv2d on the FPGA cores.
 
-The host builds the im2col matrix (one row per output pixel, Cg*KH*KW columns per
-group) and runs one GEMM per group on the matmul core; bias and ReLU follow the integer
-rules (int32 wrap-around). This is a lowering on the host, not a convolution core: every
-input pixel is sent KH*KW times, which a dedicated conv core would avoid.
+:func:`conv2d_run` runs a validated conv2d spec on the conv2d core
+(:class:`.conv_driver.ConvDriver`: image memory + hardware im2col, row bands for images
+larger than the core's memory). Only when the core cannot take the convolution at all
+(:class:`.conv_driver.ConvUnsupported`: a size beyond its registers, or a single output
+row whose input rows exceed the image memory) does it fall back to
+:func:`conv2d_spec_run`, host-side im2col and one GEMM per group on the matmul core,
+and says so in :data:`LAST_ROUTE`. Bias and ReLU follow the integer rules (int32
+wrap-around, ReLU after the wrapped bias add) on both paths.
 """
 from __future__ import annotations
 
@@ -11,13 +15,40 @@ import numpy as np
 
 from ..backends.cpu import im2col_windows
 from ..spec import OpSpec, conv2d_spec
+from .conv_driver import ConvDriver, ConvUnsupported
 from .driver import MatmulDriver
 
-__all__ = ["conv2d_spec_run", "conv2d"]
+__all__ = ["conv2d_run", "conv2d_spec_run", "conv2d", "LAST_ROUTE"]
+
+#: How the last :func:`conv2d_run` ran: {"core": "conv2d" | "matmul", "reason": str}.
+LAST_ROUTE: dict = {}
+
+
+def conv2d_run(spec: OpSpec, x, w, bias, dtype: str = "int8",
+               config=None) -> tuple[np.ndarray, MatmulDriver | ConvDriver]:
+    """Run a validated conv2d spec on the conv2d core (or, if it cannot take it, by host
+    im2col on the matmul core); returns (int32 in x's layout, the driver that ran it)."""
+    from . import config_for, conv_config_for, driver
+
+    drv = driver(config or conv_config_for(dtype))
+    try:
+        out = drv.run(spec, x, w, bias)
+        LAST_ROUTE.clear()
+        LAST_ROUTE.update(core="conv2d", reason="", bands=drv.last.bands)
+        return out, drv
+    except ConvUnsupported as e:
+        reason = str(e)
+    mdrv = driver(config_for(dtype))
+    out = conv2d_spec_run(mdrv, spec, x, w, bias)
+    LAST_ROUTE.clear()
+    LAST_ROUTE.update(core="matmul", reason=f"host im2col on the matmul core: {reason}",
+                      bands=0)
+    return out, mdrv
 
 
 def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
-    """Run a validated conv2d spec on the core; returns int32 in x's layout."""
+    """Host im2col + one GEMM per group on the matmul core (the fallback path);
+    returns int32 in x's layout."""
     nchw = spec.param["layout"] == "NCHW"
     x_nhwc = np.asarray(x).transpose(0, 2, 3, 1) if nchw else np.asarray(x)
     w = np.asarray(w)
@@ -45,9 +76,8 @@ def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
 
 def conv2d(x, w, *, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
            activation=None, config=None) -> np.ndarray:
-    """Integer conv2d (PyTorch's parameters) on the simulated matmul core via im2col."""
-    from . import config_for, driver
-
+    """Integer conv2d (PyTorch's parameters) on the simulated conv2d core; ``config``
+    names a conv2d core configuration (default: :func:`lepton_accel.fpga.conv_config_for`)."""
     x, w = np.asarray(x), np.asarray(w)
     for name, v in (("x", x), ("w", w)):
         if v.dtype.kind != "i":
@@ -59,5 +89,4 @@ def conv2d(x, w, *, bias=None, stride=1, padding=0, dilation=1, groups=1, layout
                        stride=stride, padding=padding, dilation=dilation, groups=groups,
                        layout=layout, activation=activation)
     dt = "int16" if "int16" in (x.dtype.name, w.dtype.name) else "int8"
-    drv = driver(config or config_for(dt))
-    return conv2d_spec_run(drv, spec, x, w, bias)
+    return conv2d_run(spec, x, w, bias, dt, config)[0]

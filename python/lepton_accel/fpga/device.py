@@ -1,4 +1,4 @@
-"""The device layer: what the host driver needs from something that runs a matmul core.
+"""The device layer: what the host drivers need from something that runs a core.
 
 A device exposes the core's AXI4-Lite registers and its AXI4-Stream ports. The host
 driver (:mod:`.driver`) talks only to this interface, so the same driver runs on the
@@ -43,6 +43,9 @@ class Device(abc.ABC):
     kind: str = "device"
     #: True for a simulation: its wall time says nothing about hardware speed
     simulated: bool = False
+    #: the core's register map (``lepton_accel.hdl.regmap``, or ``conv_regmap`` for a
+    #: conv2d core): names for :meth:`write` / :meth:`read`
+    regmap = regmap
 
     # ---- registers -----------------------------------------------------------------
     @abc.abstractmethod
@@ -54,10 +57,10 @@ class Device(abc.ABC):
         """AXI4-Lite read of a 32-bit register at a byte offset."""
 
     def write(self, name: str, value: int) -> None:
-        self.write_reg(regmap.REG[name].offset, value)
+        self.write_reg(self.regmap.REG[name].offset, value)
 
     def read(self, name: str) -> int:
-        return self.read_reg(regmap.REG[name].offset)
+        return self.read_reg(self.regmap.REG[name].offset)
 
     def read_cycles(self) -> int:
         """The core's cycle counter of the last job (CYCLES_LO latches CYCLES_HI)."""

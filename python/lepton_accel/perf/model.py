@@ -43,9 +43,11 @@ class PerfModel:
             raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
         self._efficiency[(device, dtype)] = fraction
 
-    def record_fpga_cycles(self, rows: int, cols: int, dtype: str, gemm: tuple[int, int, int],
+    def record_fpga_cycles(self, rows: int, cols: int, dtype: str, gemm: tuple,
                            cycles: int) -> None:
-        """Remember the cycles an (rows x cols) core took for an M x N x K GEMM."""
+        """Remember the cycles an (rows x cols) core took for an M x N x K GEMM, or, with
+        ``gemm = fpga_cycle_key(spec)`` of a conv2d spec, for that whole convolution on
+        the conv2d core."""
         self._fpga_cycles[(rows, cols, dtype, tuple(gemm))] = int(cycles)
 
     def load_table(self, path: str) -> None:
@@ -78,6 +80,10 @@ class PerfModel:
         return Estimate(dev.name, compute, memory, transfer, dev.call_overhead)
 
     def _fpga_compute_s(self, spec: OpSpec, dev: DeviceSpec) -> float:
+        if spec.op == "conv2d":
+            key = (dev.core_rows, dev.core_cols, spec.dtype, fpga_cycle_key(spec))
+            if key in self._fpga_cycles:
+                return self._fpga_cycles[key] / dev.clock_hz
         batch, M, N, K = spec.gemm_shape
         key = (dev.core_rows, dev.core_cols, spec.dtype, (M, N, K))
         if key in self._fpga_cycles:
@@ -86,6 +92,17 @@ class PerfModel:
         tiles = math.ceil(M / dev.core_rows) * math.ceil(N / dev.core_cols)
         eff = self._efficiency.get((dev.name, spec.dtype), dev.efficiency.get(spec.dtype, 1.0))
         return batch * tiles * max(K, 1) / (dev.clock_hz * eff)
+
+
+def fpga_cycle_key(spec: OpSpec) -> tuple:
+    """Cycle-table key of a conv2d spec on the conv2d core (its cycles depend on the
+    image, not only on the implicit GEMM): ("conv2d", x shape NHWC, w shape, stride,
+    padding, dilation, groups)."""
+    p = spec.param
+    x, w = spec.shapes
+    nhwc = (x[0], x[2], x[3], x[1]) if p["layout"] == "NCHW" else tuple(x)
+    return ("conv2d", tuple(nhwc), tuple(w), tuple(p["stride"]),
+            tuple(map(tuple, p["padding"])), tuple(p["dilation"]), p["groups"])
 
 
 #: The process-wide model used by dispatch and the scheduler.

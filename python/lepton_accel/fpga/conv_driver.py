@@ -1,0 +1,265 @@
+"""Host driver of the conv2d core: job setup, row bands, packing, job control.
+
+The driver speaks to any :class:`.device.Device` holding a conv2d core and follows the
+host protocol of :mod:`lepton_accel.hdl.conv_regmap` (the core's single source of truth):
+it checks ID, VERSION and CONFIG, reads CAPACITY, writes the job registers from
+``conv_regmap.register_values``, starts the job while the streams are presented, sends
+the frames packed by ``conv_regmap.pack_job`` (weights and bias once per image) and
+assembles the output with ``conv_regmap.unpack_c``.
+
+Images larger than the core's image memory (H*W*C > CAPACITY) run in bands of output
+rows: each band is an ordinary job on the input rows it reads, with PAD_T = the rows of
+top padding it still sees (0 for inner bands) and OH = the band's output rows (bottom
+padding follows from OH; the core reads zeros past the band's rows). A batch is split
+into several jobs when the N register or ``max_job_bytes`` of packed streams require it.
+
+Arithmetic: int8 operands (int8 core; int8 or int16 on an int16 core) are multiplied
+exactly, accumulated in int32 with wrap-around, the int32 bias added with wrap-around,
+then ReLU on the wrapped value; the result equals ``conv_regmap.reference`` and
+``lepton_accel.conv2d(..., backend="cpu")`` bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lepton_accel.hdl import conv_regmap as cr
+
+from .device import Device, DeviceError
+from .driver import DEFAULT_MAX_JOB_BYTES, JobStats, _wrap32
+
+__all__ = ["ConvDriver", "ConvStats", "ConvUnsupported", "job_of_spec", "row_bands"]
+
+_DIM_MAX = (1 << cr.DIM_BITS) - 1
+_SMALL_MAX = (1 << cr.SMALL_BITS) - 1
+
+
+class ConvUnsupported(ValueError):
+    """This convolution cannot run on the conv2d core (the message says why)."""
+
+
+@dataclass
+class ConvStats(JobStats):
+    """Counters of the last :meth:`ConvDriver.run`: per job its :class:`ConvJob` and
+    CYCLES (``jobs``/``cycles`` are their count and sum), and the row bands used."""
+
+    job_cycles: list = field(default_factory=list)   # [(ConvJob, cycles)]
+    bands: int = 0
+
+
+def job_of_spec(spec) -> cr.ConvJob:
+    """The whole convolution of a validated conv2d OpSpec as one :class:`ConvJob`."""
+    p = spec.param
+    x_shape, w_shape = spec.shapes
+    if p["layout"] == "NCHW":
+        n, c, h, w = x_shape
+    else:
+        n, h, w, c = x_shape
+    (pt, pb), (pl, pr) = p["padding"]
+    return cr.ConvJob.make((n, h, w, c), tuple(w_shape), stride=tuple(p["stride"]),
+                           padding=((pt, pb), (pl, pr)), dilation=tuple(p["dilation"]),
+                           groups=p["groups"])
+
+
+def row_bands(job: cr.ConvJob, capacity: int):
+    """Split job into bands of output rows whose input rows fit ``capacity`` elements.
+
+    Yields (oy0, iy0, band_job): output rows oy0 … oy0+band_job.oh-1 come from a job on
+    input rows iy0 … iy0+band_job.h-1. Raises :class:`ConvUnsupported` when not even one
+    output row fits.
+    """
+    sh, dh = job.stride[0], job.dilation[0]
+    (pt, _), pad_w = job.pad
+    span1 = dh * (job.kh - 1) + 1                       # input rows of one output row
+    if job.h * job.w * job.c <= capacity:
+        yield 0, 0, job
+        return
+    rows_fit = capacity // (job.w * job.c)
+    if rows_fit < min(span1, job.h):
+        raise ConvUnsupported(
+            f"one output row needs {min(span1, job.h)} input rows of {job.w}x{job.c} "
+            f"elements, more than the core's image memory ({capacity} elements)")
+    ob = max(1, (rows_fit - span1) // sh + 1) if rows_fit >= span1 else 1
+    for oy0 in range(0, job.oh, ob):
+        n_out = min(ob, job.oh - oy0)
+        top = oy0 * sh - pt                              # first input row (may be < 0)
+        span = (n_out - 1) * sh + span1
+        iy0, iy1 = max(0, top), min(job.h, top + span)
+        band_pt = iy0 - top
+        band_pb = (top + span) - iy1
+        band = cr.ConvJob(job.n, iy1 - iy0, job.w, job.c, job.oc, job.kh, job.kw,
+                          job.stride, ((band_pt, band_pb), pad_w), job.dilation, job.groups)
+        assert band.oh == n_out and band.h * band.w * band.c <= capacity
+        yield oy0, iy0, band
+
+
+class ConvDriver:
+    """Runs integer 2-D convolutions of any size on one conv2d core behind a Device."""
+
+    def __init__(self, device: Device, *, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+                 poll_limit: int = 1000):
+        self.device = device
+        self.max_job_bytes = int(max_job_bytes)
+        self.poll_limit = poll_limit
+        self.last = ConvStats()
+        self._check_core()
+
+    # ---- identification ------------------------------------------------------------
+    def _check_core(self) -> None:
+        d = self.device
+        if getattr(d, "regmap", None) is not cr:
+            raise DeviceError("the device does not hold a conv2d core (its register map is "
+                              f"{getattr(getattr(d, 'regmap', None), '__name__', None)})")
+        ident = d.read("ID")
+        if ident != cr.CORE_ID:
+            raise DeviceError(f"not a lepton conv2d core: ID reads 0x{ident:08x}, "
+                              f"expected 0x{cr.CORE_ID:08x}")
+        major = cr.field_value("VERSION", "MAJOR", d.read("VERSION"))
+        if major != cr.VERSION[0]:
+            raise DeviceError(f"core interface version {major}.x, this driver speaks "
+                              f"{cr.VERSION[0]}.x")
+        cfg = d.read("CONFIG")
+        self.rows = cr.field_value("CONFIG", "ROWS", cfg)
+        self.cols = cr.field_value("CONFIG", "COLS", cfg)
+        names = {v: k for k, v in cr.DTYPE_CODES.items()}
+        code = cr.field_value("CONFIG", "DTYPE", cfg)
+        if code not in names:
+            raise DeviceError(f"core reports unknown dtype code {code}")
+        self.dtype = names[code]
+        self.x_lanes = 1 << cr.field_value("CONFIG", "XLANES_LOG2", cfg)
+        if cr.field_value("CONFIG", "ACC_WIDTH", cfg) != cr.ACC_WIDTH:
+            raise DeviceError("core accumulator width differs from conv_regmap.ACC_WIDTH")
+        self.capacity = d.read("CAPACITY")
+
+    @property
+    def lane_dtype(self) -> np.dtype:
+        return np.dtype({"int8": np.int8, "int16": np.int16}[self.dtype])
+
+    def accepts(self, dtype) -> bool:
+        dt = np.dtype(dtype)
+        return dt.kind == "i" and dt.itemsize <= self.lane_dtype.itemsize
+
+    # ---- what fits -----------------------------------------------------------------
+    def check(self, job: cr.ConvJob) -> None:
+        """Raise :class:`ConvUnsupported` if job cannot run on this core (register
+        ranges; the image memory is handled by row bands)."""
+        for name, v in (("W", job.w), ("C", job.c), ("G", job.groups), ("CG", job.cg),
+                        ("OCG", job.ocg), ("OW", job.ow), ("H", job.h), ("OH", job.oh)):
+            if v > _DIM_MAX:
+                raise ConvUnsupported(f"{name} = {v} exceeds the core's {cr.DIM_BITS}-bit "
+                                      "register")
+        (pt, _), (pl, _) = job.pad
+        for name, v in (("KH", job.kh), ("KW", job.kw), ("SH", job.stride[0]),
+                        ("SW", job.stride[1]), ("DH", job.dilation[0]),
+                        ("DW", job.dilation[1]), ("PAD_T", pt), ("PAD_L", pl)):
+            if v > _SMALL_MAX:
+                raise ConvUnsupported(f"{name} = {v} exceeds the core's {cr.SMALL_BITS}-bit "
+                                      "field")
+        list(row_bands(job, self.capacity))
+
+    # ---- one job -------------------------------------------------------------------
+    def _job(self, x: np.ndarray, w: np.ndarray, bias, job: cr.ConvJob) -> np.ndarray:
+        """One core job: x is (job.n, H, W, C) NHWC of the job's rows."""
+        d, R, C, XL = self.device, self.rows, self.cols, self.x_lanes
+        frames = cr.pack_job(x, w, bias, job, rows=R, cols=C, dtype=self.dtype, x_lanes=XL)
+        tiles = list(cr.tile_order(job, R, C))
+        p_all = job.oh * job.ow
+        heights = [min(R, p_all - p0) for _, p0, _ in tiles] * job.n
+        c_beats = sum(heights)
+        for name, value in cr.register_values(job).items():
+            d.write(name, value)
+        ctrl = cr.field_mask("CTRL", "START")
+        if bias is not None:
+            ctrl |= cr.field_mask("CTRL", "BIAS_EN")
+        x_frame = math.ceil(job.h * job.w * job.c / XL)
+        res = d.conv_stream(b"".join(frames["x"]), b"".join(frames["b"]) * job.n,
+                            b"".join(frames["bias"]) * job.n if bias is not None else None,
+                            x_frame=x_frame, b_frame=job.k, c_beats=c_beats, start=ctrl)
+        for _ in range(self.poll_limit):
+            status = d.read("STATUS")
+            if cr.field_value("STATUS", "DONE", status) or \
+                    cr.field_value("STATUS", "ERROR", status):
+                break
+        else:
+            raise DeviceError("conv2d core did not report DONE after its last output beat")
+        err = d.read("ERROR")
+        if err:
+            d.write("ERROR", err)
+            flags = [f.name for f in cr.REG["ERROR"].fields if (err >> f.lsb) & 1]
+            raise DeviceError(f"conv2d core raised ERROR {', '.join(flags)} (0x{err:x})")
+        if cr.field_value("STATUS", "BUSY", status):
+            raise DeviceError("conv2d core still busy after its last output beat")
+        expect_last = np.zeros(c_beats, np.uint8)
+        expect_last[np.cumsum(heights) - 1] = 1
+        if not np.array_equal(res.c_last, expect_last):
+            raise DeviceError("c stream: tlast does not mark the end of every tile")
+        beat = C * cr.ACC_WIDTH // 8
+        out, pos = [], 0
+        for h in heights:
+            out.append(res.c[pos:pos + h * beat])
+            pos += h * beat
+        cycles = d.read_cycles()
+        st = self.last
+        st.jobs += 1
+        st.cycles += cycles
+        st.stall_in += d.read("STALL_IN")
+        st.stall_out += d.read("STALL_OUT")
+        st.job_cycles.append((job, cycles))
+        return cr.unpack_c(out, job, rows=R, cols=C)
+
+    def _n_block(self, job: cr.ConvJob) -> int:
+        """Images per job: within the N register and max_job_bytes of packed streams."""
+        lane = self.lane_dtype.itemsize
+        tiles = len(list(cr.tile_order(job, self.rows, self.cols)))
+        per_image = (math.ceil(job.h * job.w * job.c / self.x_lanes) * self.x_lanes * lane
+                     + tiles * job.k * self.cols * lane + tiles * self.cols * 4
+                     + tiles * self.rows * self.cols * 4)
+        return int(max(1, min(_DIM_MAX, self.max_job_bytes // max(per_image, 1))))
+
+    # ---- any size ------------------------------------------------------------------
+    def conv_nhwc(self, x, w, bias, job: cr.ConvJob) -> np.ndarray:
+        """(N, OH, OW, OC) int32 of job on NHWC x, weights (OC, CG, KH, KW), int32 bias."""
+        x, w = np.asarray(x), np.asarray(w)
+        for name, v in (("x", x), ("w", w)):
+            if not self.accepts(v.dtype):
+                raise TypeError(f"{name}: dtype {v.dtype} does not run on this {self.dtype} "
+                                f"core; integer operands up to {self.dtype} are accepted")
+        if x.shape != (job.n, job.h, job.w, job.c) or \
+                w.shape != (job.oc, job.cg, job.kh, job.kw):
+            raise ValueError(f"operands {x.shape}, {w.shape} do not match the job {job}")
+        if bias is not None:
+            bias = _wrap32(bias)
+            if bias.shape != (job.oc,):
+                raise ValueError(f"bias: expected shape ({job.oc},), got {bias.shape}")
+        self.check(job)
+        self.last = ConvStats()
+        x = x.astype(self.lane_dtype, copy=False)
+        w = w.astype(self.lane_dtype, copy=False)
+        out = np.empty((job.n, job.oh, job.ow, job.oc), np.int32)
+        bands = list(row_bands(job, self.capacity))
+        self.last.bands = len(bands)
+        for oy0, iy0, band in bands:
+            nb = self._n_block(band)
+            for n0 in range(0, job.n, nb):
+                n1 = min(job.n, n0 + nb)
+                sub = cr.ConvJob(n1 - n0, *(getattr(band, f) for f in
+                                            ("h", "w", "c", "oc", "kh", "kw", "stride", "pad",
+                                             "dilation", "groups")))
+                xs = np.ascontiguousarray(x[n0:n1, iy0:iy0 + band.h])
+                out[n0:n1, oy0:oy0 + band.oh] = self._job(xs, w, bias, sub)
+        return out
+
+    def run(self, spec, x, w, bias=None) -> np.ndarray:
+        """A validated conv2d OpSpec on integer operands: int32 in x's layout, bias and
+        ReLU by the integer rules (int32 wrap-around, ReLU after the wrapped bias add)."""
+        if spec.activation not in (None, "relu"):
+            raise ConvUnsupported(f"activation {spec.activation!r} (None or 'relu')")
+        nchw = spec.param["layout"] == "NCHW"
+        x = np.asarray(x)
+        x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
+        out = self.conv_nhwc(x_nhwc, w, bias, job_of_spec(spec))
+        if spec.activation == "relu":
+            np.maximum(out, 0, out=out)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out

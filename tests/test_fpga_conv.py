@@ -1,0 +1,187 @@
+"""conv2d on the fpga backend: the Verilator model of the conv2d core (4x4 int8, 4 image
+lanes, 64-word image memory = 256 elements, so row bands are exercised on small images).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.sim
+
+from lepton_accel.fpga.build import toolchain_missing  # noqa: E402
+
+_missing = toolchain_missing()
+if _missing:
+    pytest.skip(f"fpga backend unavailable: {_missing}", allow_module_level=True)
+
+import lepton_accel as la  # noqa: E402
+from lepton_accel import fpga  # noqa: E402
+from lepton_accel.fpga import conv as fconv  # noqa: E402
+from lepton_accel.fpga.conv_driver import ConvUnsupported, job_of_spec, row_bands  # noqa: E402
+from lepton_accel.hdl import conv_regmap as cr  # noqa: E402
+from lepton_accel.perf import MODEL  # noqa: E402
+from lepton_accel.perf.model import fpga_cycle_key  # noqa: E402
+
+SIZE = (4, 4)
+DEPTH = 64
+CAPACITY = 4 * DEPTH
+
+
+@pytest.fixture(autouse=True)
+def small_core():
+    old, was, depth = fpga.core_size(), fpga.enabled(), fpga._conv_depth
+    fpga.configure(*SIZE, conv_depth=DEPTH)
+    fpga.enable()
+    yield
+    fpga.configure(*old)
+    fpga._conv_depth = depth
+    fpga.enable(was)
+
+
+def ints(rng, shape, dtype="int8"):
+    info = np.iinfo(dtype)
+    v = rng.integers(info.min, info.max + 1, shape, dtype=dtype)
+    if v.size and not v.any():
+        v.flat[0] = 1
+    return v
+
+
+def check(x, w, bias=None, **kw):
+    """fpga conv2d == the cpu backend (int8 API path) == conv_regmap.reference."""
+    out = la.conv2d(x, w, bias=bias, backend="fpga", **kw)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, la.conv2d(x, w, bias=bias, backend="cpu", **kw))
+    assert fconv.LAST_ROUTE["core"] == "conv2d", fconv.LAST_ROUTE
+    return out
+
+
+CASES = [
+    # (x NCHW shape, w shape, kwargs)
+    ((1, 8, 5, 5), (6, 8, 1, 1), {}),                                   # 1x1
+    ((1, 3, 6, 7), (5, 3, 3, 3), dict(padding=1)),                      # 3x3 pad 1
+    ((1, 2, 11, 9), (3, 2, 7, 7), dict(stride=2, padding=3)),           # 7x7 stride 2
+    ((1, 3, 9, 8), (4, 3, 3, 3), dict(dilation=2, padding=2)),          # dilation
+    ((1, 6, 7, 5), (6, 1, 3, 3), dict(groups=6, padding=1)),            # depthwise
+    ((1, 6, 5, 6), (12, 1, 3, 3), dict(groups=6, stride=2)),            # depthwise x2
+    ((2, 6, 5, 7), (4, 3, 3, 2), dict(groups=2, stride=(1, 2), padding=(1, 0))),  # groups
+    ((3, 5, 7, 3), (7, 5, 2, 3), dict(dilation=(2, 1), padding=(1, 2))),  # odd, batch 3
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", CASES)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_bit_exact(rng, xs, ws, kw, layout):
+    x, w = ints(rng, xs), ints(rng, ws)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    check(x, w, layout=layout, **kw)
+
+
+def test_extremes_bias_wrap_relu(rng):
+    x = np.full((1, 4, 5, 5), -128, np.int8)
+    w = np.full((5, 4, 3, 3), -128, np.int8)
+    w[0] = 127
+    bias = np.full(5, 2**31 - 1000, np.int64).astype(np.int32)
+    out = check(x, w, bias, padding=1)
+    assert (out < 0).any()                    # the bias add wrapped
+    out = check(x, w, bias, padding=1, activation="relu")
+    assert (out == 0).any() and (out > 0).any()
+    b2 = rng.integers(-2**31, 2**31, 5).astype(np.int32)
+    check(ints(rng, (2, 4, 6, 5)), ints(rng, (5, 4, 3, 3)), b2, padding=1, activation="relu")
+
+
+def test_row_bands(rng):
+    # 3 x 13 x 11 = 429 elements > 256: bands of output rows (pad 1 top/bottom, stride 1)
+    x, w = ints(rng, (2, 3, 13, 11)), ints(rng, (5, 3, 3, 3))
+    bias = rng.integers(-2**20, 2**20, 5).astype(np.int32)
+    check(x, w, bias, padding=1, activation="relu")
+    assert fconv.LAST_ROUTE["bands"] > 1
+    drv = fpga.conv_driver()
+    assert drv.capacity == CAPACITY and drv.last.bands == fconv.LAST_ROUTE["bands"]
+    assert all(j.h * j.w * j.c <= CAPACITY for j, _ in drv.last.job_cycles)
+    # stride 2, dilation 2, NHWC, and bands of a grouped conv
+    xn = np.ascontiguousarray(ints(rng, (1, 4, 17, 9)).transpose(0, 2, 3, 1))
+    check(xn, ints(rng, (6, 2, 3, 3)), layout="NHWC", stride=2, dilation=2, padding=2,
+          groups=2)
+    assert fconv.LAST_ROUTE["bands"] > 1
+
+
+def test_band_split_covers_every_row():
+    job = cr.ConvJob.make((1, 40, 6, 4), (3, 4, 5, 5), stride=3, padding=2, dilation=1)
+    bands = list(row_bands(job, 150))
+    assert [b[0] for b in bands] == sorted(b[0] for b in bands)
+    assert sum(b[2].oh for b in bands) == job.oh
+    assert bands[0][2].pad[0][0] == 2 and all(b[2].pad[0][0] == 0 for b in bands[1:])
+    with pytest.raises(ConvUnsupported, match="image memory"):
+        list(row_bands(cr.ConvJob.make((1, 8, 30, 4), (3, 4, 3, 3)), 100))
+
+
+def test_fallback_to_matmul_core_when_a_row_does_not_fit(rng):
+    # one output row needs 3 input rows of 40 x 4 = 480 elements > 256
+    x, w = ints(rng, (1, 4, 5, 40)), ints(rng, (3, 4, 3, 3))
+    out = la.conv2d(x, w, padding=1, backend="fpga")
+    np.testing.assert_array_equal(out, la.conv2d(x, w, padding=1, backend="cpu"))
+    assert fconv.LAST_ROUTE["core"] == "matmul"
+    assert "image memory" in fconv.LAST_ROUTE["reason"]
+
+
+def test_cycles_recorded_equal_model(rng):
+    for xs, ws, kw in [((2, 5, 6, 7), (6, 5, 3, 3), dict(padding=1)),
+                       ((1, 4, 7, 7), (4, 1, 3, 3), dict(groups=4, stride=2))]:
+        x, w = ints(rng, xs), ints(rng, ws)
+        check(x, w, **kw)
+        spec = la.conv2d_spec(xs, "int8", ws, "int8", **kw)
+        job = job_of_spec(spec)
+        drv = fpga.conv_driver()
+        assert drv.last.jobs == 1
+        expect = cr.expected_cycles(job, *SIZE, drv.x_lanes)
+        cyc = MODEL._fpga_cycles[(*SIZE, "int8", fpga_cycle_key(spec))]
+        assert cyc == drv.last.cycles == expect
+        from lepton_accel.backends import REGISTRY
+        assert REGISTRY["fpga"].core_cycles(spec) == pytest.approx(cyc)
+    # banded: the recorded cycles are the sum of the band jobs' CYCLES, each as modelled
+    x, w = ints(rng, (1, 3, 13, 11)), ints(rng, (5, 3, 3, 3))
+    check(x, w, padding=1)
+    drv = fpga.conv_driver()
+    assert drv.last.jobs > 1
+    assert [c for _, c in drv.last.job_cycles] == \
+        [cr.expected_cycles(j, *SIZE, drv.x_lanes) for j, _ in drv.last.job_cycles]
+
+
+def test_auto_dispatch_prefers_cpu():
+    from lepton_accel.backends import REGISTRY
+
+    spec = la.conv2d_spec((1, 64, 28, 28), "int8", (64, 64, 3, 3), "int8", padding=1)
+    assert la.choose_backend(spec).name == "cpu"
+    assert REGISTRY["fpga"].estimate(spec) > REGISTRY["cpu"].estimate(spec)
+
+
+def test_int16_on_the_int16_core(rng):
+    x, w = ints(rng, (1, 3, 5, 6), "int16"), ints(rng, (4, 3, 3, 3), "int16")
+    bias = rng.integers(-2**31, 2**31, 4).astype(np.int32)
+    out = fpga.conv2d(x, w, bias=bias, padding=1, activation="relu")
+    job = cr.ConvJob.make((1, 5, 6, 3), w.shape, padding=1)
+    ref = cr.reference(x.transpose(0, 2, 3, 1), w, bias, job).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(out, np.maximum(ref, 0))
+    assert fpga.conv_driver(fpga.conv_config_for("int16")).dtype == "int16"
+
+
+def test_simulator_timeout_raises():
+    drv = fpga.conv_driver()
+    dev = drv.device
+    job = cr.ConvJob.make((1, 4, 4, 4), (4, 4, 3, 3), padding=1)
+    for name, value in cr.register_values(job).items():
+        dev.write(name, value)
+    old = dev.idle_limit
+    dev.idle_limit = 200
+    try:
+        # the image is sent, the weights never come: the harness gives up, no hang
+        x = cr.pack_x(np.ones((1, 4, 4, 4), np.int8), dtype="int8", x_lanes=drv.x_lanes)[0]
+        with pytest.raises(fpga.DeviceTimeout, match="no stream handshake"):
+            dev.conv_stream(x, b"", None, x_frame=len(x) // drv.x_lanes, b_frame=job.k,
+                            c_beats=16, start=cr.field_mask("CTRL", "START"))
+    finally:
+        dev.idle_limit = old
+        dev.reset()
+    x, w = np.arange(64, dtype=np.int8).reshape(1, 4, 4, 4), np.ones((4, 4, 3, 3), np.int8)
+    check(x, w, padding=1)   # the device still works after the reset
