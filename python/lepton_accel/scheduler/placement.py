@@ -214,8 +214,8 @@ def _reason(job: Job, win: Candidate, feasible: list[Candidate], cands: list[Can
     if len(feasible) > 1:
         nxt = feasible[1]
         if job.policy == "min_cost":
-            ratio = nxt.cost / win.cost if win.cost > 0 else math.inf
-            parts.append(f"next {nxt.itype.name} costs ${nxt.cost:.3g} ({ratio:.3g}x)")
+            ratio = f" ({nxt.cost / win.cost:.3g}x)" if win.cost > 0 else ""
+            parts.append(f"next {nxt.itype.name} costs ${nxt.cost:.3g}{ratio}")
         else:
             ratio = nxt.time_s / win.time_s if win.time_s > 0 else math.inf
             parts.append(f"next {nxt.itype.name} takes {nxt.time_s:.4g} s ({ratio:.3g}x)")
