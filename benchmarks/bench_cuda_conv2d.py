@@ -168,8 +168,6 @@ def bench_layer(torch, core, layer, batch, args, l2_bytes):
         row[f"{mode}_ours_tflops"] = flops / t_ours / 1e12
         row[f"{mode}_cudnn_tflops"] = flops / t_theirs / 1e12
         row[f"{mode}_ratio"] = t_theirs / t_ours  # > 1: ours faster
-    del xs, w, b, y
-    torch.cuda.empty_cache()
     return row
 
 

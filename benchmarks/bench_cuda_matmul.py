@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess

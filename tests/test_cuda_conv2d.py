@@ -25,7 +25,7 @@ from lepton_accel.dtypes import DTYPES as NP_DTYPES
 from lepton_accel.reference import conv2d_ref, relative_error
 from lepton_accel.spec import conv2d_spec
 
-from cuda_device import SKIP_REASON, _core
+from cuda_device import SKIP_REASON, DeviceBuffers, _core
 
 
 
@@ -117,28 +117,6 @@ def case_spec(case, dtype, out_dtype, layout, bias, activation):
                        stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                        groups=case["groups"], layout=layout, activation=activation,
                        out_dtype=out_dtype)
-
-
-class DeviceBuffers:
-    def __init__(self):
-        self.ptrs = []
-
-    def upload(self, host: np.ndarray) -> int:
-        ptr = self.alloc(host.nbytes)
-        _core.cuda_copy_to_device(ptr, np.ascontiguousarray(host).reshape(-1).view(np.uint8))
-        return ptr
-
-    def alloc(self, nbytes: int) -> int:
-        ptr = _core.cuda_malloc(nbytes)
-        self.ptrs.append(ptr)
-        return ptr
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for p in self.ptrs:
-            _core.cuda_free(p)
 
 
 def run_case(rng, case, *, dtype="float32", out_dtype=None, layout="NHWC", kernel="auto",

@@ -9,7 +9,6 @@ output buffer outside the logical matrix must still hold the poison afterwards.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - ml_dtypes is a package dependency
     ml_dtypes = None
 
-from cuda_device import SKIP_REASON, _core
+from cuda_device import SKIP_REASON, DeviceBuffers, _core
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
 
@@ -115,31 +114,6 @@ def make_operand(rng, dtype: int, batch: int, rows: int, cols: int, layout: str)
 
 def _gelu(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-class DeviceBuffers:
-    """Device allocations freed on exit."""
-
-    def __init__(self):
-        self.ptrs = []
-
-    def upload(self, host: np.ndarray) -> int:
-        ptr = _core.cuda_malloc(host.nbytes)
-        self.ptrs.append(ptr)
-        _core.cuda_copy_to_device(ptr, np.ascontiguousarray(host).view(np.uint8))
-        return ptr
-
-    def alloc(self, nbytes: int) -> int:
-        ptr = _core.cuda_malloc(nbytes)
-        self.ptrs.append(ptr)
-        return ptr
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for p in self.ptrs:
-            _core.cuda_free(p)
 
 
 def run_case(rng, *, M, N, K, in_dtype, out_dtype, tf32=False, batch=1, a_layout="row",
