@@ -1,5 +1,6 @@
 """Amaranth designs of the lepton_accel FPGA cores.
 
-``regmap`` (register map, stream formats, host protocol) imports without Amaranth; the
+``regmap``, ``conv_regmap`` and ``regmap_common`` (register maps, stream formats, host
+protocol) import without Amaranth; the
 design modules (``pe``, ``systolic``, ``core``, ``axi``, ``matmul``) need the ``sim`` extra.
 """

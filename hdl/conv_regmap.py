@@ -5,8 +5,8 @@ The single description of the conv core's interface, read by the Amaranth design
 
 The core computes one NHWC int8/int16 convolution job with PyTorch's meaning of stride,
 padding, dilation and groups; weights are (OC, Cg, KH, KW); accumulation wraps modulo
-2**32 as in the matmul core (:mod:`.regmap`, whose dtype table and field helpers this
-module shares).
+2**32 as in the matmul core (:mod:`.regmap`); the records, dtype table, field helpers and
+common registers both maps build on are in :mod:`.regmap_common`.
 
 Host protocol of one job (registers first, then CTRL.START, then the streams):
 
@@ -41,8 +41,10 @@ from math import ceil
 
 import numpy as np
 
-from .regmap import (ACC_WIDTH, ADDR_WIDTH, DATA_WIDTH, DTYPE_CODES, DTYPES, Field,
-                     Register, StreamFormat)
+from . import regmap_common as common
+from .regmap_common import (ACC_WIDTH, ADDR_WIDTH, DATA_WIDTH, DTYPE_CODES, DTYPES,
+                            MAX_SIDE, MIN_SIDE, PORT_SEPARATOR, Field, Register,
+                            StreamFormat)
 
 __all__ = [
     "CORE_ID", "VERSION", "VERSION_WORD", "ADDR_WIDTH", "DATA_WIDTH", "DIM_BITS", "SMALL_BITS",
@@ -56,14 +58,11 @@ __all__ = [
 #: Value of the ID register: ASCII "LCNV" (lepton conv core).
 CORE_ID = 0x4C434E56
 VERSION = (1, 0, 0)
-VERSION_WORD = (VERSION[0] << 16) | (VERSION[1] << 8) | VERSION[2]
+VERSION_WORD = common.version_word(VERSION)
 #: Width of the size registers (N, H, W, C, CG, OCG, G, OH, OW).
 DIM_BITS = 16
 #: Width of the kernel, stride, dilation and padding fields.
 SMALL_BITS = 8
-MIN_SIDE = 2
-MAX_SIDE = 32
-PORT_SEPARATOR = "__"
 PORT_PREFIX = {"x": "s_axis_x", "b": "s_axis_b", "bias": "s_axis_bias", "c": "m_axis_c",
                "ctrl": "s_axil"}
 
@@ -73,30 +72,16 @@ def _pair(name, lo_doc, hi_doc):
 
 
 REGISTERS: tuple[Register, ...] = (
-    Register("ID", 0x00, "ro", "Core identifier, always CORE_ID."),
-    Register("VERSION", 0x04, "ro", "Interface version.", (
-        Field("PATCH", 0, 8), Field("MINOR", 8, 8), Field("MAJOR", 16, 8))),
-    Register("CONFIG", 0x08, "ro", "Build-time configuration.", (
-        Field("ROWS", 0, 8, "array rows R (output pixels per tile)"),
-        Field("COLS", 8, 8, "array columns C (output channels per tile)"),
-        Field("DTYPE", 16, 4, "input dtype, see DTYPE_CODES"),
-        Field("XLANES_LOG2", 20, 4, "log2 of the image lanes XL of the x stream"),
-        Field("ACC_WIDTH", 24, 8, "accumulator width in bits"))),
-    Register("CTRL", 0x0C, "rw", "Control. START reads as 0.", (
-        Field("START", 0, 1, "write 1 to start a job with the current registers"),
-        Field("BIAS_EN", 1, 1, "consume one bias beat per tile and add it"))),
-    Register("STATUS", 0x10, "ro", "Status.", (
-        Field("BUSY", 0, 1, "a job is running"),
-        Field("DONE", 1, 1, "the last job finished; cleared by START"),
-        Field("ERROR", 2, 1, "some ERROR bit is set"),
-        Field("LOADING", 3, 1, "the core is taking an image on x"))),
-    Register("ERROR", 0x14, "w1c", "Sticky error flags; write 1 to clear.", (
-        Field("START_BUSY", 0, 1, "START written while busy (ignored)"),
-        Field("BAD_DIM", 1, 1, "START with a zero size/kernel/stride/dilation, or "
-                               "H*W*C above CAPACITY (ignored)"),
-        Field("X_LAST", 2, 1, "tlast on x did not match an image's last beat"),
-        Field("B_LAST", 3, 1, "tlast on b did not match beat K-1 of a tile"),
-        Field("BIAS_LAST", 4, 1, "a bias beat arrived without tlast"))),
+    common.id_register(),
+    common.version_register(),
+    common.config_register(
+        "array rows R (output pixels per tile)", "array columns C (output channels per tile)",
+        (Field("XLANES_LOG2", 20, 4, "log2 of the image lanes XL of the x stream"),)),
+    common.ctrl_register("write 1 to start a job with the current registers"),
+    common.status_register((Field("LOADING", 3, 1, "the core is taking an image on x"),)),
+    common.error_register(
+        "START with a zero size/kernel/stride/dilation, or H*W*C above CAPACITY (ignored)",
+        Field("X_LAST", 2, 1, "tlast on x did not match an image's last beat")),
     Register("CAPACITY", 0x18, "ro", "Image memory size in elements (largest H*W*C)."),
     Register("N", 0x1C, "rw", "Images in the job."),
     Register("H", 0x20, "rw", "Input height."),
@@ -113,11 +98,7 @@ REGISTERS: tuple[Register, ...] = (
     Register("PAD", 0x4C, "rw", "Top and left padding.", (
         Field("PAD_T", 0, SMALL_BITS, "rows of zeros above the image"),
         Field("PAD_L", 8, SMALL_BITS, "columns of zeros left of the image"))),
-    Register("CYCLES_LO", 0x50, "ro",
-             "Cycles from START to the last output beat, low word; reading it latches "
-             "CYCLES_HI."),
-    Register("CYCLES_HI", 0x54, "ro", "High word latched by the last CYCLES_LO read."),
-    Register("TILES_DONE", 0x58, "ro", "Output tiles completely sent in this job."),
+    *common.cycle_registers(0x50),
     Register("STALL_IN", 0x5C, "ro",
              "Computing cycles in which the streamer had an A step ready but no b beat."),
     Register("STALL_OUT", 0x60, "ro",
@@ -143,13 +124,11 @@ STREAMS: tuple[StreamFormat, ...] = (
 
 
 def field_mask(reg: str, name: str) -> int:
-    f = next(f for f in REG[reg].fields if f.name == name)
-    return ((1 << f.width) - 1) << f.lsb
+    return common.field_mask(REG, reg, name)
 
 
 def field_value(reg: str, name: str, word: int) -> int:
-    f = next(f for f in REG[reg].fields if f.name == name)
-    return (word >> f.lsb) & ((1 << f.width) - 1)
+    return common.field_value(REG, reg, name, word)
 
 
 def default_x_lanes(rows: int) -> int:
@@ -158,11 +137,7 @@ def default_x_lanes(rows: int) -> int:
 
 
 def _check_config(rows, cols, dtype, x_lanes, depth):
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
-    for name, v in (("rows", rows), ("cols", cols)):
-        if not (MIN_SIDE <= v <= MAX_SIDE):
-            raise ValueError(f"{name} must be in [{MIN_SIDE}, {MAX_SIDE}], not {v}")
+    common.check_sides(rows, cols, dtype)
     if x_lanes < 1 or x_lanes & (x_lanes - 1) or x_lanes > 64:
         raise ValueError(f"x_lanes must be a power of two in [1, 64], not {x_lanes}")
     if depth < 2 or x_lanes * depth > 2 ** 26:
@@ -196,16 +171,7 @@ def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
                    "depth": depth, "capacity": x_lanes * depth, "acc_width": ACC_WIDTH,
                    "overflow": "wrap", "dataflow": "output-stationary, hardware im2col",
                    "config_word": config_word(rows, cols, dtype, x_lanes)},
-        "clock": {"clock": "clk", "reset": "rst", "reset_polarity": "active-high",
-                  "reset_kind": "synchronous"},
-        "port_separator": PORT_SEPARATOR,
-        "axi4_lite": {"prefix": PORT_PREFIX["ctrl"], "addr_width": ADDR_WIDTH,
-                      "data_width": DATA_WIDTH},
-        "registers": [
-            {"name": r.name, "offset": r.offset, "access": r.access, "doc": r.doc,
-             "fields": [{"name": f.name, "lsb": f.lsb, "width": f.width, "doc": f.doc}
-                        for f in r.fields]}
-            for r in REGISTERS],
+        **common.describe_interface(REGISTERS, PORT_PREFIX),
         "streams": [
             {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,
              "tdata_width": widths[s.name], "lanes": lanes[s.name],
@@ -296,16 +262,8 @@ def tile_order(job: ConvJob, rows: int, cols: int):
                 yield g, p0, oc0
 
 
-def _lane_dtype(dtype):
-    return {"int8": np.dtype("<i1"), "int16": np.dtype("<i2")}[dtype]
-
-
-def _check_int(x, dtype, what):
-    x = np.asarray(x)
-    info = np.iinfo(_lane_dtype(dtype))
-    if x.size and (x.min() < info.min or x.max() > info.max):
-        raise ValueError(f"{what} has values outside {dtype}")
-    return x
+_lane_dtype = common.lane_dtype
+_check_int = common.check_int
 
 
 def pack_x(x, *, dtype: str, x_lanes: int) -> list[bytes]:
@@ -402,7 +360,7 @@ def im2col_reference(x, w, bias, job: ConvJob) -> np.ndarray:
         out[..., g * job.ocg:(g + 1) * job.ocg] = a @ wg.T
     if bias is not None:
         out = out + np.asarray(bias).astype(np.int64)
-    return (out & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    return common.wrap_int32(out)
 
 
 def reference(x, w, bias, job: ConvJob) -> np.ndarray:
@@ -424,7 +382,7 @@ def reference(x, w, bias, job: ConvJob) -> np.ndarray:
     out = np.asarray(out).astype(np.int64)
     if bias is not None:
         out = out + np.asarray(bias).astype(np.int64)
-    return (out & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    return common.wrap_int32(out)
 
 
 def useful_macs(job: ConvJob) -> int:

@@ -28,10 +28,14 @@ Lanes are packed little-endian: lane 0 in the least significant bits of ``tdata`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from math import ceil
 
 import numpy as np
+
+from . import regmap_common as common
+from .regmap_common import (ACC_WIDTH, ADDR_WIDTH, DATA_WIDTH, DTYPE_CODES, DTYPES,
+                            MAX_SIDE, MIN_SIDE, PORT_SEPARATOR, Field, Register,
+                            StreamFormat)
 
 __all__ = [
     "CORE_ID", "VERSION", "VERSION_WORD", "ADDR_WIDTH", "DATA_WIDTH", "DIM_BITS",
@@ -46,74 +50,25 @@ __all__ = [
 CORE_ID = 0x4C4D4D43
 #: Interface version (major, minor, patch); major changes break host drivers.
 VERSION = (1, 0, 0)
-VERSION_WORD = (VERSION[0] << 16) | (VERSION[1] << 8) | VERSION[2]
+VERSION_WORD = common.version_word(VERSION)
 
-#: Byte-address width of the AXI4-Lite window (64 registers).
-ADDR_WIDTH = 8
-#: AXI4-Lite data width.
-DATA_WIDTH = 32
 #: Width of the M, N, K registers; a job needs 1 <= M, N, K < 2**DIM_BITS.
 DIM_BITS = 16
-#: Accumulator and output lane width; arithmetic wraps modulo 2**ACC_WIDTH.
-ACC_WIDTH = 32
-
-#: Supported input dtypes and their lane widths in bits.
-DTYPES = {"int8": 8, "int16": 16}
-#: Encoding of the dtype in CONFIG.DTYPE.
-DTYPE_CODES = {"int8": 0, "int16": 1}
-
-#: Smallest and largest array side the design is verified for.
-MIN_SIDE = 2
-MAX_SIDE = 32
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    lsb: int
-    width: int
-    doc: str = ""
-
-
-@dataclass(frozen=True)
-class Register:
-    name: str
-    offset: int
-    access: str  # "ro", "rw" or "w1c"
-    doc: str
-    fields: tuple[Field, ...] = field(default_factory=tuple)
 
 
 REGISTERS: tuple[Register, ...] = (
-    Register("ID", 0x00, "ro", "Core identifier, always CORE_ID."),
-    Register("VERSION", 0x04, "ro", "Interface version.", (
-        Field("PATCH", 0, 8), Field("MINOR", 8, 8), Field("MAJOR", 16, 8))),
-    Register("CONFIG", 0x08, "ro", "Build-time configuration.", (
-        Field("ROWS", 0, 8, "array rows R"),
-        Field("COLS", 8, 8, "array columns C"),
-        Field("DTYPE", 16, 4, "input dtype, see DTYPE_CODES"),
-        Field("ACC_WIDTH", 24, 8, "accumulator width in bits"))),
-    Register("CTRL", 0x0C, "rw", "Control. START reads as 0.", (
-        Field("START", 0, 1, "write 1 to start a job with the current M, N, K"),
-        Field("BIAS_EN", 1, 1, "consume one bias beat per tile and add it"))),
-    Register("STATUS", 0x10, "ro", "Status.", (
-        Field("BUSY", 0, 1, "a job is running"),
-        Field("DONE", 1, 1, "the last job finished; cleared by START"),
-        Field("ERROR", 2, 1, "some ERROR bit is set"))),
-    Register("ERROR", 0x14, "w1c", "Sticky error flags; write 1 to clear.", (
-        Field("START_BUSY", 0, 1, "START written while busy (ignored)"),
-        Field("BAD_DIM", 1, 1, "START with M, N or K equal to 0 (ignored)"),
-        Field("A_LAST", 2, 1, "tlast on a did not match beat K-1 of a tile"),
-        Field("B_LAST", 3, 1, "tlast on b did not match beat K-1 of a tile"),
-        Field("BIAS_LAST", 4, 1, "a bias beat arrived without tlast"))),
+    common.id_register(),
+    common.version_register(),
+    common.config_register("array rows R", "array columns C"),
+    common.ctrl_register("write 1 to start a job with the current M, N, K"),
+    common.status_register(),
+    common.error_register(
+        "START with M, N or K equal to 0 (ignored)",
+        Field("A_LAST", 2, 1, "tlast on a did not match beat K-1 of a tile")),
     Register("M", 0x18, "rw", "Rows of A and C."),
     Register("N", 0x1C, "rw", "Columns of B and C."),
     Register("K", 0x20, "rw", "Columns of A, rows of B."),
-    Register("CYCLES_LO", 0x24, "ro",
-             "Cycles from START to the last output beat, low word; reading it latches "
-             "CYCLES_HI."),
-    Register("CYCLES_HI", 0x28, "ro", "High word latched by the last CYCLES_LO read."),
-    Register("TILES_DONE", 0x2C, "ro", "Output tiles completely sent in this job."),
+    *common.cycle_registers(0x24),
     Register("STALL_IN", 0x30, "ro",
              "Busy cycles in which the core wanted an a/b beat and one was missing."),
     Register("STALL_OUT", 0x34, "ro",
@@ -126,22 +81,11 @@ REG = {r.name: r for r in REGISTERS}
 
 
 def field_mask(reg: str, name: str) -> int:
-    f = next(f for f in REG[reg].fields if f.name == name)
-    return ((1 << f.width) - 1) << f.lsb
+    return common.field_mask(REG, reg, name)
 
 
 def field_value(reg: str, name: str, word: int) -> int:
-    f = next(f for f in REG[reg].fields if f.name == name)
-    return (word >> f.lsb) & ((1 << f.width) - 1)
-
-
-@dataclass(frozen=True)
-class StreamFormat:
-    name: str
-    direction: str  # "in" (host to core) or "out"
-    lanes: str  # "rows" or "cols": how many lanes a beat has
-    lane_bits: str  # "dtype" or "acc"
-    doc: str
+    return common.field_value(REG, reg, name, word)
 
 
 STREAMS: tuple[StreamFormat, ...] = (
@@ -156,19 +100,13 @@ STREAMS: tuple[StreamFormat, ...] = (
                  "lanes past N are 0; tlast on the tile's last beat"),
 )
 
-#: Verilog port names are PREFIX + PORT_SEPARATOR + signal, e.g. ``s_axis_a__tdata``.
-PORT_SEPARATOR = "__"
 #: Verilog port prefix of each stream and of the AXI4-Lite port.
 PORT_PREFIX = {"a": "s_axis_a", "b": "s_axis_b", "bias": "s_axis_bias", "c": "m_axis_c",
                "ctrl": "s_axil"}
 
 
 def _check_config(rows: int, cols: int, dtype: str):
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
-    for name, v in (("rows", rows), ("cols", cols)):
-        if not (MIN_SIDE <= v <= MAX_SIDE):
-            raise ValueError(f"{name} must be in [{MIN_SIDE}, {MAX_SIDE}], not {v}")
+    common.check_sides(rows, cols, dtype)
 
 
 def stream_widths(rows: int, cols: int, dtype: str) -> dict[str, int]:
@@ -198,17 +136,7 @@ def describe(rows: int, cols: int, dtype: str) -> dict:
                    "acc_width": ACC_WIDTH, "overflow": "wrap",
                    "dataflow": "output-stationary", "dim_bits": DIM_BITS,
                    "config_word": config_word(rows, cols, dtype)},
-        "clock": {"clock": "clk", "reset": "rst", "reset_polarity": "active-high",
-                  "reset_kind": "synchronous"},
-        "port_separator": PORT_SEPARATOR,
-        "axi4_lite": {"prefix": PORT_PREFIX["ctrl"], "addr_width": ADDR_WIDTH,
-                      "data_width": DATA_WIDTH},
-        "registers": [
-            {"name": r.name, "offset": r.offset, "access": r.access, "doc": r.doc,
-             "fields": [{"name": f.name, "lsb": f.lsb, "width": f.width, "doc": f.doc}
-                        for f in r.fields]}
-            for r in REGISTERS
-        ],
+        **common.describe_interface(REGISTERS, PORT_PREFIX),
         "streams": [
             {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,
              "tdata_width": widths[s.name],
@@ -231,16 +159,8 @@ def tile_order(m: int, n: int, rows: int, cols: int):
             yield tm * rows, tn * cols
 
 
-def _lane_dtype(dtype: str):
-    return {"int8": np.dtype("<i1"), "int16": np.dtype("<i2")}[dtype]
-
-
-def _check_int(x, dtype: str, what: str):
-    x = np.asarray(x)
-    info = np.iinfo(_lane_dtype(dtype))
-    if x.size and (x.min() < info.min or x.max() > info.max):
-        raise ValueError(f"{what} has values outside {dtype}")
-    return x
+_lane_dtype = common.lane_dtype
+_check_int = common.check_int
 
 
 def pack_a(a, n: int, *, rows: int, cols: int, dtype: str) -> list[bytes]:
@@ -314,7 +234,7 @@ def reference(a, b, bias=None) -> np.ndarray:
     acc = np.asarray(a).astype(np.int64) @ np.asarray(b).astype(np.int64)
     if bias is not None:
         acc = acc + np.asarray(bias).astype(np.int64)[None, :]
-    return (acc & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    return common.wrap_int32(acc)
 
 
 def expected_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
