@@ -1,10 +1,12 @@
-"""AXI4-Stream and AXI4-Lite signatures and an AXI4-Lite register target."""
+"""AXI4-Stream and AXI4-Lite signatures, an AXI4-Lite register target and the top-level
+glue both cores share (stream ports to the core, the common register behaviour)."""
 
-from amaranth import Module, Signal
+from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXIStreamSignature", "AXILiteSignature", "AXILiteTarget"]
+__all__ = ["AXIStreamSignature", "AXILiteSignature", "AXILiteTarget", "connect_streams",
+           "CoreRegisters"]
 
 
 class AXIStreamSignature(wiring.Signature):
@@ -86,3 +88,120 @@ class AXILiteTarget(wiring.Component):
         with m.Elif(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
         return m
+
+
+def connect_streams(m, top, core, prefix: dict[str, str], inputs, output: str):
+    """Wire the AXI4-Stream ports of ``top`` (named by ``prefix``) to the core's streams:
+    each name in ``inputs`` into the core, ``output`` out of it."""
+    for name in inputs:
+        port, s = getattr(top, prefix[name]), getattr(core, name)
+        m.d.comb += [s.payload.data.eq(port.tdata), s.payload.last.eq(port.tlast),
+                     s.valid.eq(port.tvalid), port.tready.eq(s.ready)]
+    port, s = getattr(top, prefix[output]), getattr(core, output)
+    m.d.comb += [port.tdata.eq(s.payload.data), port.tlast.eq(s.payload.last),
+                 port.tvalid.eq(s.valid), s.ready.eq(port.tready)]
+
+
+class CoreRegisters:
+    """The register behaviour every core's map shares, built into module ``m``.
+
+    ``rmap`` is the core's register map module (``REG``, ``REGISTERS``, ``CORE_ID``,
+    ``VERSION_WORD``); ``core`` has ``start``, ``bias_en``, ``busy``, ``done``, the
+    error strobes named in ``err_strobes`` (ERROR field -> signal), and the counters
+    ``cycles`` (64 bits), ``tiles_done``, ``stall_in``, ``stall_out``.
+
+    Provides a write strobe per register (:attr:`wr`, by name; full-word writes only),
+    CTRL.START / BIAS_EN (BIAS_EN of the START write applies to that job), sticky w1c
+    ERROR bits, STATUS.BUSY / DONE / ERROR plus ``status_extra`` (STATUS field -> signal),
+    and :meth:`read`, the read mux over ID, VERSION, CONFIG, CTRL, STATUS, ERROR, the
+    cycle counters and the core's own registers, with CYCLES_HI latched on a CYCLES_LO
+    read.
+    """
+
+    def __init__(self, m, axil, rmap, core, *, config_word: int, err_strobes: dict,
+                 status_extra: dict | None = None):
+        self.m, self.axil, self.rmap, self.core = m, axil, rmap, core
+        R = self.R = rmap.REG
+        bit = self.bit
+
+        bias_en = Signal()
+        done = Signal()
+        errors = Signal(5)
+        assert all(bit("ERROR", n) < len(errors) for n in err_strobes)
+
+        self.wr = wr = {r.name: Signal(name=f"wr_{r.name.lower()}") for r in rmap.REGISTERS}
+        for name, s in wr.items():
+            m.d.comb += s.eq(axil.w_stb & (axil.w_addr == R[name].offset) & axil.w_strb.all())
+
+        self.start = start = Signal()
+        m.d.comb += [
+            start.eq(wr["CTRL"] & axil.w_data[bit("CTRL", "START")]),
+            core.start.eq(start),
+            # START and BIAS_EN arrive in the same CTRL write
+            core.bias_en.eq(Mux(wr["CTRL"], axil.w_data[bit("CTRL", "BIAS_EN")], bias_en)),
+        ]
+        with m.If(wr["CTRL"]):
+            m.d.sync += bias_en.eq(axil.w_data[bit("CTRL", "BIAS_EN")])
+
+        clear = Signal(len(errors))
+        with m.If(wr["ERROR"]):
+            m.d.comb += clear.eq(axil.w_data)
+        new = Signal(len(errors))
+        for name, strobe in err_strobes.items():
+            m.d.comb += new[bit("ERROR", name)].eq(strobe)
+        m.d.sync += errors.eq((errors & ~clear) | new)
+
+        with m.If(start):
+            m.d.sync += done.eq(0)
+        with m.If(core.done):
+            m.d.sync += done.eq(1)
+
+        status = Signal(32)
+        m.d.comb += [
+            status[bit("STATUS", "BUSY")].eq(core.busy),
+            status[bit("STATUS", "DONE")].eq(done),
+            status[bit("STATUS", "ERROR")].eq(errors.any()),
+        ]
+        for name, sig in (status_extra or {}).items():
+            m.d.comb += status[bit("STATUS", name)].eq(sig)
+        ctrl = Signal(32)
+        m.d.comb += ctrl[bit("CTRL", "BIAS_EN")].eq(bias_en)
+
+        self.cycles_hi = Signal(32)
+        self.values = {
+            "ID": Const(rmap.CORE_ID, 32),
+            "VERSION": Const(rmap.VERSION_WORD, 32),
+            "CONFIG": Const(config_word, 32),
+            "CTRL": ctrl, "STATUS": status, "ERROR": errors,
+            "CYCLES_LO": core.cycles[:32], "CYCLES_HI": self.cycles_hi,
+            "TILES_DONE": core.tiles_done, "STALL_IN": core.stall_in,
+            "STALL_OUT": core.stall_out,
+        }
+
+    def field(self, reg: str, name: str):
+        return next(f for f in self.R[reg].fields if f.name == name)
+
+    def bit(self, reg: str, name: str) -> int:
+        f = self.field(reg, name)
+        assert f.width == 1
+        return f.lsb
+
+    def write(self, regs: dict):
+        """Registers (name -> signal) that take the written word."""
+        for name, sig in regs.items():
+            with self.m.If(self.wr[name]):
+                self.m.d.sync += sig.eq(self.axil.w_data)
+
+    def read(self, values: dict):
+        """The read mux over the common registers and ``values`` (the core's own)."""
+        m, axil, R = self.m, self.axil, self.R
+        values = {**self.values, **values}
+        assert set(values) == set(R), set(R) ^ set(values)
+        with m.Switch(axil.r_addr):
+            for name, value in values.items():
+                with m.Case(R[name].offset):
+                    m.d.comb += axil.r_data.eq(value)
+            with m.Default():
+                m.d.comb += axil.r_data.eq(0)
+        with m.If(axil.r_stb & (axil.r_addr == R["CYCLES_LO"].offset)):
+            m.d.sync += self.cycles_hi.eq(self.core.cycles[32:])

@@ -11,7 +11,8 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import conv_regmap as cr
-from .axi import AXILiteSignature, AXILiteTarget, AXIStreamSignature
+from .axi import (AXILiteSignature, AXILiteTarget, AXIStreamSignature, CoreRegisters,
+                  connect_streams)
 from .core import beat_layout
 from .pe import Control
 from .systolic import SystolicArray
@@ -451,23 +452,15 @@ class AXIConv2d(wiring.Component):
                                             self.depth)
         m.submodules.axil = axil = AXILiteTarget(cr.ADDR_WIDTH, cr.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
-        for name in ("x", "b", "bias"):
-            port, s = getattr(self, P[name]), getattr(core, name)
-            m.d.comb += [s.payload.data.eq(port.tdata), s.payload.last.eq(port.tlast),
-                         s.valid.eq(port.tvalid), port.tready.eq(s.ready)]
-        port = getattr(self, P["c"])
-        m.d.comb += [port.tdata.eq(core.c.payload.data), port.tlast.eq(core.c.payload.last),
-                     port.tvalid.eq(core.c.valid), core.c.ready.eq(port.tready)]
+        connect_streams(m, self, core, P, ("x", "b", "bias"), "c")
 
-        R = cr.REG
-
-        def fld(reg, name):
-            return next(f for f in R[reg].fields if f.name == name)
-
-        def bit(reg, name):
-            f = fld(reg, name)
-            assert f.width == 1
-            return f.lsb
+        regs = CoreRegisters(
+            m, axil, cr, core,
+            config_word=cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes),
+            err_strobes={"START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
+                         "X_LAST": core.err_x_last, "B_LAST": core.err_b_last,
+                         "BIAS_LAST": core.err_bias_last},
+            status_extra={"LOADING": core.loading})
 
         # rw registers
         dims = {_DIM_REG[n]: Signal(cr.DIM_BITS, name=f"reg_{n}") for n in _DIMS}
@@ -479,71 +472,11 @@ class AXIConv2d(wiring.Component):
                                   ("sh", "STRIDE", "S_H"), ("sw", "STRIDE", "S_W"),
                                   ("dh", "DILATION", "D_H"), ("dw", "DILATION", "D_W"),
                                   ("pt", "PAD", "PAD_T"), ("pl", "PAD", "PAD_L")):
-            fd = fld(reg, f)
+            fd = regs.field(reg, f)
             m.d.comb += getattr(core, port_name).eq(packed[reg][fd.lsb:fd.lsb + fd.width])
-
-        bias_en = Signal()
-        done = Signal()
-        errors = Signal(5)
-        cycles_hi = Signal(32)
-        wr = {r.name: Signal(name=f"wr_{r.name.lower()}") for r in cr.REGISTERS}
-        for name, s in wr.items():
-            m.d.comb += s.eq(axil.w_stb & (axil.w_addr == R[name].offset) & axil.w_strb.all())
-        start = Signal()
-        m.d.comb += [
-            start.eq(wr["CTRL"] & axil.w_data[bit("CTRL", "START")]),
-            core.start.eq(start),
-            core.bias_en.eq(Mux(wr["CTRL"], axil.w_data[bit("CTRL", "BIAS_EN")], bias_en)),
-        ]
-        with m.If(wr["CTRL"]):
-            m.d.sync += bias_en.eq(axil.w_data[bit("CTRL", "BIAS_EN")])
-        for name, sig in (*dims.items(), *packed.items()):
-            with m.If(wr[name]):
-                m.d.sync += sig.eq(axil.w_data)
-
-        err_strobes = {"START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
-                       "X_LAST": core.err_x_last, "B_LAST": core.err_b_last,
-                       "BIAS_LAST": core.err_bias_last}
-        clear = Signal(len(errors))
-        with m.If(wr["ERROR"]):
-            m.d.comb += clear.eq(axil.w_data)
-        new = Signal(len(errors))
-        for name, strobe in err_strobes.items():
-            m.d.comb += new[bit("ERROR", name)].eq(strobe)
-        m.d.sync += errors.eq((errors & ~clear) | new)
-        with m.If(start):
-            m.d.sync += done.eq(0)
-        with m.If(core.done):
-            m.d.sync += done.eq(1)
-
-        status = Signal(32)
-        m.d.comb += [
-            status[bit("STATUS", "BUSY")].eq(core.busy),
-            status[bit("STATUS", "DONE")].eq(done),
-            status[bit("STATUS", "ERROR")].eq(errors.any()),
-            status[bit("STATUS", "LOADING")].eq(core.loading),
-        ]
-        ctrl = Signal(32)
-        m.d.comb += ctrl[bit("CTRL", "BIAS_EN")].eq(bias_en)
-        values = {
-            "ID": Const(cr.CORE_ID, 32), "VERSION": Const(cr.VERSION_WORD, 32),
-            "CONFIG": Const(cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes), 32),
-            "CTRL": ctrl, "STATUS": status, "ERROR": errors,
-            "CAPACITY": Const(self.x_lanes * self.depth, 32),
-            **dims, **packed,
-            "CYCLES_LO": core.cycles[:32], "CYCLES_HI": cycles_hi,
-            "TILES_DONE": core.tiles_done, "STALL_IN": core.stall_in,
-            "STALL_OUT": core.stall_out, "LOAD_CYCLES": core.load_cycles,
-        }
-        assert set(values) == set(R), set(R) ^ set(values)
-        with m.Switch(axil.r_addr):
-            for name, value in values.items():
-                with m.Case(R[name].offset):
-                    m.d.comb += axil.r_data.eq(value)
-            with m.Default():
-                m.d.comb += axil.r_data.eq(0)
-        with m.If(axil.r_stb & (axil.r_addr == R["CYCLES_LO"].offset)):
-            m.d.sync += cycles_hi.eq(core.cycles[32:])
+        regs.write({**dims, **packed})
+        regs.read({"CAPACITY": Const(self.x_lanes * self.depth, 32), **dims, **packed,
+                   "LOAD_CYCLES": core.load_cycles})
         return m
 
 
