@@ -8,21 +8,18 @@ and capacity are read from the core's registers. Randomness comes from cocotb's 
 
 import json
 import os
-import random
 from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, RisingEdge
 from cocotb_coverage import coverage
-from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamFrame,
-                           AxiStreamSink, AxiStreamSource)
+from cocotbext.axi import AxiStreamFrame
+from tb_common import AxiTB, report_coverage
 
 from lepton_accel.hdl import conv_regmap as cr
 
 REG = cr.REG
-CLK_NS = 4
 
 
 # --- functional coverage -------------------------------------------------------------
@@ -61,50 +58,18 @@ def sample_job(j):
     pass
 
 
-def report_coverage(dut, name):
-    coverage.coverage_db.report_coverage(dut._log.info, bins=True)
-    out = Path(os.environ.get("LEPTON_COVERAGE_DIR", "."))
-    out.mkdir(parents=True, exist_ok=True)
-    coverage.coverage_db.export_to_yaml(str(out / f"coverage_{name}.yml"))
-    summary = {k: coverage.coverage_db[k].cover_percentage
-               for k in coverage.coverage_db if k.count(".") == 1}
-    (out / f"coverage_{name}.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
 # --- testbench -----------------------------------------------------------------------
 
-class TB:
+class TB(AxiTB):
     def __init__(self, dut):
-        self.dut = dut
-        self.rng = np.random.default_rng(random.getrandbits(64))
-        cocotb.start_soon(Clock(dut.clk, CLK_NS, unit="ns").start())
-        P = cr.PORT_PREFIX
-        self.src = {name: AxiStreamSource(AxiStreamBus.from_prefix(dut, P[name] + "_"),
-                                          dut.clk, dut.rst)
-                    for name in ("x", "b", "bias")}
-        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, P["c"] + "_"), dut.clk,
-                                  dut.rst)
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, P["ctrl"] + "_"), dut.clk,
-                                  dut.rst)
-        for obj in (*self.src.values(), self.sink):
-            obj.log.setLevel("WARNING")
-        self.axil.write_if.log.setLevel("WARNING")
-        self.axil.read_if.log.setLevel("WARNING")
-        self.paused = False
+        super().__init__(dut, cr, ("x", "b", "bias"))
 
     async def start(self):
         self.dut.rst.value = 1
         await ClockCycles(self.dut.clk, 4)
         self.dut.rst.value = 0
         await ClockCycles(self.dut.clk, 2)
-        assert await self.read("ID") == cr.CORE_ID
-        assert await self.read("VERSION") == cr.VERSION_WORD
-        cfg = await self.read("CONFIG")
-        self.rows = cr.field_value("CONFIG", "ROWS", cfg)
-        self.cols = cr.field_value("CONFIG", "COLS", cfg)
-        code = cr.field_value("CONFIG", "DTYPE", cfg)
-        self.dtype = {v: k for k, v in cr.DTYPE_CODES.items()}[code]
+        cfg, self.rows, self.cols, self.dtype = await self.read_config()
         self.x_lanes = 1 << cr.field_value("CONFIG", "XLANES_LOG2", cfg)
         assert cr.field_value("CONFIG", "ACC_WIDTH", cfg) == cr.ACC_WIDTH
         assert cfg == cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes)
@@ -112,29 +77,6 @@ class TB:
         self.np_dtype = np.int8 if self.dtype == "int8" else np.int16
         self.dut._log.info("core: %dx%d %s, %d image lanes, capacity %d", self.rows,
                            self.cols, self.dtype, self.x_lanes, self.capacity)
-
-    async def read(self, name):
-        return await self.axil.read_dword(REG[name].offset)
-
-    async def write(self, name, value):
-        await self.axil.write_dword(REG[name].offset, value)
-
-    def set_pauses(self, p_in, p_out):
-        def gen(p, seed):
-            r = random.Random(seed)
-            while True:
-                yield r.random() < p
-        wr, rd = self.axil.write_if, self.axil.read_if
-        into = [*self.src.values(), wr.aw_channel, wr.w_channel, rd.ar_channel]
-        out_of = [self.sink, wr.b_channel, rd.r_channel]
-        for chans, p in ((into, p_in), (out_of, p_out)):
-            for ch in chans:
-                if p:
-                    ch.set_pause_generator(gen(p, random.getrandbits(32)))
-                else:
-                    ch.clear_pause_generator()
-                    ch.pause = False
-        self.paused = bool(p_in or p_out)
 
     def rand(self, shape, extremes=False):
         info = np.iinfo(self.np_dtype)
@@ -173,19 +115,11 @@ class TB:
         return len(list(cr.tile_order(job, self.rows, self.cols))) * job.n
 
     async def collect(self, job, ntiles, timeout_cycles):
-        frames = []
-        for _ in range(ntiles):
-            fr = await with_timeout(self.sink.recv(), timeout_cycles * CLK_NS, "ns")
-            frames.append(fr.tdata)
+        frames = await self.recv_frames(ntiles, timeout_cycles)
         return cr.unpack_c(frames, job, rows=self.rows, cols=self.cols)
 
     async def wait_done(self, polls=2000):
-        for _ in range(polls):
-            st = await self.read("STATUS")
-            if cr.field_value("STATUS", "DONE", st):
-                assert not cr.field_value("STATUS", "BUSY", st)
-                return st
-        raise AssertionError("core never reported DONE")
+        return await self.poll_done(polls)
 
     async def run_job(self, x, w, bias, job, extremes=False, x_tlast=True):
         """Run one job, check it bit-exact, return CYCLES."""

@@ -97,18 +97,15 @@ def build_dir(sim: str, rows: int, cols: int, dtype: str) -> Path:
     return BUILD_ROOT / f"{sim}_r{rows}c{cols}_{dtype}"
 
 
-def build(sim: str, rows: int, cols: int, dtype: str):
-    """Generate the Verilog and build the simulator model; return (runner, build dir)."""
+def _build(sim: str, top: str, bdir: Path, text: str):
+    """Write the Verilog ``text`` of top module ``top`` into ``bdir`` (only when it
+    changed) and build the simulator model there; return the runner."""
     from cocotb_tools.runner import get_runner
-
-    from lepton_accel.hdl.matmul import generate_verilog
 
     if sim == "verilator":
         setup_verilator()
-    bdir = build_dir(sim, rows, cols, dtype)
     bdir.mkdir(parents=True, exist_ok=True)
-    src = bdir / f"{TOP}.v"
-    text = generate_verilog(rows, cols, dtype, name=TOP)
+    src = bdir / f"{top}.v"
     if not src.exists() or src.read_text() != text:
         src.write_text(text)
     runner = get_runner(sim)
@@ -121,8 +118,30 @@ def build(sim: str, rows: int, cols: int, dtype: str):
     if sim == "verilator" and _pch_make_flags():
         extra["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " " + _pch_make_flags()).strip()
     with _env(**extra):
-        runner.build(sources=[src], hdl_toplevel=TOP, build_dir=bdir,
+        runner.build(sources=[src], hdl_toplevel=top, build_dir=bdir,
                      timescale=("1ns", "1ps"), **kwargs)
+    return runner
+
+
+def _run(runner, bdir: Path, test_module: str, top: str, testcase, env, name: str):
+    """Run the cocotb tests of ``test_module``; coverage goes to ``bdir`` unless ``env``
+    says otherwise."""
+    env = dict(env or {})
+    env.setdefault("LEPTON_COVERAGE_DIR", str(bdir))
+    env.setdefault("LEPTON_COVERAGE_NAME", name)
+    # the runner gives os.environ precedence over extra_env
+    with _env(**env):
+        return runner.test(test_module=test_module, hdl_toplevel=top, build_dir=bdir,
+                           test_dir=bdir, testcase=testcase, timescale=("1ns", "1ps"),
+                           extra_env=env)
+
+
+def build(sim: str, rows: int, cols: int, dtype: str):
+    """Generate the Verilog and build the simulator model; return (runner, build dir)."""
+    from lepton_accel.hdl.matmul import generate_verilog
+
+    bdir = build_dir(sim, rows, cols, dtype)
+    runner = _build(sim, TOP, bdir, generate_verilog(rows, cols, dtype, name=TOP))
     return runner, bdir
 
 
@@ -130,14 +149,7 @@ def run(sim: str, rows: int, cols: int, dtype: str, *, testcase=None, env=None,
         name: str = "run"):
     """Build if needed and run the cocotb tests of matmul_tb; raise on failure."""
     runner, bdir = build(sim, rows, cols, dtype)
-    env = dict(env or {})
-    env.setdefault("LEPTON_COVERAGE_DIR", str(bdir))
-    env.setdefault("LEPTON_COVERAGE_NAME", name)
-    # the runner gives os.environ precedence over extra_env
-    with _env(**env):
-        return runner.test(test_module="matmul_tb", hdl_toplevel=TOP, build_dir=bdir,
-                           test_dir=bdir, testcase=testcase, timescale=("1ns", "1ps"),
-                           extra_env=env), bdir
+    return _run(runner, bdir, "matmul_tb", TOP, testcase, env, name), bdir
 
 
 # --- conv2d core -----------------------------------------------------------------------
@@ -156,29 +168,11 @@ def conv_build_dir(sim: str, rows: int, cols: int, dtype: str, x_lanes: int | No
 def build_conv(sim: str, rows: int, cols: int, dtype: str, x_lanes: int | None = None,
                depth: int = 256):
     """Generate the conv core's Verilog and build the simulator model."""
-    from cocotb_tools.runner import get_runner
-
     from lepton_accel.hdl.conv import generate_verilog
 
-    if sim == "verilator":
-        setup_verilator()
     bdir = conv_build_dir(sim, rows, cols, dtype, x_lanes, depth)
-    bdir.mkdir(parents=True, exist_ok=True)
-    src = bdir / f"{CONV_TOP}.v"
-    text = generate_verilog(rows, cols, dtype, x_lanes, depth, name=CONV_TOP)
-    if not src.exists() or src.read_text() != text:
-        src.write_text(text)
-    runner = get_runner(sim)
-    kwargs = {}
-    if sim == "verilator":
-        kwargs["build_args"] = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
-                                "--x-assign", "fast", "--x-initial", "fast"]
-    extra = {}
-    if sim == "verilator" and _pch_make_flags():
-        extra["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " " + _pch_make_flags()).strip()
-    with _env(**extra):
-        runner.build(sources=[src], hdl_toplevel=CONV_TOP, build_dir=bdir,
-                     timescale=("1ns", "1ps"), **kwargs)
+    runner = _build(sim, CONV_TOP, bdir,
+                    generate_verilog(rows, cols, dtype, x_lanes, depth, name=CONV_TOP))
     return runner, bdir
 
 
@@ -186,10 +180,4 @@ def run_conv(sim: str, rows: int, cols: int, dtype: str, *, x_lanes: int | None 
              depth: int = 256, testcase=None, env=None, name: str = "run"):
     """Build if needed and run the cocotb tests of conv_tb; raise on failure."""
     runner, bdir = build_conv(sim, rows, cols, dtype, x_lanes, depth)
-    env = dict(env or {})
-    env.setdefault("LEPTON_COVERAGE_DIR", str(bdir))
-    env.setdefault("LEPTON_COVERAGE_NAME", name)
-    with _env(**env):
-        return runner.test(test_module="conv_tb", hdl_toplevel=CONV_TOP, build_dir=bdir,
-                           test_dir=bdir, testcase=testcase, timescale=("1ns", "1ps"),
-                           extra_env=env), bdir
+    return _run(runner, bdir, "conv_tb", CONV_TOP, testcase, env, name), bdir

@@ -8,21 +8,18 @@ fresh each run; COCOTB_RANDOM_SEED reproduces a run).
 
 import json
 import os
-import random
 from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, RisingEdge
 from cocotb_coverage import coverage
-from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamFrame,
-                           AxiStreamSink, AxiStreamSource)
+from cocotbext.axi import AxiStreamFrame
+from tb_common import AxiTB, report_coverage
 
 from lepton_accel.hdl import regmap
 
 REG = regmap.REG
-CLK_NS = 4  # 250 MHz, the F1/F2 kernel clock
 
 
 # --- functional coverage -----------------------------------------------------------
@@ -52,42 +49,13 @@ def sample_job(job):
     pass
 
 
-def report_coverage(dut, name):
-    coverage.coverage_db.report_coverage(dut._log.info, bins=True)
-    out = Path(os.environ.get("LEPTON_COVERAGE_DIR", "."))
-    out.mkdir(parents=True, exist_ok=True)
-    coverage.coverage_db.export_to_yaml(str(out / f"coverage_{name}.yml"))
-    summary = {k: coverage.coverage_db[k].cover_percentage
-               for k in coverage.coverage_db if k.count(".") == 1}
-    (out / f"coverage_{name}.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
 # --- testbench ---------------------------------------------------------------------
 
-class TB:
+class TB(AxiTB):
     def __init__(self, dut):
-        self.dut = dut
-        self.rng = np.random.default_rng(random.getrandbits(64))
-        cocotb.start_soon(Clock(dut.clk, CLK_NS, unit="ns").start())
-        P = regmap.PORT_PREFIX
-        sep = "_"  # cocotb-bus adds one more "_": "<prefix>__<signal>"
-        self.src = {
-            name: AxiStreamSource(AxiStreamBus.from_prefix(dut, P[name] + sep), dut.clk,
-                                  dut.rst)
-            for name in ("a", "b", "bias")
-        }
-        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, P["c"] + sep), dut.clk,
-                                  dut.rst)
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, P["ctrl"] + sep), dut.clk,
-                                  dut.rst)
-        for obj in (*self.src.values(), self.sink):
-            obj.log.setLevel("WARNING")
-        self.axil.write_if.log.setLevel("WARNING")
-        self.axil.read_if.log.setLevel("WARNING")
+        super().__init__(dut, regmap, ("a", "b", "bias"))
         self.rows = self.cols = None
         self.dtype = None
-        self.paused = False
 
     async def reset(self, cycles=4):
         self.dut.rst.value = 1
@@ -103,42 +71,11 @@ class TB:
         await self.reset()
         await self.read_config()
 
-    async def read(self, name):
-        return await self.axil.read_dword(REG[name].offset)
-
-    async def write(self, name, value):
-        await self.axil.write_dword(REG[name].offset, value)
-
     async def read_config(self):
-        assert await self.read("ID") == regmap.CORE_ID
-        assert await self.read("VERSION") == regmap.VERSION_WORD
-        cfg = await self.read("CONFIG")
-        self.rows = regmap.field_value("CONFIG", "ROWS", cfg)
-        self.cols = regmap.field_value("CONFIG", "COLS", cfg)
-        code = regmap.field_value("CONFIG", "DTYPE", cfg)
-        self.dtype = {v: k for k, v in regmap.DTYPE_CODES.items()}[code]
+        cfg, self.rows, self.cols, self.dtype = await super().read_config()
         assert regmap.field_value("CONFIG", "ACC_WIDTH", cfg) == regmap.ACC_WIDTH
         assert cfg == regmap.config_word(self.rows, self.cols, self.dtype)
         self.dut._log.info("core: %dx%d %s", self.rows, self.cols, self.dtype)
-
-    def set_pauses(self, p_in, p_out):
-        """Random pauses: every channel into the core with probability p_in, every
-        channel out of it (c, AXI4-Lite B and R) with p_out."""
-        def gen(p, seed):
-            r = random.Random(seed)
-            while True:
-                yield r.random() < p
-        wr, rd = self.axil.write_if, self.axil.read_if
-        into = [*self.src.values(), wr.aw_channel, wr.w_channel, rd.ar_channel]
-        out_of = [self.sink, wr.b_channel, rd.r_channel]
-        for chans, p in ((into, p_in), (out_of, p_out)):
-            for ch in chans:
-                if p:
-                    ch.set_pause_generator(gen(p, random.getrandbits(32)))
-                else:
-                    ch.clear_pause_generator()
-                    ch.pause = False  # the generator may have been stopped mid-pause
-        self.paused = bool(p_in or p_out)
 
     # random data
     def rand_matrix(self, shape, extremes=False):
@@ -179,19 +116,11 @@ class TB:
 
     async def collect(self, a, b, ntiles, timeout_cycles):
         m, n = a.shape[0], b.shape[1]
-        frames = []
-        for _ in range(ntiles):
-            fr = await with_timeout(self.sink.recv(), timeout_cycles * CLK_NS, "ns")
-            frames.append(fr.tdata)
+        frames = await self.recv_frames(ntiles, timeout_cycles)
         return regmap.unpack_c(frames, m, n, rows=self.rows, cols=self.cols)
 
     async def wait_done(self, timeout_cycles=10_000):
-        for _ in range(timeout_cycles // 8):
-            st = await self.read("STATUS")
-            if regmap.field_value("STATUS", "DONE", st):
-                assert not regmap.field_value("STATUS", "BUSY", st)
-                return st
-        raise AssertionError("core never reported DONE")
+        return await self.poll_done(timeout_cycles // 8)
 
     def timeout_for(self, m, n, k, pauses):
         tiles = len(list(regmap.tile_order(m, n, self.rows, self.cols)))

@@ -1,0 +1,117 @@
+"""Testbench machinery shared by matmul_tb and conv_tb.
+
+The clock, the cocotbext-axi bus models on a core's ports (from its register map's
+PORT_PREFIX), register access by name, random backpressure, output-frame collection,
+DONE polling and the functional-coverage report. Each testbench keeps its own jobs,
+random data, scoreboard and coverage points.
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import with_timeout
+from cocotb_coverage import coverage
+from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamSink,
+                           AxiStreamSource)
+
+CLK_NS = 4  # 250 MHz, the F1/F2 kernel clock
+
+
+def report_coverage(dut, name):
+    """Log the coverage database and write it as YAML and as a JSON summary of the
+    cover points (``coverage_<name>.*`` in LEPTON_COVERAGE_DIR)."""
+    coverage.coverage_db.report_coverage(dut._log.info, bins=True)
+    out = Path(os.environ.get("LEPTON_COVERAGE_DIR", "."))
+    out.mkdir(parents=True, exist_ok=True)
+    coverage.coverage_db.export_to_yaml(str(out / f"coverage_{name}.yml"))
+    summary = {k: coverage.coverage_db[k].cover_percentage
+               for k in coverage.coverage_db if k.count(".") == 1}
+    (out / f"coverage_{name}.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+class AxiTB:
+    """Bus models and register access for a core described by register map ``rmap``;
+    ``inputs`` are its input stream names, ``output`` its output stream."""
+
+    def __init__(self, dut, rmap, inputs, output="c"):
+        self.dut = dut
+        self.rmap = rmap
+        self.rng = np.random.default_rng(random.getrandbits(64))
+        cocotb.start_soon(Clock(dut.clk, CLK_NS, unit="ns").start())
+        P = rmap.PORT_PREFIX
+        sep = "_"  # cocotb-bus adds one more "_": "<prefix>__<signal>"
+        self.src = {
+            name: AxiStreamSource(AxiStreamBus.from_prefix(dut, P[name] + sep), dut.clk,
+                                  dut.rst)
+            for name in inputs
+        }
+        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, P[output] + sep), dut.clk,
+                                  dut.rst)
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, P["ctrl"] + sep), dut.clk,
+                                  dut.rst)
+        for obj in (*self.src.values(), self.sink):
+            obj.log.setLevel("WARNING")
+        self.axil.write_if.log.setLevel("WARNING")
+        self.axil.read_if.log.setLevel("WARNING")
+        self.paused = False
+
+    async def read(self, name):
+        return await self.axil.read_dword(self.rmap.REG[name].offset)
+
+    async def write(self, name, value):
+        await self.axil.write_dword(self.rmap.REG[name].offset, value)
+
+    async def read_config(self):
+        """Check ID and VERSION; return (CONFIG word, rows, cols, dtype)."""
+        rm = self.rmap
+        assert await self.read("ID") == rm.CORE_ID
+        assert await self.read("VERSION") == rm.VERSION_WORD
+        cfg = await self.read("CONFIG")
+        rows = rm.field_value("CONFIG", "ROWS", cfg)
+        cols = rm.field_value("CONFIG", "COLS", cfg)
+        code = rm.field_value("CONFIG", "DTYPE", cfg)
+        dtype = {v: k for k, v in rm.DTYPE_CODES.items()}[code]
+        return cfg, rows, cols, dtype
+
+    def set_pauses(self, p_in, p_out):
+        """Random pauses: every channel into the core with probability p_in, every
+        channel out of it (c, AXI4-Lite B and R) with p_out."""
+        def gen(p, seed):
+            r = random.Random(seed)
+            while True:
+                yield r.random() < p
+        wr, rd = self.axil.write_if, self.axil.read_if
+        into = [*self.src.values(), wr.aw_channel, wr.w_channel, rd.ar_channel]
+        out_of = [self.sink, wr.b_channel, rd.r_channel]
+        for chans, p in ((into, p_in), (out_of, p_out)):
+            for ch in chans:
+                if p:
+                    ch.set_pause_generator(gen(p, random.getrandbits(32)))
+                else:
+                    ch.clear_pause_generator()
+                    ch.pause = False  # the generator may have been stopped mid-pause
+        self.paused = bool(p_in or p_out)
+
+    async def recv_frames(self, ntiles, timeout_cycles):
+        """tdata of the next ``ntiles`` output frames, each within ``timeout_cycles``."""
+        frames = []
+        for _ in range(ntiles):
+            fr = await with_timeout(self.sink.recv(), timeout_cycles * CLK_NS, "ns")
+            frames.append(fr.tdata)
+        return frames
+
+    async def poll_done(self, polls):
+        """Read STATUS until DONE (at most ``polls`` reads); DONE must come with ~BUSY."""
+        rm = self.rmap
+        for _ in range(polls):
+            st = await self.read("STATUS")
+            if rm.field_value("STATUS", "DONE", st):
+                assert not rm.field_value("STATUS", "BUSY", st)
+                return st
+        raise AssertionError("core never reported DONE")
