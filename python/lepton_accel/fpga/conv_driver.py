@@ -27,8 +27,8 @@ import numpy as np
 
 from lepton_accel.hdl import conv_regmap as cr
 
-from .device import Device, DeviceError
-from .driver import DEFAULT_MAX_JOB_BYTES, JobStats, _wrap32
+from .core_driver import CoreDriver, JobStats, _wrap32
+from .device import DeviceError
 
 __all__ = ["ConvDriver", "ConvStats", "ConvUnsupported", "job_of_spec", "row_bands"]
 
@@ -95,16 +95,13 @@ def row_bands(job: cr.ConvJob, capacity: int):
         yield oy0, iy0, band
 
 
-class ConvDriver:
+class ConvDriver(CoreDriver):
     """Runs integer 2-D convolutions of any size on one conv2d core behind a Device."""
 
-    def __init__(self, device: Device, *, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
-                 poll_limit: int = 1000):
-        self.device = device
-        self.max_job_bytes = int(max_job_bytes)
-        self.poll_limit = poll_limit
-        self.last = ConvStats()
-        self._check_core()
+    rmap = cr
+    core_name = "conv2d"
+    what = "conv2d core"
+    stats = ConvStats
 
     # ---- identification ------------------------------------------------------------
     def _check_core(self) -> None:
@@ -112,34 +109,11 @@ class ConvDriver:
         if getattr(d, "regmap", None) is not cr:
             raise DeviceError("the device does not hold a conv2d core (its register map is "
                               f"{getattr(getattr(d, 'regmap', None), '__name__', None)})")
-        ident = d.read("ID")
-        if ident != cr.CORE_ID:
-            raise DeviceError(f"not a lepton conv2d core: ID reads 0x{ident:08x}, "
-                              f"expected 0x{cr.CORE_ID:08x}")
-        major = cr.field_value("VERSION", "MAJOR", d.read("VERSION"))
-        if major != cr.VERSION[0]:
-            raise DeviceError(f"core interface version {major}.x, this driver speaks "
-                              f"{cr.VERSION[0]}.x")
-        cfg = d.read("CONFIG")
-        self.rows = cr.field_value("CONFIG", "ROWS", cfg)
-        self.cols = cr.field_value("CONFIG", "COLS", cfg)
-        names = {v: k for k, v in cr.DTYPE_CODES.items()}
-        code = cr.field_value("CONFIG", "DTYPE", cfg)
-        if code not in names:
-            raise DeviceError(f"core reports unknown dtype code {code}")
-        self.dtype = names[code]
+        cfg = super()._check_core()
         self.x_lanes = 1 << cr.field_value("CONFIG", "XLANES_LOG2", cfg)
         if cr.field_value("CONFIG", "ACC_WIDTH", cfg) != cr.ACC_WIDTH:
             raise DeviceError("core accumulator width differs from conv_regmap.ACC_WIDTH")
         self.capacity = d.read("CAPACITY")
-
-    @property
-    def lane_dtype(self) -> np.dtype:
-        return np.dtype({"int8": np.int8, "int16": np.int16}[self.dtype])
-
-    def accepts(self, dtype) -> bool:
-        dt = np.dtype(dtype)
-        return dt.kind == "i" and dt.itemsize <= self.lane_dtype.itemsize
 
     # ---- what fits -----------------------------------------------------------------
     def check(self, job: cr.ConvJob) -> None:
@@ -170,43 +144,13 @@ class ConvDriver:
         c_beats = sum(heights)
         for name, value in cr.register_values(job).items():
             d.write(name, value)
-        ctrl = cr.field_mask("CTRL", "START")
-        if bias is not None:
-            ctrl |= cr.field_mask("CTRL", "BIAS_EN")
+        ctrl = self._ctrl_start(bias)
         x_frame = math.ceil(job.h * job.w * job.c / XL)
         res = d.conv_stream(b"".join(frames["x"]), b"".join(frames["b"]) * job.n,
                             b"".join(frames["bias"]) * job.n if bias is not None else None,
                             x_frame=x_frame, b_frame=job.k, c_beats=c_beats, start=ctrl)
-        for _ in range(self.poll_limit):
-            status = d.read("STATUS")
-            if cr.field_value("STATUS", "DONE", status) or \
-                    cr.field_value("STATUS", "ERROR", status):
-                break
-        else:
-            raise DeviceError("conv2d core did not report DONE after its last output beat")
-        err = d.read("ERROR")
-        if err:
-            d.write("ERROR", err)
-            flags = [f.name for f in cr.REG["ERROR"].fields if (err >> f.lsb) & 1]
-            raise DeviceError(f"conv2d core raised ERROR {', '.join(flags)} (0x{err:x})")
-        if cr.field_value("STATUS", "BUSY", status):
-            raise DeviceError("conv2d core still busy after its last output beat")
-        expect_last = np.zeros(c_beats, np.uint8)
-        expect_last[np.cumsum(heights) - 1] = 1
-        if not np.array_equal(res.c_last, expect_last):
-            raise DeviceError("c stream: tlast does not mark the end of every tile")
-        beat = C * cr.ACC_WIDTH // 8
-        out, pos = [], 0
-        for h in heights:
-            out.append(res.c[pos:pos + h * beat])
-            pos += h * beat
-        cycles = d.read_cycles()
-        st = self.last
-        st.jobs += 1
-        st.cycles += cycles
-        st.stall_in += d.read("STALL_IN")
-        st.stall_out += d.read("STALL_OUT")
-        st.job_cycles.append((job, cycles))
+        out = self._finish(res, heights)
+        self.last.job_cycles.append((job, self._count()))
         return cr.unpack_c(out, job, rows=R, cols=C)
 
     def _n_block(self, job: cr.ConvJob) -> int:

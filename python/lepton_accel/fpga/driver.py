@@ -31,35 +31,19 @@ gets scale 1. Results are exact for the quantized values, not for the float inpu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from lepton_accel.hdl import regmap
 
-from .device import Device, DeviceError
+from .core_driver import DEFAULT_MAX_JOB_BYTES, CoreDriver, JobStats, _wrap32
+from .device import DeviceError
 
 __all__ = ["MatmulDriver", "JobStats", "quantize_symmetric", "QUANTIZE_MODES",
            "DEFAULT_MAX_JOB_BYTES"]
 
 QUANTIZE_MODES = ("per_tensor", "per_channel")
-#: Upper bound on one job's packed input streams; bigger GEMMs become several jobs.
-DEFAULT_MAX_JOB_BYTES = 64 << 20
 _DIM_MAX = (1 << regmap.DIM_BITS) - 1
-
-
-@dataclass
-class JobStats:
-    """Counters of the last :meth:`MatmulDriver.gemm` call."""
-
-    jobs: int = 0
-    cycles: int = 0          # sum of the core's CYCLES over the jobs
-    stall_in: int = 0
-    stall_out: int = 0
-
-
-def _wrap32(x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
 def quantize_symmetric(x: np.ndarray, qmax: int, axis: int | None):
@@ -79,50 +63,21 @@ def quantize_symmetric(x: np.ndarray, qmax: int, axis: int | None):
     return q, scale
 
 
-class MatmulDriver:
+class MatmulDriver(CoreDriver):
     """Runs integer GEMMs of any size on one matmul core behind a :class:`Device`."""
 
-    def __init__(self, device: Device, *, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
-                 poll_limit: int = 1000):
-        self.device = device
-        self.max_job_bytes = int(max_job_bytes)
-        self.poll_limit = poll_limit
-        self.last = JobStats()
-        self._check_core()
+    rmap = regmap
+    core_name = "matmul"
+    what = "core"
+    stats = JobStats
 
     # ---- identification ------------------------------------------------------------
     def _check_core(self) -> None:
-        d = self.device
-        ident = d.read("ID")
-        if ident != regmap.CORE_ID:
-            raise DeviceError(f"not a lepton matmul core: ID reads 0x{ident:08x}, "
-                              f"expected 0x{regmap.CORE_ID:08x}")
-        ver = d.read("VERSION")
-        major = regmap.field_value("VERSION", "MAJOR", ver)
-        if major != regmap.VERSION[0]:
-            raise DeviceError(f"core interface version {major}.x, this driver speaks "
-                              f"{regmap.VERSION[0]}.x")
-        cfg = d.read("CONFIG")
-        self.rows = regmap.field_value("CONFIG", "ROWS", cfg)
-        self.cols = regmap.field_value("CONFIG", "COLS", cfg)
-        code = regmap.field_value("CONFIG", "DTYPE", cfg)
-        names = {v: k for k, v in regmap.DTYPE_CODES.items()}
-        if code not in names:
-            raise DeviceError(f"core reports unknown dtype code {code}")
-        self.dtype = names[code]
+        cfg = super()._check_core()
         acc = regmap.field_value("CONFIG", "ACC_WIDTH", cfg)
         if acc != regmap.ACC_WIDTH:
             raise DeviceError(f"core accumulates in {acc} bits, driver expects "
                               f"{regmap.ACC_WIDTH}")
-
-    @property
-    def lane_dtype(self) -> np.dtype:
-        return np.dtype({"int8": np.int8, "int16": np.int16}[self.dtype])
-
-    def accepts(self, dtype) -> bool:
-        """Whether integer operands of dtype run natively on this core."""
-        dt = np.dtype(dtype)
-        return dt.kind == "i" and dt.itemsize <= self.lane_dtype.itemsize
 
     # ---- one job -------------------------------------------------------------------
     def _job(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -136,42 +91,12 @@ class MatmulDriver:
         d.write("M", m)
         d.write("N", n)
         d.write("K", k)
-        ctrl = regmap.field_mask("CTRL", "START")
-        if bias is not None:
-            ctrl |= regmap.field_mask("CTRL", "BIAS_EN")
-        d.write("CTRL", ctrl)
+        d.write("CTRL", self._ctrl_start(bias))
         res = d.stream(b"".join(frames["a"]), b"".join(frames["b"]),
                        b"".join(frames["bias"]) if bias is not None else None,
                        k=k, c_beats=c_beats)
-        # Done and error-free?
-        for _ in range(self.poll_limit):
-            status = d.read("STATUS")
-            if regmap.field_value("STATUS", "DONE", status) or \
-                    regmap.field_value("STATUS", "ERROR", status):
-                break
-        else:
-            raise DeviceError("core did not report DONE after its last output beat")
-        err = d.read("ERROR")
-        if err:
-            d.write("ERROR", err)
-            flags = [f.name for f in regmap.REG["ERROR"].fields if (err >> f.lsb) & 1]
-            raise DeviceError(f"core raised ERROR {', '.join(flags)} (0x{err:x})")
-        if regmap.field_value("STATUS", "BUSY", status):
-            raise DeviceError("core still busy after its last output beat")
-        expect_last = np.zeros(c_beats, np.uint8)
-        expect_last[np.cumsum(heights) - 1] = 1
-        if not np.array_equal(res.c_last, expect_last):
-            raise DeviceError("c stream: tlast does not mark the end of every tile")
-        beat = C * regmap.ACC_WIDTH // 8
-        out, pos = [], 0
-        for h in heights:
-            out.append(res.c[pos:pos + h * beat])
-            pos += h * beat
-        cycles = d.read_cycles()
-        self.last.jobs += 1
-        self.last.cycles += cycles
-        self.last.stall_in += d.read("STALL_IN")
-        self.last.stall_out += d.read("STALL_OUT")
+        out = self._finish(res, heights)
+        self._count()
         return regmap.unpack_c(out, m, n, rows=R, cols=C)
 
     # ---- any shape ------------------------------------------------------------------
