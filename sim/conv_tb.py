@@ -8,14 +8,13 @@ and capacity are read from the core's registers. Randomness comes from cocotb's 
 
 import json
 import os
-from pathlib import Path
 
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, RisingEdge
 from cocotb_coverage import coverage
 from cocotbext.axi import AxiStreamFrame
-from tb_common import AxiTB, report_coverage
+from tb_common import AxiTB, check_coverage, write_results
 
 from lepton_accel.hdl import conv_regmap as cr
 
@@ -309,19 +308,9 @@ async def test_reset_and_tlast(dut):
     job = cr.ConvJob.make((1, 6, 6, 3), (2 * C, 3, 3, 3), 1, 1)
     x, w = tb.rand((1, 6, 6, 3)), tb.rand((2 * C, 3, 3, 3))
     await tb.submit(x, w, None, job)
-    for _ in range(2000):
-        if await tb.read("TILES_DONE") >= 1:
-            break
-    else:
-        raise AssertionError("job made no progress")
+    await tb.wait_progress()
     await RisingEdge(dut.clk)
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 4)
-    for s in tb.src.values():
-        s.clear()
-    tb.sink.clear()
-    dut.rst.value = 0
-    await ClockCycles(dut.clk, 2)
+    await tb.reset()
     for name in ("STATUS", "ERROR", "N", "CTRL", "TILES_DONE", "CYCLES_LO"):
         assert await tb.read(name) == 0, name
     await tb.run_job(x, w, tb.rand_bias(job.oc), job)
@@ -364,16 +353,10 @@ async def test_cycle_count(dut):
                             model_cycles=expect, load_cycles=load,
                             stall_out=await tb.read("STALL_OUT"),
                             useful_macs=cr.useful_macs(job), utilisation=util))
-    out = os.environ.get("LEPTON_UTIL_OUT")
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results)
 
 
 @cocotb.test()
 async def test_coverage_report(dut):
     """Report functional coverage of everything this run sampled (runs last)."""
-    summary = report_coverage(dut, os.environ.get("LEPTON_COVERAGE_NAME", "run"))
-    dut._log.info("coverage: %s", summary)
-    required = [p for p in os.environ.get("LEPTON_COVERAGE_REQUIRE", "").split(",") if p]
-    for point in required:
-        assert summary[point] == 100, (point, summary[point])
+    check_coverage(dut)

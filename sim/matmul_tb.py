@@ -8,14 +8,13 @@ fresh each run; COCOTB_RANDOM_SEED reproduces a run).
 
 import json
 import os
-from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import RisingEdge
 from cocotb_coverage import coverage
 from cocotbext.axi import AxiStreamFrame
-from tb_common import AxiTB, report_coverage
+from tb_common import AxiTB, check_coverage, write_results
 
 from lepton_accel.hdl import regmap
 
@@ -56,15 +55,6 @@ class TB(AxiTB):
         super().__init__(dut, regmap, ("a", "b", "bias"))
         self.rows = self.cols = None
         self.dtype = None
-
-    async def reset(self, cycles=4):
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, cycles)
-        for s in self.src.values():
-            s.clear()
-        self.sink.clear()
-        self.dut.rst.value = 0
-        await ClockCycles(self.dut.clk, 2)
 
     async def start(self):
         self.dut.rst.value = 0
@@ -316,11 +306,7 @@ async def test_reset_mid_job(dut):
     a, b = tb.rand_matrix((m, k)), tb.rand_matrix((k, n))
     await tb.submit(a, b, tb.rand_bias(n))
     # wait until the job is well under way
-    for _ in range(2000):
-        if await tb.read("TILES_DONE") >= 1:
-            break
-    else:
-        raise AssertionError("job made no progress")
+    await tb.wait_progress()
     assert regmap.field_value("STATUS", "BUSY", await tb.read("STATUS"))
     await RisingEdge(dut.clk)
     await tb.reset()
@@ -371,17 +357,10 @@ async def test_cycle_count(dut):
         results.append(dict(m=m, n=n, k=k, rows=R, cols=C, dtype=tb.dtype, cycles=cycles,
                             stall_in=0, stall_out=await tb.read("STALL_OUT"),
                             utilisation=util))
-    out = os.environ.get("LEPTON_UTIL_OUT")
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results)
 
 
 @cocotb.test()
 async def test_coverage_report(dut):
     """Report functional coverage of everything this run sampled (runs last)."""
-    summary = report_coverage(dut, os.environ.get("LEPTON_COVERAGE_NAME", "run"))
-    dut._log.info("coverage: %s", summary)
-    # points whose every bin the selected tests reach on purpose
-    required = [p for p in os.environ.get("LEPTON_COVERAGE_REQUIRE", "").split(",") if p]
-    for point in required:
-        assert summary[point] == 100, (point, summary[point])
+    check_coverage(dut)

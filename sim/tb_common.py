@@ -14,7 +14,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import with_timeout
+from cocotb.triggers import ClockCycles, with_timeout
 from cocotb_coverage import coverage
 from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamSink,
                            AxiStreamSource)
@@ -33,6 +33,24 @@ def report_coverage(dut, name):
                for k in coverage.coverage_db if k.count(".") == 1}
     (out / f"coverage_{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def check_coverage(dut):
+    """Report the run's coverage (named by LEPTON_COVERAGE_NAME) and require 100 % of the
+    points listed in LEPTON_COVERAGE_REQUIRE (comma-separated)."""
+    summary = report_coverage(dut, os.environ.get("LEPTON_COVERAGE_NAME", "run"))
+    dut._log.info("coverage: %s", summary)
+    # points whose every bin the selected tests reach on purpose
+    required = [p for p in os.environ.get("LEPTON_COVERAGE_REQUIRE", "").split(",") if p]
+    for point in required:
+        assert summary[point] == 100, (point, summary[point])
+
+
+def write_results(results):
+    """Write the cycle-count results as JSON to LEPTON_UTIL_OUT, if set."""
+    out = os.environ.get("LEPTON_UTIL_OUT")
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
 
 
 class AxiTB:
@@ -60,6 +78,24 @@ class AxiTB:
         self.axil.write_if.log.setLevel("WARNING")
         self.axil.read_if.log.setLevel("WARNING")
         self.paused = False
+
+    async def reset(self, cycles=4):
+        """Reset for ``cycles`` cycles, dropping whatever the bus models still hold."""
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, cycles)
+        for s in self.src.values():
+            s.clear()
+        self.sink.clear()
+        self.dut.rst.value = 0
+        await ClockCycles(self.dut.clk, 2)
+
+    async def wait_progress(self, polls=2000):
+        """Poll TILES_DONE until the running job has sent a tile."""
+        for _ in range(polls):
+            if await self.read("TILES_DONE") >= 1:
+                break
+        else:
+            raise AssertionError("job made no progress")
 
     async def read(self, name):
         return await self.axil.read_dword(self.rmap.REG[name].offset)
