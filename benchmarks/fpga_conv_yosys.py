@@ -11,9 +11,7 @@ counts in benchmarks/results/fpga_conv_yosys.json. Pre-placement estimates; no t
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fpga_yosys import parse_stat  # noqa: E402
+from fpga_yosys import load_results, run_yosys, save_results, yosys_version  # noqa: E402
 
 from lepton_accel.hdl import conv_regmap as cr  # noqa: E402
 from lepton_accel.hdl.conv import generate_verilog  # noqa: E402
@@ -31,15 +29,9 @@ SCRIPT = "read_verilog {src}; synth_xilinx -family xcup -flatten -top lepton_con
 
 
 def synth(side: int, dtype: str, depth: int, yosys: str, workdir: Path) -> dict:
-    src = workdir / f"conv_{side}_{dtype}_d{depth}.v"
-    src.write_text(generate_verilog(side, side, dtype, None, depth, name="lepton_conv2d"))
-    logf = workdir / f"yosys_conv_{side}_{dtype}_d{depth}.log"
-    t = time.time()
-    proc = subprocess.run([yosys, "-q", "-l", str(logf), "-p", SCRIPT.format(src=src)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"yosys failed:\n{proc.stderr[-2000:]}")
-    res = parse_stat(logf.read_text())  # raises when the log has no statistics
+    res, t = run_yosys(generate_verilog(side, side, dtype, None, depth, name="lepton_conv2d"),
+                       SCRIPT, workdir / f"conv_{side}_{dtype}_d{depth}.v",
+                       workdir / f"yosys_conv_{side}_{dtype}_d{depth}.log", yosys)
     xl = cr.default_x_lanes(side)
     res.update(rows=side, cols=side, dtype=dtype, x_lanes=xl, depth=depth,
                image_capacity_elements=xl * depth,
@@ -56,8 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--yosys", default=shutil.which("yosys") or "/usr/bin/yosys")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    ver = subprocess.run([args.yosys, "-V"], capture_output=True, text=True).stdout.strip()
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    ver = yosys_version(args.yosys)
+    results = load_results(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         for side in args.sizes:
             r = synth(side, args.dtype, args.depth, args.yosys, Path(tmp))
@@ -67,8 +59,7 @@ def main(argv=None) -> int:
             print(f"{side}x{side} {args.dtype} depth {args.depth}: LUT {r['LUT']} FF {r['FF']} "
                   f"DSP {r['DSP']} BRAM {r['BRAM']} URAM {r['URAM']} LUTRAM {r['LUTRAM']} "
                   f"({r['seconds']} s)", flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            save_results(args.out, results)
     return 0
 
 

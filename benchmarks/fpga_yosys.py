@@ -51,17 +51,35 @@ def parse_stat(log: str) -> dict:
             "LUTRAM": lutram, "CARRY": carry, "cells": cells}
 
 
-def synth(rows: int, cols: int, dtype: str, yosys: str, workdir: Path) -> dict:
-    src = workdir / f"matmul_{rows}x{cols}_{dtype}.v"
-    src.write_text(generate_verilog(rows, cols, dtype, name="lepton_matmul"))
-    logf = workdir / f"yosys_{rows}x{cols}_{dtype}.log"
+def run_yosys(verilog: str, script: str, src: Path, logf: Path, yosys: str):
+    """Write ``verilog`` to src, run ``script`` (with ``{src}``) on it logging to logf;
+    return (cell counts, start time). Raises when Yosys fails or prints no statistics."""
+    src.write_text(verilog)
     t = time.time()
-    proc = subprocess.run([yosys, "-q", "-l", str(logf), "-p", SCRIPT.format(src=src)],
+    proc = subprocess.run([yosys, "-q", "-l", str(logf), "-p", script.format(src=src)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"yosys failed:\n{proc.stderr[-2000:]}")
-    log = logf.read_text()
-    res = parse_stat(log)
+    return parse_stat(logf.read_text()), t
+
+
+def yosys_version(yosys: str) -> str:
+    return subprocess.run([yosys, "-V"], capture_output=True, text=True).stdout.strip()
+
+
+def load_results(out: Path) -> dict:
+    return json.loads(out.read_text()) if out.exists() else {}
+
+
+def save_results(out: Path, results: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def synth(rows: int, cols: int, dtype: str, yosys: str, workdir: Path) -> dict:
+    res, t = run_yosys(generate_verilog(rows, cols, dtype, name="lepton_matmul"), SCRIPT,
+                       workdir / f"matmul_{rows}x{cols}_{dtype}.v",
+                       workdir / f"yosys_{rows}x{cols}_{dtype}.log", yosys)
     res.update(rows=rows, cols=cols, dtype=dtype, macs=rows * cols,
                dsp_per_mac=res["DSP"] / (rows * cols), seconds=round(time.time() - t, 1))
     return res
@@ -74,8 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--yosys", default=shutil.which("yosys") or "/usr/bin/yosys")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    ver = subprocess.run([args.yosys, "-V"], capture_output=True, text=True).stdout.strip()
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    ver = yosys_version(args.yosys)
+    results = load_results(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         for side in args.sizes:
             r = synth(side, side, args.dtype, args.yosys, Path(tmp))
@@ -85,8 +103,7 @@ def main(argv=None) -> int:
             print(f"{side}x{side} {args.dtype}: LUT {r['LUT']} FF {r['FF']} SRL {r['SRL']} "
                   f"DSP {r['DSP']} BRAM {r['BRAM']} ({r['dsp_per_mac']:.2f} DSP/MAC, "
                   f"{r['seconds']} s)", flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            save_results(args.out, results)
     return 0
 
 
