@@ -21,27 +21,7 @@ from lepton_accel import fpga  # noqa: E402
 from lepton_accel.fpga import build  # noqa: E402
 from lepton_accel.hdl import regmap  # noqa: E402
 from lepton_accel.perf import MODEL  # noqa: E402
-
-SIZE = (4, 4)
-
-
-@pytest.fixture(autouse=True)
-def small_core():
-    old, was, depth = fpga.core_size(), fpga.enabled(), fpga._conv_depth
-    fpga.configure(*SIZE, conv_depth=64)
-    fpga.enable()
-    yield
-    fpga.configure(*old)
-    fpga._conv_depth = depth
-    fpga.enable(was)
-
-
-def ints(rng, shape, dtype="int8"):
-    info = np.iinfo(dtype)
-    v = rng.integers(info.min, info.max + 1, shape, dtype=dtype)
-    if v.size and not v.any():
-        v.flat[0] = 1
-    return v
+from test_fpga_support import SIZE, ints, small_core  # noqa: E402,F401
 
 
 def ref(a, b, bias=None, relu=False):

@@ -21,29 +21,9 @@ from lepton_accel.fpga.conv_driver import ConvUnsupported, job_of_spec, row_band
 from lepton_accel.hdl import conv_regmap as cr  # noqa: E402
 from lepton_accel.perf import MODEL  # noqa: E402
 from lepton_accel.perf.model import fpga_cycle_key  # noqa: E402
+from test_fpga_support import DEPTH, SIZE, ints, small_core  # noqa: E402,F401
 
-SIZE = (4, 4)
-DEPTH = 64
 CAPACITY = 4 * DEPTH
-
-
-@pytest.fixture(autouse=True)
-def small_core():
-    old, was, depth = fpga.core_size(), fpga.enabled(), fpga._conv_depth
-    fpga.configure(*SIZE, conv_depth=DEPTH)
-    fpga.enable()
-    yield
-    fpga.configure(*old)
-    fpga._conv_depth = depth
-    fpga.enable(was)
-
-
-def ints(rng, shape, dtype="int8"):
-    info = np.iinfo(dtype)
-    v = rng.integers(info.min, info.max + 1, shape, dtype=dtype)
-    if v.size and not v.any():
-        v.flat[0] = 1
-    return v
 
 
 def check(x, w, bias=None, **kw):

@@ -1,6 +1,5 @@
 """``hdl generate matmul`` writes Verilog and a JSON description that match regmap."""
 
-import argparse
 import json
 import re
 import subprocess
@@ -10,23 +9,14 @@ import pytest
 
 pytest.importorskip("amaranth")
 
-from lepton_accel.hdl import cli, regmap  # noqa: E402
-
-
-def _need_yosys():
-    try:
-        from amaranth._toolchain.yosys import find_yosys
-        find_yosys(lambda ver: ver >= (0, 40))
-    except Exception as e:
-        pytest.skip(f"Amaranth's Verilog backend has no Yosys: {e}")
+from lepton_accel.hdl import regmap  # noqa: E402
+from test_hdl_support import need_yosys, parse_cli  # noqa: E402
 
 
 def test_add_commands_plugs_into_a_parent_parser(tmp_path):
-    _need_yosys()
-    parser = argparse.ArgumentParser(prog="lepton-accel")
-    cli.add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["hdl", "generate", "matmul", "--rows", "4", "--cols", "6",
-                              "--dtype", "int16", "-o", str(tmp_path)])
+    need_yosys()
+    args = parse_cli(["hdl", "generate", "matmul", "--rows", "4", "--cols", "6",
+                      "--dtype", "int16", "-o", str(tmp_path)])
     assert args.func(args) == 0
     desc = json.loads((tmp_path / "lepton_matmul_r4c6_int16.json").read_text())
     expect = regmap.describe(4, 6, "int16")
@@ -43,7 +33,7 @@ def test_add_commands_plugs_into_a_parent_parser(tmp_path):
 
 
 def test_module_entry_point_and_bad_config(tmp_path):
-    _need_yosys()
+    need_yosys()
     run = [sys.executable, "-m", "lepton_accel.hdl.cli", "hdl", "generate", "matmul"]
     ok = subprocess.run(run + ["--rows", "2", "--cols", "3", "-o", str(tmp_path)],
                         capture_output=True, text=True)

@@ -1,6 +1,5 @@
 """``hdl generate conv2d`` writes Verilog and a JSON description that match conv_regmap."""
 
-import argparse
 import json
 import re
 
@@ -8,23 +7,14 @@ import pytest
 
 pytest.importorskip("amaranth")
 
-from lepton_accel.hdl import cli, conv_regmap  # noqa: E402
-
-
-def _need_yosys():
-    try:
-        from amaranth._toolchain.yosys import find_yosys
-        find_yosys(lambda ver: ver >= (0, 40))
-    except Exception as e:
-        pytest.skip(f"Amaranth's Verilog backend has no Yosys: {e}")
+from lepton_accel.hdl import conv_regmap  # noqa: E402
+from test_hdl_support import need_yosys, parse_cli  # noqa: E402
 
 
 def test_generate_conv2d(tmp_path):
-    _need_yosys()
-    parser = argparse.ArgumentParser(prog="lepton-accel")
-    cli.add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["hdl", "generate", "conv2d", "--rows", "3", "--cols", "5",
-                              "--dtype", "int16", "--depth", "64", "-o", str(tmp_path)])
+    need_yosys()
+    args = parse_cli(["hdl", "generate", "conv2d", "--rows", "3", "--cols", "5",
+                      "--dtype", "int16", "--depth", "64", "-o", str(tmp_path)])
     assert args.func(args) == 0
     (v,) = tmp_path.glob("*.v")
     desc = json.loads(v.with_suffix(".json").read_text())
@@ -41,9 +31,7 @@ def test_generate_conv2d(tmp_path):
 
 
 def test_generate_conv2d_rejects_bad_config(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="lepton-accel")
-    cli.add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["hdl", "generate", "conv2d", "--x-lanes", "12",
-                              "-o", str(tmp_path)])
+    args = parse_cli(["hdl", "generate", "conv2d", "--x-lanes", "12",
+                      "-o", str(tmp_path)])
     assert args.func(args) == 2
     assert "x_lanes" in capsys.readouterr().err
