@@ -128,15 +128,12 @@ class TB(AxiTB):
         wide = a.astype(np.int64) @ b.astype(np.int64)
         if bias is not None:
             wide = wide + bias[None, :]
-        np.testing.assert_array_equal(got, expect, err_msg=f"job {m}x{n}x{k} bias={bias is not None}")
-        assert self.sink.empty(), "core sent more output than the job has"
-        lo = await self.read("CYCLES_LO")
-        hi = await self.read("CYCLES_HI")
-        assert await self.read("TILES_DONE") == ntiles
+        cycles = await self.check_job(got, expect, ntiles,
+                                      f"job {m}x{n}x{k} bias={bias is not None}")
         sample_job(dict(m=m, n=n, k=k, rows=self.rows, cols=self.cols, bias=bias is not None,
                         extremes=extremes, wraps=bool((wide != expect).any()),
                         pauses=self.paused))
-        return (hi << 32) | lo
+        return cycles
 
     def dim_of_class(self, cls, side, lim):
         r = self.rng

@@ -142,6 +142,16 @@ class AxiTB:
             frames.append(fr.tdata)
         return frames
 
+    async def check_job(self, got, expect, ntiles, err_msg):
+        """After a job: its output must equal ``expect`` with nothing left over, and
+        TILES_DONE must count its ``ntiles`` tiles; return its CYCLES."""
+        np.testing.assert_array_equal(got, expect, err_msg=err_msg)
+        assert self.sink.empty(), "core sent more output than the job has"
+        lo = await self.read("CYCLES_LO")
+        hi = await self.read("CYCLES_HI")
+        assert await self.read("TILES_DONE") == ntiles
+        return (hi << 32) | lo
+
     async def poll_done(self, polls):
         """Read STATUS until DONE (at most ``polls`` reads); DONE must come with ~BUSY."""
         rm = self.rmap
