@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 from . import conv_regmap as cr
 from .axi import (AXILiteSignature, AXILiteTarget, AXIStreamSignature, CoreRegisters,
                   connect_streams)
-from .core import beat_layout
+from .core import beat_layout, drain_output
 from .pe import Control
 from .systolic import SystolicArray
 
@@ -352,26 +352,10 @@ class ConvCore(wiring.Component):
         bias_full = Signal()
         bias_reg = Signal(C * aw)
         d_row = Signal(range(R))
-        m.d.comb += self.bias.ready.eq(draining & bias_en & ~bias_full)
-        with m.If(self.bias.valid & self.bias.ready):
-            m.d.sync += [bias_reg.eq(self.bias.payload.data), bias_full.eq(1)]
-        m.d.comb += self.err_bias_last.eq(self.bias.valid & self.bias.ready
-                                          & ~self.bias.payload.last)
-        out = []
-        for j in range(C):
-            s = array.out[j * aw:(j + 1) * aw]
-            bj = Mux(bias_en, bias_reg[j * aw:(j + 1) * aw], 0)
-            out.append(Mux(d_col0 + j < p["ocg"], (s + bj)[:aw], 0))
-        out_last = Signal()
-        c_fire = Signal()
-        m.d.comb += [
-            out_last.eq(d_row == d_rows - 1),
-            self.c.valid.eq(draining & (~bias_en | bias_full)),
-            self.c.payload.data.eq(Cat(*out)),
-            self.c.payload.last.eq(out_last),
-            c_fire.eq(self.c.valid & self.c.ready),
-            array.shift.eq(c_fire),
-        ]
+        c_fire, out_last = drain_output(
+            m, self, array, draining=draining, bias_en=bias_en, bias_full=bias_full,
+            bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0, n_valid=p["ocg"],
+            aw=aw)
         with m.If(c_fire):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(out_last):

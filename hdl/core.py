@@ -8,12 +8,43 @@ from . import regmap
 from .pe import Control
 from .systolic import SystolicArray
 
-__all__ = ["MatmulCore", "beat_layout"]
+__all__ = ["MatmulCore", "beat_layout", "drain_output"]
 
 
 def beat_layout(width: int) -> data.StructLayout:
     """Payload of every core stream: a packed beat and its packet boundary."""
     return data.StructLayout({"data": width, "last": 1})
+
+
+def drain_output(m, comp, array, *, draining, bias_en, bias_full, bias_reg, d_row, d_rows,
+                 d_col0, n_valid, aw: int):
+    """The drain side both cores share: take one bias beat per tile (when ``bias_en``)
+    into ``bias_reg``, flag a bias beat without tlast, and present the array's output
+    row on ``comp.c``: lane j = sum + bias (wrapping to ``aw`` bits), zero for columns
+    ``d_col0 + j`` past ``n_valid``; tlast on row ``d_rows - 1``. Returns (c_fire,
+    out_last); a fired beat also shifts the array."""
+    C = len(array.out) // aw
+    m.d.comb += comp.bias.ready.eq(draining & bias_en & ~bias_full)
+    with m.If(comp.bias.valid & comp.bias.ready):
+        m.d.sync += [bias_reg.eq(comp.bias.payload.data), bias_full.eq(1)]
+    m.d.comb += comp.err_bias_last.eq(comp.bias.valid & comp.bias.ready
+                                      & ~comp.bias.payload.last)
+
+    lanes = []
+    for j in range(C):
+        s = array.out[j * aw:(j + 1) * aw]
+        bj = Mux(bias_en, bias_reg[j * aw:(j + 1) * aw], 0)
+        lanes.append(Mux(d_col0 + j < n_valid, (s + bj)[:aw], 0))
+    out_last = Signal()
+    m.d.comb += [
+        out_last.eq(d_row == d_rows - 1),
+        comp.c.valid.eq(draining & (~bias_en | bias_full)),
+        comp.c.payload.data.eq(Cat(*lanes)),
+        comp.c.payload.last.eq(out_last),
+    ]
+    c_fire = Signal()
+    m.d.comb += [c_fire.eq(comp.c.valid & comp.c.ready), array.shift.eq(c_fire)]
+    return c_fire, out_last
 
 
 class MatmulCore(wiring.Component):
@@ -154,26 +185,9 @@ class MatmulCore(wiring.Component):
                 m.d.sync += [draining.eq(1), d_row.eq(0)]
 
         # --- drain --------------------------------------------------------------
-        m.d.comb += self.bias.ready.eq(draining & bias_en & ~bias_full)
-        with m.If(self.bias.valid & self.bias.ready):
-            m.d.sync += [bias_reg.eq(self.bias.payload.data), bias_full.eq(1)]
-        m.d.comb += self.err_bias_last.eq(self.bias.valid & self.bias.ready
-                                          & ~self.bias.payload.last)
-
-        lanes = []
-        for j in range(C):
-            s = array.out[j * aw:(j + 1) * aw]
-            bj = Mux(bias_en, bias_reg[j * aw:(j + 1) * aw], 0)
-            lanes.append(Mux(d_col0 + j < n_r, (s + bj)[:aw], 0))
-        out_last = Signal()
-        m.d.comb += [
-            out_last.eq(d_row == d_rows - 1),
-            self.c.valid.eq(draining & (~bias_en | bias_full)),
-            self.c.payload.data.eq(Cat(*lanes)),
-            self.c.payload.last.eq(out_last),
-        ]
-        c_fire = Signal()
-        m.d.comb += [c_fire.eq(self.c.valid & self.c.ready), array.shift.eq(c_fire)]
+        c_fire, out_last = drain_output(
+            m, self, array, draining=draining, bias_en=bias_en, bias_full=bias_full,
+            bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0, n_valid=n_r, aw=aw)
         with m.If(c_fire):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(out_last):
