@@ -299,7 +299,7 @@ async def test_reset_and_tlast(dut):
     """A reset mid-job leaves a clean core; a missing x tlast is flagged."""
     tb = TB(dut)
     await tb.start()
-    R, C = tb.rows, tb.cols
+    C = tb.cols
     tb.set_pauses(0.3, 0.3)
     job = cr.ConvJob.make((1, 6, 6, 3), (2 * C, 3, 3, 3), 1, 1)
     x, w = tb.rand((1, 6, 6, 3)), tb.rand((2 * C, 3, 3, 3))

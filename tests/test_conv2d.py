@@ -102,3 +102,13 @@ def test_matches_pytorch(rng):
 def test_zero_batch_gives_empty_result():
     out = la.conv2d(np.ones((0, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32))
     assert out.shape == (0, 4, 6, 6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_deep_layer_on_a_small_image(backend, groups, rng):
+    # more weights than im2col elements: the GEMM reads the weights in place
+    x = random_operand(rng, (1, 3, 5, 64), "float32")
+    w = random_operand(rng, (128, 64 // groups, 3, 3), "float32")
+    out = la.conv2d(x, w, padding=1, groups=groups, layout="NHWC", backend=backend)
+    check(out, conv2d_ref(x, w, padding=1, groups=groups, layout="NHWC"), "float32")

@@ -87,26 +87,39 @@ def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
 
 
 def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
-    """Grouped convolution as a batched GEMM over groups: returns (N, OH, OW, OC) accumulators."""
+    """Grouped convolution as a batched GEMM over groups: returns (N, OH, OW, OC) accumulators.
+
+    The GEMM's K axis is ordered to spare the larger of the two copies: (tap, channel)
+    makes the im2col copy move contiguous channel runs but reorders the weights;
+    (channel, tap) reads the weights in place (OC, C, KH, KW) at the cost of a gathering
+    im2col. Layers with more weights than im2col elements (deep, small images) take the
+    second order.
+    """
     g = spec.param["groups"]
     n = x.shape[0]
     oc, cg, kh, kw = w.shape
-    ocg = oc // g
-    if (kh, kw) == (1, 1) and spec.param["stride"] == (1, 1) and spec.param["padding"] == ((0, 0), (0, 0)):
-        cols = x.reshape(n, x.shape[1], x.shape[2], g, cg)          # no copy for 1x1
+    ocg, kk = oc // g, kh * kw
+    if kk == 1 and spec.param["stride"] == (1, 1) and spec.param["padding"] == ((0, 0), (0, 0)):
         oh, ow = x.shape[1], x.shape[2]
-    else:
-        # Taps outermost, channels innermost: the im2col copy then reads and writes runs
-        # of contiguous channels instead of gathering one element per kernel tap.
-        win = im2col_windows(x, spec).transpose(0, 1, 2, 4, 5, 3)    # (N, OH, OW, KH, KW, C)
-        oh, ow = win.shape[1], win.shape[2]
-        cols = win.reshape(n, oh, ow, kh * kw, g, cg)
+        cols = x.reshape(n * oh * ow, g, cg).transpose(1, 0, 2)       # no copy for 1x1
+        return _grouped_gemm(cols, w.reshape(g, ocg, cg).transpose(0, 2, 1), spec, n, oh, ow)
+    win = im2col_windows(x, spec)                                    # (N, OH, OW, C, KH, KW)
+    oh, ow = win.shape[1], win.shape[2]
     p = n * oh * ow
-    kk = kh * kw if cols.ndim == 6 else 1
-    cols = cols.reshape(p, kk, g, cg).transpose(2, 0, 1, 3).reshape(g, p, kk * cg)
-    wg = w.reshape(g, ocg, cg, kh * kw).transpose(0, 3, 2, 1).reshape(g, kk * cg, ocg)
+    if oc > p:  # weights in place, channel-major K
+        cols = win.reshape(p, g, cg * kk).transpose(1, 0, 2)
+        wg = w.reshape(g, ocg, cg * kk).transpose(0, 2, 1)
+    else:       # contiguous im2col runs, tap-major K
+        cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(p, kk, g, cg) \
+                  .transpose(2, 0, 1, 3).reshape(g, p, kk * cg)
+        wg = w.reshape(g, ocg, cg, kk).transpose(0, 3, 2, 1).reshape(g, kk * cg, ocg)
+    return _grouped_gemm(cols, wg, spec, n, oh, ow)
+
+
+def _grouped_gemm(cols, wg, spec: OpSpec, n: int, oh: int, ow: int) -> np.ndarray:
+    """(G, P, K) @ (G, K, OCg) -> (N, OH, OW, G*OCg) accumulators."""
     acc = gemm(cols, wg, spec.dtype)                                 # (G, P, OCg)
-    return acc.transpose(1, 0, 2).reshape(n, oh, ow, oc)
+    return acc.transpose(1, 0, 2).reshape(n, oh, ow, -1)
 
 
 class CpuBackend:
