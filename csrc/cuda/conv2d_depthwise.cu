@@ -104,15 +104,10 @@ std::string conv2d_depthwise_nhwc(const Conv2dArgs& a) {
   p.bias_dtype = a.bias_dtype;
   p.act = a.activation;
   const cudaStream_t s = as_stream(a.stream);
-  using DT = DType;
-  if (a.in_dtype == DT::f32 && a.out_dtype == DT::f32) launch<float, float, float>(p, s);
-  else if (a.in_dtype == DT::f16 && a.out_dtype == DT::f16) launch<__half, float, __half>(p, s);
-  else if (a.in_dtype == DT::f16 && a.out_dtype == DT::f32) launch<__half, float, float>(p, s);
-  else if (a.in_dtype == DT::bf16 && a.out_dtype == DT::bf16)
-    launch<__nv_bfloat16, float, __nv_bfloat16>(p, s);
-  else if (a.in_dtype == DT::bf16 && a.out_dtype == DT::f32) launch<__nv_bfloat16, float, float>(p, s);
-  else if (a.in_dtype == DT::i8 && a.out_dtype == DT::i32) launch<int8_t, int32_t, int32_t>(p, s);
-  else throw CudaError("conv2d: unsupported dtype combination");
+  dispatch_element_types(a.in_dtype, a.out_dtype, "conv2d", [&](auto in, auto acc, auto out) {
+    launch<typename decltype(in)::type, typename decltype(acc)::type,
+           typename decltype(out)::type>(p, s);
+  });
   return "conv2d_depthwise_nhwc_v" + std::to_string(vec);
 }
 

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 #include <type_traits>
+#include <string>
 #include "cuda/api.h"
 
 namespace lepton {
@@ -55,6 +56,30 @@ template <typename TOut, typename TAcc>
 __device__ __forceinline__ TOut from_acc(TAcc v) {
   if constexpr (std::is_integral<TAcc>::value) return static_cast<TOut>(v);
   else return from_float<TOut>(v);
+}
+
+}  // namespace lepton
+
+namespace lepton {
+
+// Names an element type for a generic lambda: f(ElementType<float>{}, ...).
+template <typename T> struct ElementType { using type = T; };
+
+// Calls f(ElementType<TIn>, ElementType<TAcc>, ElementType<TOut>) for the operand/output
+// dtype pairs the kernels support (the API's dtype rules); throws for any other pair.
+template <typename F>
+void dispatch_element_types(DType in, DType out, const char* op, F&& f) {
+  using DT = DType;
+  using f32 = ElementType<float>;
+  if (in == DT::f32 && out == DT::f32) f(f32{}, f32{}, f32{});
+  else if (in == DT::f16 && out == DT::f16) f(ElementType<__half>{}, f32{}, ElementType<__half>{});
+  else if (in == DT::f16 && out == DT::f32) f(ElementType<__half>{}, f32{}, f32{});
+  else if (in == DT::bf16 && out == DT::bf16)
+    f(ElementType<__nv_bfloat16>{}, f32{}, ElementType<__nv_bfloat16>{});
+  else if (in == DT::bf16 && out == DT::f32) f(ElementType<__nv_bfloat16>{}, f32{}, f32{});
+  else if (in == DT::i8 && out == DT::i32)
+    f(ElementType<int8_t>{}, ElementType<int32_t>{}, ElementType<int32_t>{});
+  else throw CudaError(std::string(op) + ": unsupported dtype combination");
 }
 
 }  // namespace lepton

@@ -51,14 +51,10 @@ void launch_generic(const GemmArgs& g) {
 }  // namespace
 
 std::string gemm_generic(const GemmArgs& g) {
-  using DT = DType;
-  if (g.in_dtype == DT::f32 && g.out_dtype == DT::f32) launch_generic<float, float, float>(g);
-  else if (g.in_dtype == DT::f16 && g.out_dtype == DT::f16) launch_generic<__half, float, __half>(g);
-  else if (g.in_dtype == DT::f16 && g.out_dtype == DT::f32) launch_generic<__half, float, float>(g);
-  else if (g.in_dtype == DT::bf16 && g.out_dtype == DT::bf16) launch_generic<__nv_bfloat16, float, __nv_bfloat16>(g);
-  else if (g.in_dtype == DT::bf16 && g.out_dtype == DT::f32) launch_generic<__nv_bfloat16, float, float>(g);
-  else if (g.in_dtype == DT::i8 && g.out_dtype == DT::i32) launch_generic<int8_t, int32_t, int32_t>(g);
-  else throw CudaError("gemm: unsupported dtype combination");
+  dispatch_element_types(g.in_dtype, g.out_dtype, "gemm", [&](auto in, auto acc, auto out) {
+    launch_generic<typename decltype(in)::type, typename decltype(acc)::type,
+                   typename decltype(out)::type>(g);
+  });
   return "gemm_generic";
 }
 
