@@ -44,24 +44,14 @@ def _ids(cfg):
     return "{}-{}x{}-{}".format(*cfg)
 
 
-@pytest.mark.parametrize("cfg", FAST, ids=_ids)
+@pytest.mark.parametrize(
+    "cfg", FAST + [pytest.param(cfg, marks=pytest.mark.slow) for cfg in SLOW], ids=_ids)
 def test_matmul(cfg):
     sim, rows, cols, dtype = cfg
     _need(sim)
     _, bdir = harness.run(sim, rows, cols, dtype, name="default",
                           env={"LEPTON_COVERAGE_REQUIRE": ALL_POINTS})
     cov = _coverage(bdir, "default")
-    assert all(v == 100 for v in cov.values()), cov
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("cfg", SLOW, ids=_ids)
-def test_matmul_more_configs(cfg):
-    sim, rows, cols, dtype = cfg
-    _need(sim)
-    _, bdir = harness.run(sim, rows, cols, dtype, name="more",
-                          env={"LEPTON_COVERAGE_REQUIRE": ALL_POINTS})
-    cov = _coverage(bdir, "more")
     assert all(v == 100 for v in cov.values()), cov
 
 
