@@ -15,12 +15,11 @@
 // consumers with setmaxnreg. Edge tiles: TMA zero-fills out-of-range rows and K,
 // and the epilogue checks bounds.
 #include <cuda.h>
-#include <cudaTypedefs.h>
-#include <mutex>
 #include <string>
 #include "cuda/matmul_common.cuh"
 #include "cuda/matmul_kernels.h"
 #include "cuda/mma_ptx.cuh"
+#include "cuda/tensor_map.h"
 #include "cuda/wgmma_ptx.cuh"
 
 namespace lepton {
@@ -131,40 +130,6 @@ __global__ void __launch_bounds__(THREADS, 1)
 #endif  // LEPTON_SM90A
 }
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point: no link to libcuda.
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) ==
-            cudaSuccess &&
-        q == cudaDriverEntryPointSuccess)
-      fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-    cudaGetLastError();
-  });
-  return fn;
-}
-
-// A K-major operand (rows x K, row stride `ld` elements) as a 3-D tensor map
-// {K, rows, batch} with a box of {64, box_rows, 1}. Returns false if the driver refuses.
-bool make_map(CUtensorMap* map, const void* ptr, CUtensorMapDataType dt, int64_t K, int64_t rows, int64_t ld,
-              int64_t batch, int64_t batch_stride, int box_rows) {
-  auto encode = encode_fn();
-  if (!encode) return false;
-  const bool batched = batch > 1 && batch_stride != 0;
-  cuuint64_t dims[3] = {cuuint64_t(K), cuuint64_t(rows), cuuint64_t(batched ? batch : 1)};
-  // Byte strides of dims 1 and 2; an unused batch dimension still needs a legal stride.
-  cuuint64_t strides[2] = {cuuint64_t(ld) * 2, cuuint64_t(batched ? batch_stride : ld * rows) * 2};
-  cuuint32_t box[3] = {cuuint32_t(BK), cuuint32_t(box_rows), 1};
-  cuuint32_t elem_strides[3] = {1, 1, 1};
-  CUresult r = encode(map, dt, 3, const_cast<void*>(ptr), dims, strides, box, elem_strides,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
-}
-
 template <typename T>
 void launch(const CUtensorMap& ta, const CUtensorMap& tb, const WgmmaParams& wp) {
   auto* fn = gemm_wgmma_kernel<T>;
@@ -195,8 +160,8 @@ std::string gemm_wgmma_sm90(const GemmProblem& p, DType in) {
   const CUtensorMapDataType dt =
       in == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   CUtensorMap ta, tb;
-  if (!make_map(&ta, p.a, dt, p.K, p.M, p.a_m, p.batch, p.a_batch, BM)) return "";
-  if (!make_map(&tb, p.b, dt, p.K, p.N, p.b_n, p.batch, p.b_batch, BN)) return "";
+  if (!make_kmajor_map(&ta, p.a, dt, p.K, p.M, p.a_m, p.batch, p.a_batch, BK, BM)) return "";
+  if (!make_kmajor_map(&tb, p.b, dt, p.K, p.N, p.b_n, p.batch, p.b_batch, BK, BN)) return "";
   WgmmaParams wp;
   wp.p = p;
   wp.a_batched = p.batch > 1 && p.a_batch != 0;
