@@ -20,7 +20,12 @@ except ImportError:  # pragma: no cover - ml_dtypes is a package dependency
 
 from cuda_device import SKIP_REASON, DeviceBuffers, _core
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
+
+
+def gpu(fn):
+    """Marks a test that needs a CUDA device (skipped with the reason without one)."""
+    return pytest.mark.gpu(pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")(fn))
+
 
 F32, F16, BF16, I8, I32 = 0, 1, 2, 3, 4
 NP_DTYPE = {
@@ -257,6 +262,7 @@ SHAPES = [
 ]
 
 
+@gpu
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -271,6 +277,7 @@ def test_shapes(rng, cc, kernel, dt, shape, b_layout):
 LAYOUTS = ["row", "col", "ld", "col_ld", "strided", "offset"]
 
 
+@gpu
 @pytest.mark.parametrize("kernel", ["simt", "mma", "wgmma"])
 @pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("a_layout", LAYOUTS)
@@ -281,6 +288,7 @@ def test_layouts(rng, cc, kernel, dt, a_layout, b_layout):
           a_layout=a_layout, b_layout=b_layout)
 
 
+@gpu
 @pytest.mark.parametrize("kernel", ["simt", "mma", "wgmma"])
 @pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("c_layout", ["row", "col", "ld"])
@@ -294,6 +302,7 @@ def test_epilogue(rng, cc, kernel, dt, c_layout, act, bias):
           b_layout="col", c_layout=c_layout, bias=bias, activation=act)
 
 
+@gpu
 @pytest.mark.parametrize("kernel", ["simt", "mma", "wgmma"])
 @pytest.mark.parametrize("dt", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layouts", [("row", "row"), ("row", "col"), ("col", "bcast"),
@@ -304,6 +313,7 @@ def test_batched(rng, cc, kernel, dt, layouts):
           tf32=tf32, a_layout=layouts[0], b_layout=layouts[1], bias=True, activation=RELU)
 
 
+@gpu
 @pytest.mark.parametrize("kernel", ["mma", "wgmma"])
 @pytest.mark.parametrize("dt", [d for d in DTYPES if d[0] in ("bf16", "f16", "i8")],
                          ids=lambda d: d[0])
@@ -316,6 +326,7 @@ def test_large_tiles(rng, cc, kernel, dt):
           a_layout="row", b_layout="row")
 
 
+@gpu
 def test_on_a_stream(rng):
     """Work is ordered on the stream given: memset, gemm and copy all on one stream."""
     stream = _core.cuda_stream_create()
@@ -329,6 +340,7 @@ def test_on_a_stream(rng):
         _core.cuda_stream_destroy(stream)
 
 
+@gpu
 def test_env_var_selects_the_kernel(rng, monkeypatch):
     monkeypatch.setenv("LEPTON_ACCEL_GEMM_KERNEL", "generic")
     name, err, _ = run_case(rng, M=40, N=50, K=60, in_dtype=F32, out_dtype=F32)
@@ -341,11 +353,13 @@ def test_env_var_selects_the_kernel(rng, monkeypatch):
         run_case(rng, M=4, N=4, K=4, in_dtype=F32, out_dtype=F32)
 
 
+@gpu
 def test_bad_dtype_pair_raises(rng):
     with pytest.raises(_core.CudaError, match="dtype"):
         run_case(rng, M=4, N=4, K=4, in_dtype=F32, out_dtype=F16)
 
 
+@gpu
 def test_launch_error_names_the_kernel():
     """A grid the device refuses becomes a CudaError naming the kernel and the error."""
     M = 70000 * 32  # generic kernel: grid.y = M / 32 > 65535
@@ -356,3 +370,120 @@ def test_launch_error_names_the_kernel():
         with pytest.raises(_core.CudaError, match=r"gemm_generic_kernel: cuda\w+"):
             _core.cuda_gemm(pa, pb, pc, 0, 1, M, 1, 1, (0, 1, 1), (0, 1, 1), (0, 1, 1),
                             F32, F32, NONE, False, 0, kernel="generic")
+
+
+# ---- CPU: the backend's marshalling against a NumPy model of the binding -------------------
+
+class FakeGemmCore:
+    """`_core`'s memory and `cuda_gemm` as documented, on NumPy: host buffers go through
+    the buffer protocol (as pybind11's py::buffer does), and every element a GEMM reads
+    or writes must lie inside one allocation."""
+
+    NP = {F32: np.float32, F16: np.float16, BF16: NP_DTYPE[BF16], I8: np.int8, I32: np.int32}
+
+    def __init__(self):
+        self.mem, self.next = {}, 1 << 20
+
+    def cuda_malloc(self, nbytes):
+        ptr = self.next
+        self.mem[ptr] = np.zeros(max(nbytes, 1), np.uint8)
+        self.next += (max(nbytes, 1) + 255) // 256 * 256 + 256
+        return ptr
+
+    def cuda_free(self, ptr):
+        del self.mem[ptr]
+
+    def place(self, host: np.ndarray) -> int:
+        """Device memory holding `host`'s bytes (a test's own 'device array')."""
+        ptr = self.cuda_malloc(host.nbytes)
+        self.mem[ptr][:host.nbytes] = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
+        return ptr
+
+    def _alloc(self, ptr):
+        base = max(b for b in self.mem if b <= ptr)
+        return base, self.mem[base]
+
+    def cuda_copy_to_device(self, dst, src, stream=0):
+        raw = memoryview(src)  # raises for dtypes NumPy exports no buffer for, like py::buffer
+        assert raw.c_contiguous, "the binding copies host buffers as contiguous bytes"
+        base, buf = self._alloc(dst)
+        buf[dst - base:dst - base + raw.nbytes] = np.frombuffer(raw.cast("B"), np.uint8)
+
+    def cuda_copy_to_host(self, dst, src, stream=0):
+        raw = memoryview(dst)
+        assert raw.c_contiguous and not raw.readonly
+        base, buf = self._alloc(src)
+        np.frombuffer(raw.cast("B"), np.uint8)[:] = buf[src - base:src - base + raw.nbytes]
+
+    def _matrix(self, ptr, dt, batch, rows, cols, strides, what):
+        """The (batch, rows, cols) view at ptr, after checking every element is allocated."""
+        base, buf = self._alloc(ptr)
+        item = np.dtype(dt).itemsize
+        assert (ptr - base) % item == 0, f"{what}: misaligned pointer"
+        start = (ptr - base) // item
+        dims = [(n, s) for n, s in zip((batch, rows, cols), strides)]
+        lo = start + sum(min(0, (n - 1) * s) for n, s in dims)
+        hi = start + sum(max(0, (n - 1) * s) for n, s in dims)
+        flat = buf[:buf.size // item * item].view(dt)
+        assert 0 <= lo and hi < flat.size, f"{what}: elements {lo}..{hi} outside the allocation"
+        return np.lib.stride_tricks.as_strided(flat[start:], (batch, rows, cols),
+                                               tuple(s * item for s in strides))
+
+    def cuda_gemm(self, a, b, c, bias, batch, M, N, K, a_strides, b_strides, c_strides,
+                  in_dtype, out_dtype, activation, allow_tf32=False, stream=0, *, kernel="auto"):
+        sa, sb, sc = a_strides, b_strides, c_strides
+        A = self._matrix(a, self.NP[in_dtype], batch, M, K, sa, "a").astype(np.float64)
+        B = self._matrix(b, self.NP[in_dtype], batch, K, N, sb, "b").astype(np.float64)
+        ref = np.matmul(A, B)
+        if bias:
+            ref = ref + self._matrix(bias, self.NP[out_dtype], 1, 1, N, (0, 0, 1), "bias")[0, 0]
+        if activation == RELU:
+            ref = np.maximum(ref, 0)
+        elif activation == GELU:
+            ref = _gelu(ref)
+        self._matrix(c, self.NP[out_dtype], batch, M, N, sc, "c")[...] = ref.astype(self.NP[out_dtype])
+        return "fake"
+
+
+def _reference(a, b, bias, activation):
+    ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    if bias is not None:
+        ref = ref + bias.astype(np.float64)
+    return np.maximum(ref, 0) if activation == "relu" else ref
+
+
+def test_device_batch_with_expanded_operand(monkeypatch):
+    """A device operand broadcast by a zero stride over an outer batch dim, next to an
+    extent-1 batch dim, must not be collapsed into one batch stride (that would read
+    past its memory)."""
+    from lepton_accel.backends import cuda as cuda_backend
+    from lepton_accel.spec import matmul_spec
+
+    fake = FakeGemmCore()
+    monkeypatch.setattr(cuda_backend, "core", fake)
+    rng = np.random.default_rng()
+    M, K, N = 4, 5, 3
+    a = rng.uniform(-1, 1, (3, M, K)).astype(np.float32)           # batch (3,)
+    b_mem = rng.uniform(-1, 1, (1, 3, K, N)).astype(np.float32)   # 3 matrices in memory
+    # b seen as (2, 1, 3, K, N) with a zero stride on the outer dim (torch's expand)
+    b_strides = (0, 3 * K * N, K * N, N, 1)
+    spec = matmul_spec(a.shape, "float32", (2, 1, 3, K, N), "float32")
+    out = np.full(spec.out_shape, np.nan, np.float32)
+    pa, pb, pc = fake.place(a), fake.place(b_mem), fake.place(out)
+    cuda_backend.CudaBackend._launch(
+        spec, [(a.shape, (M * K, K, 1)), ((2, 1, 3, K, N), b_strides)], [pa, pb], pc,
+        spec.out_shape, 0)
+    fake.cuda_copy_to_host(out, pc)
+    b_full = np.broadcast_to(b_mem[None], (2, 1, 3, K, N))
+    np.testing.assert_allclose(out, _reference(a, b_full, None, None), rtol=1e-5, atol=1e-5)
+
+
+def test_collapse_skips_extent_one_batch_dims():
+    from lepton_accel.backends.cuda import _collapse
+
+    # contiguous (2, 1, 3) batches: one stride, whatever the extent-1 dim's stride says
+    assert _collapse((2, 1, 3), [[30, 0, 10], [60, 7, 20]]) == [10, 20]
+    assert _collapse((2, 1, 3), [[0, 0, 0]]) == [0]
+    # broadcast along the outer dim only: not one stride
+    assert _collapse((2, 1, 3), [[0, 0, 10]]) is None
+    assert _collapse((1, 1), [[5, 9]]) == [0]

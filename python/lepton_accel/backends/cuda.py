@@ -89,16 +89,24 @@ def _batch_strides(view_shape, view_strides, batch_shape):
 
 
 def _collapse(batch_shape, per_operand):
-    """One stride per operand for all batch dims, or None when they do not collapse."""
+    """One stride per operand for all batch dims, or None when they do not collapse.
+
+    Dims of extent 1 never move the flat batch index, so they are skipped (their
+    stride says nothing); the others must nest: each stride is the next inner
+    dim's stride times its extent (0 stays 0 for a broadcast operand)."""
     result = []
     for strides in per_operand:
-        s_last = strides[-1] if strides else 0
-        expected = s_last
-        for n, s in zip(reversed(batch_shape), reversed(strides)):
-            if n != 1 and s != expected:
+        dims = [(n, s) for n, s in zip(batch_shape, strides) if n != 1]
+        if not dims:
+            result.append(0)
+            continue
+        s_inner = dims[-1][1]
+        expected = s_inner
+        for n, s in reversed(dims):
+            if s != expected:
                 return None
-            expected = s * n if s else 0
-        result.append(s_last if strides else 0)
+            expected = s * n
+        result.append(s_inner)
     return result
 
 
