@@ -452,6 +452,51 @@ def _reference(a, b, bias, activation):
     return np.maximum(ref, 0) if activation == "relu" else ref
 
 
+HOST_CASES = [  # (a shape, b shape)
+    ((5, 7), (7, 3)),
+    ((7,), (7, 3)),                     # 1-D a: a 1 x K row
+    ((2, 5, 7), (7,)),                  # 1-D b: a K x 1 column
+    ((2, 1, 3, 5, 7), (3, 7, 4)),       # extent-1 batch dim between broadcast ones
+    ((4, 1, 5, 7), (1, 3, 7, 4)),       # both operands broadcast
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("shapes", HOST_CASES, ids=lambda s: f"{s[0]}@{s[1]}")
+def test_host_marshalling_matches_reference(monkeypatch, dtype, shapes):
+    """The host path (copies through the buffer protocol, strides, batches, 1-D
+    promotion) gives NumPy's answer when the binding does what it documents."""
+    from lepton_accel.arrays import as_view
+    from lepton_accel.backends import cuda as cuda_backend
+    from lepton_accel.dtypes import DTYPES as NP_OF
+    from lepton_accel.spec import matmul_spec
+
+    monkeypatch.setattr(cuda_backend, "core", FakeGemmCore())
+    rng = np.random.default_rng()
+    a_shape, b_shape = shapes
+    if dtype == "int8":
+        a = rng.integers(-100, 100, a_shape).astype(np.int8)
+        b = rng.integers(-100, 100, b_shape).astype(np.int8)
+    else:
+        a = rng.uniform(-1, 1, a_shape).astype(NP_OF[dtype])
+        b = rng.uniform(-1, 1, b_shape).astype(NP_OF[dtype])
+    out_dtype = "int32" if dtype == "int8" else dtype
+    bias = None
+    if len(b_shape) >= 2:
+        bias = rng.uniform(-9, 9, b_shape[-1]).astype(NP_OF[out_dtype])
+    spec = matmul_spec(a.shape, dtype, b.shape, dtype, activation="relu", out_dtype=out_dtype,
+                       bias_shape=None if bias is None else bias.shape,
+                       bias_dtype=None if bias is None else out_dtype)
+    views = [as_view(a, "a"), as_view(b, "b")] + ([as_view(bias, "bias")] if bias is not None else [])
+    out = cuda_backend.CudaBackend()._matmul_host(spec, views)
+    ref = _reference(a, b, bias, "relu")
+    assert out.shape == ref.shape and out.dtype == NP_OF[out_dtype]
+    if dtype == "int8":
+        np.testing.assert_array_equal(out, ref)
+    else:
+        np.testing.assert_allclose(out.astype(np.float64), ref, rtol=2e-2, atol=2e-2)
+
+
 def test_device_batch_with_expanded_operand(monkeypatch):
     """A device operand broadcast by a zero stride over an outer batch dim, next to an
     extent-1 batch dim, must not be collapsed into one batch stride (that would read

@@ -164,13 +164,14 @@ class CudaBackend:
             for h in hosts:
                 buf = _DeviceBuffer(h.nbytes)
                 buffers.append(buf)
-                core.cuda_copy_to_device(buf.ptr, h)
+                # as bytes: NumPy exports no buffer for bfloat16 (ml_dtypes)
+                core.cuda_copy_to_device(buf.ptr, h.reshape(-1).view(np.uint8))
                 ptrs.append(buf.ptr)
             c_buf = _DeviceBuffer(out.nbytes)
             buffers.append(c_buf)
             views = [(h.shape, tuple(s // h.itemsize for s in h.strides)) for h in hosts[:2]]
             self._launch(spec, views, ptrs, c_buf.ptr, out.shape, 0)
-            core.cuda_copy_to_host(out, c_buf.ptr)
+            core.cuda_copy_to_host(out.reshape(-1).view(np.uint8), c_buf.ptr)
         finally:
             for buf in buffers:
                 buf.free()
