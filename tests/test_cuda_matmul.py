@@ -532,3 +532,20 @@ def test_collapse_skips_extent_one_batch_dims():
     # broadcast along the outer dim only: not one stride
     assert _collapse((2, 1, 3), [[0, 0, 10]]) is None
     assert _collapse((1, 1), [[5, 9]]) == [0]
+
+
+def test_device_bias_must_be_contiguous(monkeypatch):
+    """The kernels read the bias with unit stride; a strided device bias is refused."""
+    from lepton_accel.arrays import ArrayView
+    from lepton_accel.backends.cuda import CudaBackend
+    from lepton_accel.spec import matmul_spec
+
+    monkeypatch.setattr(CudaBackend, "available", lambda self: (True, ""))
+    spec = matmul_spec((4, 5), "float32", (5, 6), "float32", bias_shape=(6,), bias_dtype="float32")
+    dev = dict(device="cuda:0", ptr=1 << 20)
+    a = ArrayView("a", (4, 5), "float32", (5, 1), **dev)
+    b = ArrayView("b", (5, 6), "float32", (6, 1), **dev)
+    ok, _ = CudaBackend().supports(spec, [a, b, ArrayView("bias", (6,), "float32", (1,), **dev)])
+    assert ok
+    ok, why = CudaBackend().supports(spec, [a, b, ArrayView("bias", (6,), "float32", (2,), **dev)])
+    assert not ok and "contiguous" in why

@@ -132,6 +132,10 @@ class CudaBackend:
             if not (spec.op == "conv2d" and spec.out_dtype != "int32"
                     and operands[2].dtype == "float32"):
                 return False, f"bias on the device must have the output dtype {spec.out_dtype}"
+        if devices and spec.bias and operands[2].shape[0] > 1 and operands[2].strides[0] != 1:
+            # the kernels read bias[i] with unit stride
+            return False, (f"bias on the device must be contiguous (element stride "
+                           f"{operands[2].strides[0]})")
         return True, ""
 
     def estimate(self, spec: OpSpec, operands=None) -> float:
