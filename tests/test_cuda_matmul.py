@@ -360,16 +360,29 @@ def test_bad_dtype_pair_raises(rng):
 
 
 @gpu
-def test_launch_error_names_the_kernel():
-    """A grid the device refuses becomes a CudaError naming the kernel and the error."""
-    M = 70000 * 32  # generic kernel: grid.y = M / 32 > 65535
+def test_generic_runs_more_row_tiles_than_grid_y_allows(rng):
+    """M / 32 > 65535 row tiles: the generic kernel steps over them (grid.y is capped)."""
+    M, N, K = 70000 * 32 + 5, 3, 2
+    a = rng.uniform(-1, 1, (M, K)).astype(np.float32)
+    b = rng.uniform(-1, 1, (K, N)).astype(np.float32)
+    c = np.empty((M, N), np.float32)
     with DeviceBuffers() as bufs:
-        pa = bufs.alloc(M * 4)
-        pb = bufs.alloc(4)
-        pc = bufs.alloc(M * 4)
-        with pytest.raises(_core.CudaError, match=r"gemm_generic_kernel: cuda\w+"):
-            _core.cuda_gemm(pa, pb, pc, 0, 1, M, 1, 1, (0, 1, 1), (0, 1, 1), (0, 1, 1),
-                            F32, F32, NONE, False, 0, kernel="generic")
+        pa, pb = bufs.upload(a), bufs.upload(b)
+        pc = bufs.alloc(c.nbytes)
+        name = _core.cuda_gemm(pa, pb, pc, 0, 1, M, N, K, (0, K, 1), (0, N, 1), (0, N, 1),
+                               F32, F32, NONE, False, 0, kernel="generic")
+        _core.cuda_copy_to_host(c, pc)
+    assert name == "gemm_generic"
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(c - ref).max() < 1e-5
+
+
+def test_cuda_error_names_the_call():
+    """A failing CUDA call becomes a CudaError naming the call and CUDA's error."""
+    if _core is None or not hasattr(_core, "cuda_malloc"):
+        pytest.skip("this build has no CUDA kernels")
+    with pytest.raises(_core.CudaError, match=r"cudaMalloc: cuda\w+ \("):
+        _core.cuda_malloc(1 << 62)  # out of memory (or no driver): refused at once, not sticky
 
 
 # ---- CPU: the backend's marshalling against a NumPy model of the binding -------------------
