@@ -38,7 +38,8 @@ void register_cuda_conv(py::module_& m) {
         else if (kernel == "generic") a.kernel = ConvKernel::generic;
         else if (kernel == "depthwise") a.kernel = ConvKernel::depthwise;
         else if (kernel == "mma") a.kernel = ConvKernel::mma;
-        else throw py::value_error("kernel must be auto, generic, depthwise or mma");
+        else if (kernel == "wgmma") a.kernel = ConvKernel::wgmma;
+        else throw py::value_error("kernel must be auto, generic, depthwise, mma or wgmma");
         py::gil_scoped_release nogil;
         return conv2d(a);
       },
@@ -51,6 +52,6 @@ void register_cuda_conv(py::module_& m) {
       "dil_h, dil_w, groups); strides in elements along (n, c, h, w) for x and y and\n"
       "(oc, c, kh, kw) for w, so any layout works. dtype codes as cuda_gemm; bias_dtype is\n"
       "the output dtype or float32 (float outputs). kernel: 'auto' (or\n"
-      "LEPTON_ACCEL_CONV_KERNEL), 'generic', 'depthwise' or 'mma'; a family that cannot run\n"
-      "the problem falls back to 'generic'.");
+      "LEPTON_ACCEL_CONV_KERNEL), 'generic', 'depthwise', 'mma' or 'wgmma'; a family that\n"
+      "cannot run the problem falls back (wgmma -> mma -> generic, depthwise -> generic).");
 }

@@ -9,12 +9,13 @@ namespace lepton {
 
 // Which kernel family to prefer. auto_ picks the fastest that can run the problem
 // (the environment variable LEPTON_ACCEL_CONV_KERNEL may name one); a named family
-// that cannot run the problem falls back to generic, and the returned name says
-// what ran.
+// that cannot run the problem falls back (wgmma -> mma -> generic, depthwise ->
+// generic), and the returned name says what ran.
 //   generic    direct convolution, any case
 //   depthwise  one input channel per group (groups == C), any channel multiplier
 //   mma        NHWC implicit GEMM on tensor cores (mma.sync, sm_80+), 16/8-bit types
-enum class ConvKernel : int { auto_ = 0, generic = 1, depthwise = 2, mma = 3 };
+//   wgmma      NHWC implicit GEMM with wgmma (sm_90a), f16/bf16, C/groups % 64 == 0
+enum class ConvKernel : int { auto_ = 0, generic = 1, depthwise = 2, mma = 3, wgmma = 4 };
 
 // y = act(conv2d(x, w) + bias), PyTorch's cross-correlation. Every tensor is
 // described by its logical dimensions and element strides, so NCHW, NHWC and
