@@ -353,13 +353,13 @@ class ConvCore(wiring.Component):
         bias_reg = Signal(C * aw)
         d_row = Signal(range(R))
         c_fire, out_last = drain_output(
-            m, self, array, draining=draining, bias_en=bias_en, bias_full=bias_full,
-            bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0, n_valid=p["ocg"],
-            aw=aw)
+            m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
+            bias_full=bias_full, bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0,
+            n_valid=p["ocg"], aw=aw)
         with m.If(c_fire):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(out_last):
-                m.d.sync += [d_row.eq(0), draining.eq(0), bias_full.eq(0),
+                m.d.sync += [d_row.eq(0), draining.eq(0),
                              self.tiles_done.eq(self.tiles_done + 1)]
                 with m.If(d_final):
                     m.d.sync += self.busy.eq(0)

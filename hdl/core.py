@@ -16,20 +16,21 @@ def beat_layout(width: int) -> data.StructLayout:
     return data.StructLayout({"data": width, "last": 1})
 
 
-def drain_output(m, comp, array, *, draining, bias_en, bias_full, bias_reg, d_row, d_rows,
-                 d_col0, n_valid, aw: int):
+def drain_output(m, comp, array, *, busy, draining, final, bias_en, bias_full, bias_reg, d_row,
+                 d_rows, d_col0, n_valid, aw: int):
     """The drain side both cores share: take one bias beat per tile (when ``bias_en``)
     into ``bias_reg``, flag a bias beat without tlast, and present the array's output
     row on ``comp.c``: lane j = sum + bias (wrapping to ``aw`` bits), zero for columns
-    ``d_col0 + j`` past ``n_valid``; tlast on row ``d_rows - 1``. Returns (c_fire,
-    out_last); a fired beat also shifts the array."""
-    C = len(array.out) // aw
-    m.d.comb += comp.bias.ready.eq(draining & bias_en & ~bias_full)
-    with m.If(comp.bias.valid & comp.bias.ready):
-        m.d.sync += [bias_reg.eq(comp.bias.payload.data), bias_full.eq(1)]
-    m.d.comb += comp.err_bias_last.eq(comp.bias.valid & comp.bias.ready
-                                      & ~comp.bias.payload.last)
+    ``d_col0 + j`` past ``n_valid``; tlast on row ``d_rows - 1``. ``final`` marks the
+    job's last tile. Returns (c_fire, out_last); a fired beat also shifts the array,
+    and the last beat of a tile frees the bias register.
 
+    A tile's bias beat is taken as soon as the register is free: while the tile is
+    still computing, or in the same cycle as the previous tile's last output beat. So
+    the bias never delays an output beat at full stream rate, and CYCLES is the same
+    with and without BIAS_EN. The job's last beat takes no bias (the next beat on the
+    stream belongs to the next job)."""
+    C = len(array.out) // aw
     lanes = []
     for j in range(C):
         s = array.out[j * aw:(j + 1) * aw]
@@ -44,6 +45,17 @@ def drain_output(m, comp, array, *, draining, bias_en, bias_full, bias_reg, d_ro
     ]
     c_fire = Signal()
     m.d.comb += [c_fire.eq(comp.c.valid & comp.c.ready), array.shift.eq(c_fire)]
+
+    handoff = Signal()
+    m.d.comb += [
+        handoff.eq(c_fire & out_last & ~final),
+        comp.bias.ready.eq(busy & bias_en & (~bias_full | handoff)),
+        comp.err_bias_last.eq(comp.bias.valid & comp.bias.ready & ~comp.bias.payload.last),
+    ]
+    with m.If(c_fire & out_last):
+        m.d.sync += bias_full.eq(0)
+    with m.If(comp.bias.valid & comp.bias.ready):  # after the clear: a handoff refills it
+        m.d.sync += [bias_reg.eq(comp.bias.payload.data), bias_full.eq(1)]
     return c_fire, out_last
 
 
@@ -186,13 +198,13 @@ class MatmulCore(wiring.Component):
 
         # --- drain --------------------------------------------------------------
         c_fire, out_last = drain_output(
-            m, self, array, draining=draining, bias_en=bias_en, bias_full=bias_full,
-            bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0, n_valid=n_r, aw=aw)
+            m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
+            bias_full=bias_full, bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0,
+            n_valid=n_r, aw=aw)
         with m.If(c_fire):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(out_last):
-                m.d.sync += [draining.eq(0), bias_full.eq(0),
-                             self.tiles_done.eq(self.tiles_done + 1)]
+                m.d.sync += [draining.eq(0), self.tiles_done.eq(self.tiles_done + 1)]
                 with m.If(d_final):
                     m.d.sync += self.busy.eq(0)
                     m.d.comb += self.done.eq(1)

@@ -331,18 +331,20 @@ async def test_cycle_count(dut):
         {"x": [2, 7, 7, 3], "w": [C + 1, 3, 3, 3], "stride": 2, "padding": 1},
         {"x": [1, 4, 4, 4], "w": [4, 1, 3, 3], "stride": 1, "padding": 1, "groups": 4},
     ]
+    # The default layers run without and with a bias: the bias stream must cost no cycles.
+    variants = (False,) if os.environ.get("LEPTON_UTIL_LAYERS") else (False, True)
     results = []
-    for L in layers:
+    for L, with_bias in [(L, wb) for L in layers for wb in variants]:
         job = cr.ConvJob.make(L["x"], L["w"], L.get("stride", 1), L.get("padding", 0),
                               L.get("dilation", 1), L.get("groups", 1))
         x = tb.rand(tuple(L["x"]))
         w = tb.rand(tuple(L["w"]))
-        cycles = await tb.run_job(x, w, None, job)
+        cycles = await tb.run_job(x, w, tb.rand_bias(job.oc) if with_bias else None, job)
         expect = cr.expected_cycles(job, R, C, tb.x_lanes)
         util = cr.useful_macs(job) / (R * C * cycles)
         load = await tb.read("LOAD_CYCLES")
-        dut._log.info("%s on %dx%d: %d cycles (model %d, load %d), utilisation %.4f",
-                      job, R, C, cycles, expect, load, util)
+        dut._log.info("%s bias=%s on %dx%d: %d cycles (model %d, load %d), utilisation %.4f",
+                      job, with_bias, R, C, cycles, expect, load, util)
         assert cycles == expect, (cycles, expect)
         assert await tb.read("STALL_IN") == 0
         results.append(dict(layer=L, rows=R, cols=C, dtype=tb.dtype, cycles=cycles,

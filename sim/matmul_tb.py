@@ -342,13 +342,15 @@ async def test_cycle_count(dut):
     sizes = json.loads(os.environ.get("LEPTON_UTIL_SIZES", "[]")) or \
         [[2 * R + 1, 2 * C, 4 * (R + C)], [R, C, 1]]
     results = []
-    for m, n, k in sizes:
+    # The default sizes run without and with a bias: the bias stream must cost no cycles.
+    variants = (False,) if os.environ.get("LEPTON_UTIL_SIZES") else (False, True)
+    for (m, n, k), with_bias in [(s, wb) for s in sizes for wb in variants]:
         a, b = tb.rand_matrix((m, k)), tb.rand_matrix((k, n))
-        cycles = await tb.run_job(a, b)
+        cycles = await tb.run_job(a, b, tb.rand_bias(n) if with_bias else None)
         expect = regmap.expected_cycles(m, n, k, R, C)
         util = m * n * k / (R * C * cycles)
-        dut._log.info("M=%d N=%d K=%d on %dx%d: %d cycles (model %d), utilisation %.4f",
-                      m, n, k, R, C, cycles, expect, util)
+        dut._log.info("M=%d N=%d K=%d bias=%s on %dx%d: %d cycles (model %d), utilisation %.4f",
+                      m, n, k, with_bias, R, C, cycles, expect, util)
         assert cycles == expect
         assert await tb.read("STALL_IN") == 0
         results.append(dict(m=m, n=n, k=k, rows=R, cols=C, dtype=tb.dtype, cycles=cycles,
