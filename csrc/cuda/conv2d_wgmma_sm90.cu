@@ -51,6 +51,8 @@
 // gives the producer 56 and the consumers 224: 128 * 56 + 256 * 224 = 384 * 168.
 #include <cuda.h>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include "cuda/conv2d_common.cuh"
 #include "cuda/conv2d_wgmma_sm90.h"
@@ -332,8 +334,18 @@ void launch_bn(int bn, const CUtensorMap& tw, const ConvWgmmaParams& p, int64_t 
 
 // The narrowest of 64/128/256 that covers OC/groups in one tile; then, while the grid
 // would leave multiprocessors idle (one block fits per SM), narrower tiles for more
-// blocks. A heuristic to be tuned with benchmarks/bench_cuda_conv2d.py.
+// blocks. A heuristic to be tuned with benchmarks/bench_cuda_conv2d.py. The
+// environment variable LEPTON_ACCEL_CONV_WGMMA_BN=64|128|256 overrides it, so that
+// tests can run every width on small problems and benchmarks can compare them.
 int choose_bn(int64_t M, int64_t OCg, int64_t groups, int sm_count) {
+  if (const char* env = std::getenv("LEPTON_ACCEL_CONV_WGMMA_BN")) {
+    if (*env) {
+      if (std::strcmp(env, "64") == 0) return 64;
+      if (std::strcmp(env, "128") == 0) return 128;
+      if (std::strcmp(env, "256") == 0) return 256;
+      throw CudaError(std::string("LEPTON_ACCEL_CONV_WGMMA_BN must be 64, 128 or 256, not '") + env + "'");
+    }
+  }
   int bn = OCg <= 64 ? 64 : (OCg <= 128 ? 128 : 256);
   const int64_t tiles_m = (M + BM - 1) / BM;
   while (bn > 64 && tiles_m * ((OCg + bn - 1) / bn) * groups < sm_count) bn /= 2;
