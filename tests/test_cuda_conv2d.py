@@ -44,11 +44,53 @@ DTYPES = [
     ("bf16_f32", "bfloat16", "float32", 1e-2),
     ("i8", "int8", "int32", 0),
 ]
-KERNELS = ["generic", "depthwise", "mma", "auto"]
+KERNELS = ["generic", "depthwise", "mma", "wgmma", "auto"]
 
 
 def compute_capability() -> tuple[int, int]:
     return tuple(_core.cuda_device_props(0)["compute_capability"])
+
+
+def hopper_build() -> bool:
+    """The Hopper (wgmma) conv kernel can run: a compute-capability 9.0 device and an
+    sm_90a pass in this build."""
+    archs = str(_core.BUILD_INFO.get("cuda_architectures", ""))
+    return compute_capability() == (9, 0) and "90a" in archs.split(",")
+
+
+def wgmma_eligible(case, dtype, out_dtype) -> bool:
+    """What the dispatcher asks of a problem for the wgmma kernel, beyond the device:
+    16-bit operands, an output of the same type or float32, C/groups a multiple of 64
+    (the small test shapes are far from the 32-bit index limits)."""
+    return (dtype in ("float16", "bfloat16") and out_dtype in (dtype, "float32")
+            and (case["c"] // case["groups"]) % 64 == 0)
+
+
+def expected_bn(case, layout="NHWC") -> int:
+    """The wgmma tile width the host picks (conv2d_wgmma_sm90.cu, choose_bn): the narrowest
+    of 64/128/256 covering OC/groups, halved while the grid has fewer blocks than SMs."""
+    spec = case_spec(case, "bfloat16", "bfloat16", layout, False, None)
+    oh, ow = spec.out_shape[2:] if layout == "NCHW" else spec.out_shape[1:3]
+    m, ocg, g = case["n"] * oh * ow, case["oc"] // case["groups"], case["groups"]
+    sms = _core.cuda_device_props(0)["sm_count"]
+    bn = 64 if ocg <= 64 else 128 if ocg <= 128 else 256
+    while bn > 64 and -(-m // 128) * -(-ocg // bn) * g < sms:
+        bn //= 2
+    return bn
+
+
+def check_family(name, case, dtype, out_dtype, kernel):
+    """The wgmma kernel runs exactly when asked for (or auto) on a Hopper build and the
+    problem allows it; elsewhere a forced 'wgmma' falls back to mma.sync or generic."""
+    wg = name.startswith("conv2d_igemm_wgmma_sm90_")
+    if kernel in ("wgmma", "auto") and hopper_build() and wgmma_eligible(case, dtype, out_dtype):
+        assert wg, f"expected the wgmma kernel, {name} ran"
+    elif kernel not in ("wgmma", "auto"):
+        assert not wg, f"{kernel} forced, yet {name} ran"
+    if not hopper_build():
+        assert not wg, f"{name} ran on compute capability {compute_capability()}"
+    if kernel == "wgmma" and not wg:
+        assert name.startswith(("conv2d_igemm_mma_sm80_", "conv2d_generic")), name
 
 
 # ---- operands ---------------------------------------------------------------------------
@@ -332,6 +374,7 @@ def test_property(case, dt, layout, kernel, bias, activation, x_kind, w_order, y
                                  y_kind=y_kind)
     if kernel == "generic":
         assert name == "conv2d_generic"
+    check_family(name, case, dtype, out_dtype, kernel)
     assert_ok(name, err, intact, tol)
 
 
@@ -361,22 +404,118 @@ def test_layers(rng, layer, dt, layout, kernel):
     name, err, intact = run_case(rng, LAYERS[layer], dtype=dtype, out_dtype=out_dtype,
                                  layout=layout, kernel=kernel, bias=True, activation=act,
                                  y_kind="padded")
+    check_family(name, LAYERS[layer], dtype, out_dtype, kernel)
     assert_ok(name, err, intact, tol)
+
+
+# Shapes aimed at the Hopper kernel (C/groups a multiple of 64): k-steps of one tap and
+# 64 channels over Cg = 64, 128, 192; tile widths 64/128/256; M off multiples of 128;
+# padding, stride and dilation at the image edges; grouped filters.
+WGMMA_CASES = {
+    "cg64_3x3_oc64": case_of(2, 64, 12, 11, 64, 3, 3, padding=1),
+    "cg128_1x1_oc128": case_of(2, 128, 9, 9, 128, 1, 1),
+    "cg192_3x3s2_oc256": case_of(2, 192, 13, 13, 256, 3, 3, stride=2, padding=1),
+    "m49_3x3_oc512": case_of(1, 64, 7, 7, 512, 3, 3, padding=1),
+    "m49_1x1_oc2048": case_of(1, 128, 7, 7, 2048, 1, 1),
+    "ragged_oc136": case_of(2, 64, 9, 9, 136, 1, 1),
+    "ragged_oc72_5x3": case_of(1, 64, 12, 17, 72, 5, 3, padding=(2, 1), dilation=(1, 2)),
+    "s2_dil2_pad_edges": case_of(2, 64, 11, 10, 96, 3, 3, stride=(2, 1), padding=(2, 0),
+                                 dilation=(2, 1)),
+    "same_4x4_asym": case_of(1, 64, 8, 9, 64, 4, 4, padding="same"),
+    "valid_7x7_s3": case_of(1, 128, 23, 20, 40, 7, 7, stride=3),
+    "groups2_cg64": case_of(2, 128, 10, 10, 192, 3, 3, padding=1, groups=2),
+    "groups2_cg64_oc64": case_of(3, 128, 6, 7, 128, 1, 1, groups=2),
+}
+WGMMA_DTYPES = [d for d in DTYPES if d[1] in ("float16", "bfloat16")]
+
+
+@gpu
+@pytest.mark.parametrize("case_name", list(WGMMA_CASES))
+@pytest.mark.parametrize("dt", WGMMA_DTYPES, ids=[d[0] for d in WGMMA_DTYPES])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("bn", ["auto", "64", "128", "256"])
+def test_wgmma_shapes(rng, monkeypatch, case_name, dt, activation, bn):
+    """NHWC x and OHWI w: the kernel reads both in place (no transform suffix). Small
+    problems pick BN 64 on their own; LEPTON_ACCEL_CONV_WGMMA_BN runs every width."""
+    _, dtype, out_dtype, tol = dt
+    case = WGMMA_CASES[case_name]
+    if bn != "auto":
+        monkeypatch.setenv("LEPTON_ACCEL_CONV_WGMMA_BN", bn)
+    else:
+        monkeypatch.delenv("LEPTON_ACCEL_CONV_WGMMA_BN", raising=False)
+    name, err, intact = run_case(rng, case, dtype=dtype, out_dtype=out_dtype, layout="NHWC",
+                                 kernel="wgmma", bias=activation is not None,
+                                 activation=activation, w_order="ohwi", y_kind="padded")
+    check_family(name, case, dtype, out_dtype, "wgmma")
+    if name.startswith("conv2d_igemm_wgmma_sm90_"):
+        tname = {"float16": "f16", "bfloat16": "bf16"}[dtype]
+        want = expected_bn(case) if bn == "auto" else int(bn)
+        assert name == f"conv2d_igemm_wgmma_sm90_{tname}_128x{want}x64", name
+    assert_ok(name, err, intact, tol)
+
+
+@gpu
+@pytest.mark.parametrize("layout,w_order,x_kind,suffix", [
+    ("NCHW", "oihw", "contig", "+x_to_nhwc+w_to_ohwi"),
+    ("NHWC", "oihw", "contig", "+w_to_ohwi"),
+    ("NHWC", "ohwi", "offset", "+x_to_nhwc"),   # misaligned x base
+    ("NHWC", "ohwi", "strided", "+x_to_nhwc"),  # channel stride 2
+])
+def test_wgmma_operand_transforms(rng, layout, w_order, x_kind, suffix):
+    case = WGMMA_CASES["groups2_cg64"]
+    name, err, intact = run_case(rng, case, dtype="bfloat16", layout=layout, kernel="auto",
+                                 bias=True, activation="relu", w_order=w_order, x_kind=x_kind)
+    check_family(name, case, "bfloat16", "bfloat16", "auto")
+    if name.startswith("conv2d_igemm_"):
+        assert name.endswith(suffix), name
+    assert_ok(name, err, intact, 1e-2)
+
+
+@gpu
+@pytest.mark.parametrize("oc,hw,n,bn", [(64, 8, 1, 64), (128, 96, 2, 128), (256, 96, 1, 128),
+                                        (256, 96, 2, 256)])
+def test_wgmma_tile_width(rng, monkeypatch, oc, hw, n, bn):
+    """BN follows OC/groups, halved for small grids (the bn column assumes 132 SMs, an
+    H100 SXM; expected_bn re-derives it for the device at hand)."""
+    monkeypatch.delenv("LEPTON_ACCEL_CONV_WGMMA_BN", raising=False)
+    case = case_of(n, 64, hw, hw, oc, 1, 1)
+    name, err, intact = run_case(rng, case, dtype="bfloat16", layout="NHWC", kernel="wgmma",
+                                 w_order="ohwi")
+    check_family(name, case, "bfloat16", "bfloat16", "wgmma")
+    if name.startswith("conv2d_igemm_wgmma_sm90_"):
+        want = expected_bn(case)
+        if _core.cuda_device_props(0)["sm_count"] == 132:
+            assert want == bn
+        assert name == f"conv2d_igemm_wgmma_sm90_bf16_128x{want}x64", name
+    assert_ok(name, err, intact, 1e-2)
 
 
 @gpu
 def test_paths_taken(rng):
     """The dispatcher picks the family the problem allows, and says so."""
     tc = compute_capability() >= (8, 0)
+    # C = 64: the Hopper kernel's problem on a Hopper build, mma.sync's elsewhere
+    fast = "conv2d_igemm_wgmma_sm90_bf16" if hopper_build() else "conv2d_igemm_mma_sm80_bf16"
     dense = case_of(2, 64, 12, 12, 128, 3, 3, padding=1)
     name, err, ok = run_case(rng, dense, dtype="bfloat16", layout="NHWC", w_order="ohwi")
     assert_ok(name, err, ok, 1e-2)
     if tc:
-        assert name.startswith("conv2d_igemm_mma_sm80_bf16") and "+" not in name, name
+        assert name.startswith(fast) and "+" not in name, name
     name, err, ok = run_case(rng, dense, dtype="bfloat16", layout="NCHW", w_order="oihw")
     assert_ok(name, err, ok, 1e-2)
     if tc:
-        assert name.endswith("+x_to_nhwc+w_to_ohwi"), name
+        assert name.startswith(fast) and name.endswith("+x_to_nhwc+w_to_ohwi"), name
+    name, err, ok = run_case(rng, dense, dtype="bfloat16", layout="NHWC", w_order="ohwi",
+                             kernel="mma")
+    assert_ok(name, err, ok, 1e-2)
+    if tc:  # mma forced: never the Hopper kernel
+        assert name.startswith("conv2d_igemm_mma_sm80_bf16"), name
+    narrow = case_of(2, 32, 12, 12, 128, 3, 3, padding=1)  # C = 32: not a 64-channel k-step
+    name, err, ok = run_case(rng, narrow, dtype="bfloat16", layout="NHWC", w_order="ohwi",
+                             kernel="wgmma")
+    assert_ok(name, err, ok, 1e-2)
+    if tc:
+        assert name.startswith("conv2d_igemm_mma_sm80_bf16"), name
     name, err, ok = run_case(rng, dense, dtype="int8", layout="NHWC", w_order="ohwi")
     assert_ok(name, err, ok, 0)
     if tc:
@@ -390,16 +529,17 @@ def test_paths_taken(rng):
     name, err, ok = run_case(rng, dw, dtype="float16", layout="NCHW", kernel="depthwise")
     assert name == "conv2d_generic", name  # no channels-last vectors: falls back
     stem = case_of(1, 3, 20, 20, 16, 7, 7, stride=2, padding=3)
-    name, err, ok = run_case(rng, stem, dtype="bfloat16", layout="NHWC", kernel="mma")
-    assert name == "conv2d_generic", name  # 3 channels: not whole 16-byte chunks
-    assert_ok(name, err, ok, 1e-2)
+    for kernel in ["mma", "wgmma"]:
+        name, err, ok = run_case(rng, stem, dtype="bfloat16", layout="NHWC", kernel=kernel)
+        assert name == "conv2d_generic", name  # 3 channels: not whole 16-byte chunks
+        assert_ok(name, err, ok, 1e-2)
 
 
 @gpu
 @pytest.mark.parametrize("bias_dtype", ["float32", "bfloat16"])
 def test_bias_in_either_float_dtype(rng, bias_dtype):
-    case = case_of(2, 32, 8, 8, 48, 3, 3, padding=1)
-    for kernel in ["generic", "mma"]:
+    case = case_of(2, 64, 8, 8, 48, 3, 3, padding=1)
+    for kernel in ["generic", "mma", "wgmma"]:
         name, err, ok = run_case(rng, case, dtype="bfloat16", bias=True, bias_dtype=bias_dtype,
                                  kernel=kernel, activation="relu")
         assert_ok(name, err, ok, 1e-2)
@@ -410,7 +550,7 @@ def test_on_a_stream(rng):
     stream = _core.cuda_stream_create()
     try:
         for kernel in KERNELS:
-            name, err, ok = run_case(rng, case_of(2, 32, 10, 10, 64, 3, 3, padding=1),
+            name, err, ok = run_case(rng, case_of(2, 64, 10, 10, 64, 3, 3, padding=1),
                                      dtype="float16", layout="NCHW", kernel=kernel, stream=stream)
             assert_ok(name, err, ok, 1e-2)
     finally:
@@ -439,6 +579,21 @@ def test_env_var_names_the_kernel():
     env = dict(os.environ, LEPTON_ACCEL_CONV_KERNEL="nonsense")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "LEPTON_ACCEL_CONV_KERNEL" in r.stderr
+    assert "wgmma" in r.stderr  # the message lists every family
+
+
+@gpu
+def test_env_var_wgmma(rng, monkeypatch):
+    """LEPTON_ACCEL_CONV_KERNEL=wgmma steers kernel='auto' like kernel='wgmma'."""
+    monkeypatch.setenv("LEPTON_ACCEL_CONV_KERNEL", "wgmma")
+    case = WGMMA_CASES["cg64_3x3_oc64"]
+    name, err, ok = run_case(rng, case, dtype="float16", layout="NHWC", w_order="ohwi")
+    check_family(name, case, "float16", "float16", "wgmma")
+    assert_ok(name, err, ok, 1e-2)
+    if name.startswith("conv2d_igemm_wgmma_sm90_"):
+        monkeypatch.setenv("LEPTON_ACCEL_CONV_WGMMA_BN", "96")
+        with pytest.raises(_core.CudaError, match="LEPTON_ACCEL_CONV_WGMMA_BN"):
+            run_case(rng, case, dtype="float16", layout="NHWC", w_order="ohwi")
 
 
 # ---- GPU: through the public API --------------------------------------------------------
