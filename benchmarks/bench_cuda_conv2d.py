@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cuda_conv2d.py                 # batch 32 and 256, bf16, NHWC
     python benchmarks/bench_cuda_conv2d.py --batch 32 --repeat 30
+    python benchmarks/bench_cuda_conv2d.py --kernel wgmma      # force a family (else auto)
 
 Layers: every distinct convolution of ResNet-50 (torchvision v1.5: stride on the 3x3)
 and the depthwise 3x3 layers of MobileNetV2. Both sides get the same channels-last
@@ -12,8 +13,11 @@ bfloat16 tensors (x NHWC, filters OHWI in memory); PyTorch runs with
 Timing: each side is captured in a CUDA graph of `--inner` calls (so host launch cost
 is out of the numbers on both sides), rotating over copies of x that together exceed
 3x the L2 cache; warm-up replays first, then the median over `--repeat` replays timed
-with CUDA events. Each layer's output is also checked against PyTorch's.
-Writes a Markdown table and a JSON file to benchmarks/results/.
+with CUDA events. Each layer's output is also checked against PyTorch's. `--kernel` forces our kernel
+family (auto, generic, depthwise, mma, wgmma; a family that cannot run a layer falls
+back and the table's kernel column names what ran).
+Writes a Markdown table and a JSON file to benchmarks/results/ (a forced family adds
+its name to the file names).
 """
 from __future__ import annotations
 
@@ -142,7 +146,7 @@ def bench_layer(torch, core, layer, batch, args, l2_bytes):
         return core.cuda_conv2d(x.data_ptr(), w.data_ptr(), y.data_ptr(),
                                 b.data_ptr() if fused else 0, dims, params, tuple(x.stride()),
                                 tuple(w.stride()), tuple(y.stride()), 2, 2, 2, 1 if fused else 0,
-                                torch.cuda.current_stream().cuda_stream)
+                                torch.cuda.current_stream().cuda_stream, kernel=args.kernel)
 
     def theirs(i, fused):
         x = xs[i % copies]
@@ -178,6 +182,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5, help="graph replays before timing")
     ap.add_argument("--repeat", type=int, default=20, help="timed graph replays (median)")
     ap.add_argument("--only", default="", help="substring filter on layer names")
+    ap.add_argument("--kernel", default="auto",
+                    choices=["auto", "generic", "depthwise", "mma", "wgmma"],
+                    help="our kernel family (a family that cannot run a layer falls back)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
 
@@ -218,6 +225,7 @@ def main() -> int:
                 cuda_runtime=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                 torch=torch.__version__, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join([Path(sys.executable).name] + sys.argv), commit=git_commit(),
+                kernel=args.kernel,
                 build=dict(core.BUILD_INFO))
     summary = {}
     for batch in args.batch:
@@ -233,10 +241,12 @@ def main() -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "cuda_conv2d_" + "".join(ch if ch.isalnum() else "_" for ch in meta["device"]).strip("_")
+    if args.kernel != "auto":
+        stem += f"_{args.kernel}"
     (out_dir / f"{stem}.json").write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1))
     lines = [f"# CUDA conv2d vs cuDNN: {meta['device']}", "",
              *(f"- {k}: {meta[k]}" for k in ("driver", "cuda_runtime", "cudnn", "torch", "date",
-                                               "command", "commit")),
+                                               "command", "commit", "kernel")),
              "- dtype bfloat16 (float32 accumulation), NHWC activations, OHWI filters; cuDNN via "
              "PyTorch channels_last with cudnn.benchmark=True; CUDA-graph timing, medians",
              "- ratio = cuDNN time / our time (> 1: ours faster); fused = conv + bias + ReLU, "
