@@ -13,8 +13,9 @@ def random_operand(rng: np.random.Generator, shape, dtype: str, layout: str = "c
     shape = tuple(shape)
 
     def values(shp):
-        if dtype == "int8":
-            v = rng.integers(-128, 128, shp, dtype=np.int8)
+        if dtype in ("int8", "int16"):
+            info = np.iinfo(dtype)
+            v = rng.integers(info.min, info.max + 1, shp, dtype=dtype)
         else:
             v = rng.standard_normal(shp).astype(DTYPES[dtype])
         if v.size and not v.any():

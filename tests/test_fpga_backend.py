@@ -84,6 +84,8 @@ def test_int16_native(rng):
     b[:, 0] = -32768                      # products of 2**30 that wrap the int32 sum
     out = fpga.matmul(a, b)
     np.testing.assert_array_equal(out, ref(a, b))
+    # the public API reaches the same core
+    np.testing.assert_array_equal(la.matmul(a, b, backend="fpga"), ref(a, b))
     # int8 operands also run on the int16 core
     a8, b8 = ints(rng, (5, 6)), ints(rng, (6, 4))
     np.testing.assert_array_equal(fpga.matmul(a8, b8, config=fpga.config_for("int16")),

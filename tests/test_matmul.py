@@ -18,7 +18,7 @@ BACKENDS = [b["name"] for b in la.backends() if b["available"] and b["name"] != 
 def check(out, ref, dtype):
     out = np.asarray(out)
     assert out.shape == ref.shape
-    if dtype == "int8":
+    if dtype in ("int8", "int16"):
         assert out.dtype == np.int32
         np.testing.assert_array_equal(out, ref)
     else:
@@ -32,7 +32,7 @@ def check(out, ref, dtype):
     m=SIZES, n=SIZES, k=SIZES,
     batch=st.sampled_from([(), (3,), (2, 1), (1, 4)]),
     b_batched=st.booleans(),
-    dtype=st.sampled_from(["float32", "float16", "bfloat16", "int8"]),
+    dtype=st.sampled_from(["float32", "float16", "bfloat16", "int8", "int16"]),
     layouts=st.tuples(st.sampled_from("cts"), st.sampled_from("cts")),
     use_bias=st.booleans(),
     activation=st.sampled_from([None, "relu", "gelu"]),
@@ -42,7 +42,9 @@ def check(out, ref, dtype):
 def test_matmul_property(backend, m, n, k, batch, b_batched, dtype, layouts, use_bias,
                          activation, wide_out, seed):
     rng = np.random.default_rng(seed)
-    if dtype == "int8" and activation == "gelu":
+    if dtype == "int16" and backend == "cuda":
+        dtype = "int8"  # the CUDA kernels' integer type; int16 is refused (tested below)
+    if dtype.startswith("int") and activation == "gelu":
         activation = "relu"
     a = random_operand(rng, batch + (m, k), dtype, layouts[0])
     b_shape = (batch[-1:] if b_batched else ()) + (k, n)
@@ -50,10 +52,10 @@ def test_matmul_property(backend, m, n, k, batch, b_batched, dtype, layouts, use
     out_dtype = "float32" if (wide_out and dtype in ("float16", "bfloat16")) else None
     bias = None
     if use_bias:
-        bias = (rng.integers(-1000, 1000, n).astype(np.int32) if dtype == "int8"
+        bias = (rng.integers(-2**31, 2**31, n).astype(np.int32) if dtype.startswith("int")
                 else rng.standard_normal(n).astype(np.float32))
     out = la.matmul(a, b, bias=bias, activation=activation, out_dtype=out_dtype, backend=backend)
-    expected_dtype = {"int8": "int32"}.get(dtype, out_dtype or dtype)
+    expected_dtype = "int32" if dtype.startswith("int") else (out_dtype or dtype)
     assert np.asarray(out).dtype == la.dtypes.DTYPES[expected_dtype]
     check(out, matmul_ref(a, b, bias, activation), dtype)
 
@@ -83,6 +85,21 @@ def test_int8_extremes_are_exact_and_wrap(backend, rng):
     # a large random K far beyond one float32-exact chunk
     a = rng.integers(-128, 128, (5, 5000), dtype=np.int8)
     b = rng.integers(-128, 128, (5000, 7), dtype=np.int8)
+    np.testing.assert_array_equal(la.matmul(a, b, backend=backend), matmul_ref(a, b))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "cuda"])
+def test_int16_extremes_are_exact_and_wrap(backend, rng):
+    # 5 products of (-32768)**2 = 5 * 2**30 wraps to 2**30; 3 of them to -2**30.
+    a = np.full((2, 5), -32768, np.int16)
+    b = np.full((5, 2), -32768, np.int16)
+    b[:2, 1] = 0
+    out = la.matmul(a, b, backend=backend)
+    assert out[0, 0] == 2**30 and out[0, 1] == -2**30
+    np.testing.assert_array_equal(out, matmul_ref(a, b))
+    # K far beyond what float32 sums exactly for int16 products
+    a = rng.integers(-32768, 32768, (4, 3000), dtype=np.int16)
+    b = rng.integers(-32768, 32768, (3000, 6), dtype=np.int16)
     np.testing.assert_array_equal(la.matmul(a, b, backend=backend), matmul_ref(a, b))
 
 

@@ -9,6 +9,7 @@ float32    float32       float32      float32
 float16    float32       float16      float16, float32
 bfloat16   float32       bfloat16     bfloat16, float32
 int8       int32 (wrap)  int32        int32
+int16      int32 (wrap)  int32        int32
 =========  ============  ===========  ===========================================
 
 Both operands must have the same dtype. Integer accumulation wraps modulo 2**32
@@ -39,6 +40,7 @@ RULES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "float16": ("float32", "float16", ("float16", "float32")),
     "bfloat16": ("float32", "bfloat16", ("bfloat16", "float32")),
     "int8": ("int32", "int32", ("int32",)),
+    "int16": ("int32", "int32", ("int32",)),
 }
 
 OPERAND_DTYPES = tuple(RULES)

@@ -1,9 +1,10 @@
 """CPU backend: NumPy's BLAS for GEMM, a strided im2col for convolution.
 
 Half-precision operands are widened to float32 (float32 accumulation, one rounding at
-the end). int8 GEMMs run through float32 BLAS in K-chunks of 1024, which is exact: each
-product is at most 2**14 in magnitude, so every partial sum of a chunk stays below 2**24,
-the float32 integer range; chunks are summed in int64 and wrapped to int32 once.
+the end). Integer GEMMs run through floating-point BLAS in K-chunks short enough to be
+exact, then the chunks are summed in int64 and wrapped to int32 once:
+  int8   float32 BLAS, chunks of 1024: |product| <= 2**14, partial sums < 2**24;
+  int16  float64 BLAS, chunks of 2**22: |product| <= 2**30, partial sums < 2**53.
 """
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from ..dtypes import DTYPES, is_integer
 from ..perf import MODEL
 from ..spec import OpSpec
 
-_EXACT_K = 1024  # int8 K-chunk that float32 accumulates exactly
+#: integer operand dtype -> (float type whose BLAS sums it exactly, K-chunk)
+_EXACT = {"int8": (np.float32, 1024), "int16": (np.float64, 1 << 22)}
 
 
-def int8_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact int8 (..., M, K) @ (..., K, N) -> int64, through float32 BLAS."""
+def integer_gemm(a: np.ndarray, b: np.ndarray, dtype: str = "int8") -> np.ndarray:
+    """Exact integer (..., M, K) @ (..., K, N) -> int64, through floating-point BLAS."""
+    ftype, chunk = _EXACT[dtype]
     k = a.shape[-1]
     out = None
-    for k0 in range(0, max(k, 1), _EXACT_K):
-        part = np.matmul(a[..., k0:k0 + _EXACT_K].astype(np.float32),
-                         b[..., k0:k0 + _EXACT_K, :].astype(np.float32)).astype(np.int64)
+    for k0 in range(0, max(k, 1), chunk):
+        part = np.matmul(a[..., k0:k0 + chunk].astype(ftype),
+                         b[..., k0:k0 + chunk, :].astype(ftype)).astype(np.int64)
         out = part if out is None else out + part
     return out
 
@@ -31,7 +34,7 @@ def int8_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def gemm(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     """(..., M, K) @ (..., K, N) in the accumulation type: float32, or int64 before wrapping."""
     if is_integer(dtype):
-        return int8_gemm(a, b)
+        return integer_gemm(a, b, dtype)
     if a.dtype != np.float32:
         a = a.astype(np.float32)
     if b.dtype != np.float32:

@@ -122,6 +122,8 @@ class CudaBackend:
             return False, why
         if spec.op not in ("matmul", "conv2d"):
             return False, f"{spec.op} has no CUDA kernel in this build"
+        if spec.dtype not in _DTYPE_CODE:
+            return False, f"{spec.dtype} operands have no CUDA kernel (int8 is the integer type)"
         devices = {v.device for v in operands or () if not v.is_host}
         if len(devices) > 1:
             return False, f"operands are on different devices: {sorted(devices)}"

@@ -39,10 +39,11 @@ def _cpu_spec() -> DeviceSpec:
     f32 = cores * 3e9 * 32
     return DeviceSpec(
         name="host-cpu", kind="cpu",
-        # half-precision and int8 are computed through float32 GEMM on the CPU backend
-        peak={"float32": f32, "float16": f32, "bfloat16": f32, "int8": f32},
+        # half-precision and int8 are computed through float32 GEMM on the CPU backend,
+        # int16 through float64 GEMM (half the float32 rate)
+        peak={"float32": f32, "float16": f32, "bfloat16": f32, "int8": f32, "int16": f32 / 2},
         memory_bw=20 * G, call_overhead=15e-6,
-        efficiency={"float32": 0.6, "float16": 0.35, "bfloat16": 0.35, "int8": 0.4},
+        efficiency={"float32": 0.6, "float16": 0.35, "bfloat16": 0.35, "int8": 0.4, "int16": 0.5},
     )
 
 
