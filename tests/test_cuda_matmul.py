@@ -385,6 +385,17 @@ def test_cuda_error_names_the_call():
         _core.cuda_malloc(1 << 62)  # out of memory (or no driver): refused at once, not sticky
 
 
+def test_int8_gelu_and_unknown_activation_are_refused():
+    """Checked before any CUDA call: the int32 epilogue has no GELU."""
+    if _core is None or not hasattr(_core, "cuda_gemm"):
+        pytest.skip("this build has no CUDA kernels")
+    args = (0, 0, 0, 0, 1, 4, 4, 4, (0, 4, 1), (0, 4, 1), (0, 4, 1))
+    with pytest.raises(_core.CudaError, match="GELU"):
+        _core.cuda_gemm(*args, I8, I32, GELU)
+    with pytest.raises(_core.CudaError, match="activation"):
+        _core.cuda_gemm(*args, F32, F32, 7)
+
+
 # ---- CPU: the backend's marshalling against a NumPy model of the binding -------------------
 
 class FakeGemmCore:

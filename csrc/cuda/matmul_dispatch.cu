@@ -185,6 +185,11 @@ std::string gemm_chunk(const GemmArgs& g) {
 
 std::string gemm(const GemmArgs& g) {
   if (g.M < 0 || g.N < 0 || g.K < 0 || g.batch < 0) throw CudaError("gemm: negative size");
+  if (int(g.activation) < 0 || int(g.activation) > int(Activation::gelu_tanh))
+    throw CudaError("gemm: unknown activation code");
+  // The int32 epilogue has no GELU (it would silently skip the activation).
+  if (g.out_dtype == DType::i32 && g.activation == Activation::gelu_tanh)
+    throw CudaError("gemm: GELU is not offered for int8 -> int32");
   if (g.M == 0 || g.N == 0 || g.batch == 0) return "empty";
   constexpr int64_t kMaxBatch = 65535;
   std::string name;
