@@ -86,7 +86,9 @@ class TB(AxiTB):
         x.flat[self.rng.integers(x.size)] = info.min if self.rng.random() < 0.5 else info.max
         return x.astype(self.np_dtype)
 
-    def rand_bias(self, n):
+    def rand_bias(self, n, extremes=False):
+        if extremes:  # next to the int32 limits, so that sums wrap in both directions
+            return self.rng.choice(np.array([2**31 - 1, -2**31, 2**31 - 2, -1]), size=n)
         return self.rng.integers(-2**31, 2**31, size=n, dtype=np.int64)
 
     def timeout_for(self, job):
@@ -288,7 +290,7 @@ async def test_random_jobs(dut):
         extremes = bool(tb.rng.random() < 0.3)
         x = tb.rand((job.n, job.h, job.w, job.c), extremes)
         w = tb.rand((job.oc, job.cg, job.kh, job.kw), extremes)
-        bias = tb.rand_bias(job.oc) if (i // 2) % 2 else None
+        bias = tb.rand_bias(job.oc, extremes) if (i // 2) % 2 else None
         dut._log.info("job %d: %s bias=%s", i, job, bias is not None)
         await tb.run_job(x, w, bias, job, extremes)
     assert await tb.read("ERROR") == 0
