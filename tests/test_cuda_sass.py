@@ -5,7 +5,8 @@ The kernels are disassembled from the built `_core` (cuobjdump + nvdisasm, from 
 each kernel family must contain the instructions it exists for and none of the ones
 that would put it on a slow path:
 
-  - the Hopper kernels issue HGMMA (wgmma) on sm_90a, and their sm_80 build is empty;
+  - the Hopper kernels (GEMM and implicit-GEMM conv) issue HGMMA (wgmma) fed by TMA
+    and set their register split with setmaxnreg on sm_90a; their sm_80 build is empty;
   - the sm_80 tensor-core kernels issue HMMA (IMMA for int8) fed by LDGSTS (cp.async);
   - the float32 SIMT kernel accumulates with FFMA and never touches the tensor cores
     (its contract is exact float32);
@@ -81,6 +82,22 @@ def disassemble(path: str) -> dict[tuple[str, str], set[str]]:
     return kernels
 
 
+def resource_usage(path: str) -> dict[tuple[str, str], dict[str, int]]:
+    """{(arch, mangled kernel name): {"REG": n, "STACK": n, "LOCAL": n, ...}} from ptxas."""
+    out = subprocess.run([CUOBJDUMP, "-res-usage", path], check=True, capture_output=True,
+                         text=True).stdout
+    usage, arch, name = {}, None, None
+    for line in out.splitlines():
+        if "arch = " in line:
+            arch = line.split("arch = ", 1)[1].strip()
+        elif line.strip().startswith("Function "):
+            name = line.strip()[len("Function "):].rstrip(":")
+        elif name is not None and "REG:" in line:
+            usage[(arch, name)] = {k: int(v) for k, v in re.findall(r"(\w+(?:\[\d+\])?):(\d+)", line)}
+            name = None
+    return usage
+
+
 @pytest.fixture(scope="module")
 def sass():
     kernels = disassemble(_core.__file__)
@@ -100,6 +117,9 @@ ARCHS = ["sm_80", "sm_90a"]
 # (kernel family, mangled-name pattern, architectures, opcodes required, opcodes forbidden)
 RULES = [
     ("wgmma GEMM", r"gemm_wgmma_kernel", ["sm_90a"], {"HGMMA", "UTMALDG", "SYNCS", "USETMAXREG"}, {"HMMA"}),
+    # A by cp.async (LDGSTS) into the swizzled layout, B by TMA
+    ("wgmma implicit-GEMM conv", r"conv2d_wgmma_kernel", ["sm_90a"],
+     {"HGMMA", "UTMALDG", "LDGSTS", "SYNCS", "USETMAXREG"}, {"HMMA"}),
     ("mma.sync GEMM f16/bf16", r"gemm_mma_kernel" + F16_LIKE, ARCHS, {"HMMA", "LDGSTS", "LDSM"}, set()),
     ("mma.sync GEMM tf32", r"gemm_mma_kernelIf", ARCHS, {"HMMA", "LDGSTS"}, set()),
     # (8-bit operands stored M/N-major are read with LDS: ldmatrix cannot transpose bytes)
@@ -131,3 +151,22 @@ def test_hopper_kernels_are_empty_outside_sm90a(sass):
     never pick them there, and they must not quietly hold a slower body either."""
     for name, ops in select(sass, "sm_80", r"wgmma").items():
         assert not ops & {"HGMMA", "HMMA", "FFMA", "LDG", "STG"}, f"{name} (sm_80) is not empty: {sorted(ops)}"
+
+
+def test_no_kernel_has_a_stack_frame():
+    usage = resource_usage(_core.__file__)
+    assert usage, "cuobjdump reported no kernel resources"
+    offenders = [f"{name} ({arch}): {u}" for (arch, name), u in usage.items()
+                 if u.get("STACK", 0) or u.get("LOCAL", 0)]
+    assert not offenders, "stack frame or local memory:\n" + "\n".join(offenders)
+
+
+def test_warp_specialised_kernels_launch_with_the_register_budget_they_split():
+    """setmaxnreg moves registers between warpgroups of a block launched with 168 per
+    thread (384 threads, one block per SM); the split in the source (producer + two
+    consumer warpgroups) assumes exactly that launch count."""
+    usage = resource_usage(_core.__file__)
+    hopper = {name: u for (arch, name), u in usage.items() if arch == "sm_90a" and "wgmma_kernel" in name}
+    assert hopper, "no sm_90a wgmma kernels in the build"
+    for name, u in hopper.items():
+        assert u["REG"] == 168, f"{name}: launched with {u['REG']} registers per thread, not 168"
