@@ -41,6 +41,13 @@ __device__ __forceinline__ int32_t apply_activation(int32_t x, Activation act) {
   return (act == Activation::relu && x < 0) ? 0 : x;
 }
 
+// a + b in the accumulator type. int32 sums wrap modulo 2**32 by contract, and signed
+// overflow is undefined in C++, so they are added as uint32.
+__device__ __forceinline__ float wrap_add(float a, float b) { return a + b; }
+__device__ __forceinline__ int32_t wrap_add(int32_t a, int32_t b) {
+  return int32_t(uint32_t(a) + uint32_t(b));
+}
+
 }  // namespace lepton
 
 namespace lepton {

@@ -46,7 +46,7 @@ template <typename TOut, typename TAcc>
 __device__ __forceinline__ TOut epilogue_value(TAcc v, const GemmProblem& p, int64_t m, int64_t n) {
   if (p.bias) {
     const TOut* bias = static_cast<const TOut*>(p.bias);
-    v += TAcc(to_float_or_int<TOut, TAcc>(bias[p.bias_on_rows ? m : n]));
+    v = wrap_add(v, TAcc(to_float_or_int<TOut, TAcc>(bias[p.bias_on_rows ? m : n])));
   }
   return from_acc<TOut>(apply_activation(v, p.act));
 }

@@ -34,11 +34,11 @@ __global__ void gemm_generic_kernel(GemmArgs g) {
           (kb < g.K && col < g.N) ? TAcc(to_float_or_int<TIn, TAcc>(B[kb * g.b_row + col * g.b_col])) : TAcc(0);
       __syncthreads();
 #pragma unroll
-      for (int k = 0; k < TILE; ++k) acc += a_tile[threadIdx.y][k] * b_tile[k][threadIdx.x];
+      for (int k = 0; k < TILE; ++k) acc = wrap_add(acc, TAcc(a_tile[threadIdx.y][k] * b_tile[k][threadIdx.x]));
       __syncthreads();
     }
     if (row < g.M && col < g.N) {
-      if (g.bias) acc += TAcc(to_float_or_int<TOut, TAcc>(reinterpret_cast<const TOut*>(g.bias)[col]));
+      if (g.bias) acc = wrap_add(acc, TAcc(to_float_or_int<TOut, TAcc>(reinterpret_cast<const TOut*>(g.bias)[col])));
       acc = apply_activation(acc, g.activation);
       C[row * g.c_row + col * g.c_col] = from_acc<TOut>(acc);
     }
