@@ -6,6 +6,19 @@
 namespace py = pybind11;
 using namespace lepton;
 
+namespace {
+// The copies move size * itemsize bytes from the buffer's start, so a strided view
+// (a NumPy slice, say) would copy the wrong bytes: refuse it before any CUDA call.
+void require_contiguous(const py::buffer_info& info, const char* arg) {
+  py::ssize_t expected = info.itemsize;
+  for (py::ssize_t i = info.ndim - 1; i >= 0; --i) {
+    if (info.shape[i] != 1 && info.strides[i] != expected)
+      throw py::value_error(std::string(arg) + ": the host buffer must be C-contiguous");
+    expected *= info.shape[i];
+  }
+}
+}  // namespace
+
 void register_cuda(py::module_& m) {
   static py::exception<CudaError> cuda_error(m, "CudaError", PyExc_RuntimeError);
   py::register_exception_translator([](std::exception_ptr p) {
@@ -44,6 +57,7 @@ void register_cuda(py::module_& m) {
       "cuda_copy_to_device",
       [](std::uintptr_t dst, py::buffer src, std::uintptr_t stream) {
         py::buffer_info info = src.request();
+        require_contiguous(info, "src");
         py::gil_scoped_release nogil;
         copy_host_to_device(dst, info.ptr, std::size_t(info.size * info.itemsize), stream);
       },
@@ -52,6 +66,7 @@ void register_cuda(py::module_& m) {
       "cuda_copy_to_host",
       [](py::buffer dst, std::uintptr_t src, std::uintptr_t stream) {
         py::buffer_info info = dst.request(true);
+        require_contiguous(info, "dst");
         py::gil_scoped_release nogil;
         copy_device_to_host(info.ptr, src, std::size_t(info.size * info.itemsize), stream);
       },
