@@ -557,8 +557,10 @@ def test_on_a_stream(rng):
         _core.cuda_stream_destroy(stream)
 
 
-@gpu
 def test_errors_become_cuda_errors():
+    """Argument checks come before any CUDA call, so they run without a device too."""
+    if _core is None or not hasattr(_core, "cuda_conv2d"):
+        pytest.skip("this build has no CUDA kernels")
     dims, params = (1, 4, 8, 8, 4, 3, 3, 6, 6), (1, 1, 0, 0, 1, 1, 3)  # 3 does not divide 4
     with pytest.raises(_core.CudaError, match="groups"):
         _core.cuda_conv2d(0, 0, 0, 0, dims, params, (256, 64, 8, 1), (36, 9, 3, 1),
@@ -569,6 +571,12 @@ def test_errors_become_cuda_errors():
     with pytest.raises(ValueError, match="kernel"):
         _core.cuda_conv2d(0, 0, 0, 0, dims, params[:6] + (1,), (256, 64, 8, 1), (36, 9, 3, 1),
                           (144, 36, 6, 1), 0, 0, 0, 0, kernel="winograd")
+    # 8x8, 3x3, stride 1: OH is 6 with no padding, up to 8 with the implied bottom padding
+    # (at most 2 rows); 9 would need more, 5 would drop input rows.
+    for oh, ow in [(9, 6), (6, 5), (5, 6)]:
+        with pytest.raises(_core.CudaError, match="OH/OW"):
+            _core.cuda_conv2d(0, 0, 0, 0, dims[:7] + (oh, ow), params[:6] + (1,), (256, 64, 8, 1),
+                              (36, 9, 3, 1), (144, 36, 6, 1), 0, 0, 0, 0)
 
 
 @gpu

@@ -224,6 +224,16 @@ std::string conv2d(const Conv2dArgs& in) {
     throw CudaError("conv2d: unsupported dtype combination");
   if (a.bias && !bias_dtype_ok(a.out_dtype, a.bias_dtype))
     throw CudaError("conv2d: bias dtype does not fit the output dtype");
+  // The bottom/right padding is implied by OH/OW; like the top/left one it may be at
+  // most the dilated kernel extent minus one, which bounds OH/OW on both sides.
+  auto out_ok = [](int64_t out, int64_t in, int64_t pad, int64_t k, int64_t dil, int64_t stride) {
+    const int64_t ext = dil * (k - 1) + 1, span = in + pad;
+    const int64_t lo = span >= ext ? (span - ext) / stride + 1 : 1, hi = (span - 1) / stride + 1;
+    return out == 0 || (span >= 1 && out >= lo && out <= hi);
+  };
+  if (!out_ok(a.OH, a.H, a.pad_top, a.KH, a.dil_h, a.stride_h) ||
+      !out_ok(a.OW, a.W, a.pad_left, a.KW, a.dil_w, a.stride_w))
+    throw CudaError("conv2d: OH/OW do not follow from the input size, kernel, stride, dilation and padding");
   if (a.N == 0 || a.OC == 0 || a.OH == 0 || a.OW == 0) return "empty";
   {
     const int64_t xd[4] = {a.N, a.C, a.H, a.W}, wd[4] = {a.OC, a.C / a.groups, a.KH, a.KW},
