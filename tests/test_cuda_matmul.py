@@ -396,6 +396,17 @@ def test_int8_gelu_and_unknown_activation_are_refused():
         _core.cuda_gemm(*args, F32, F32, 7)
 
 
+def test_host_copies_refuse_strided_buffers():
+    """Checked before any CUDA call: a copy moves size * itemsize bytes from the start."""
+    if _core is None or not hasattr(_core, "cuda_copy_to_device"):
+        pytest.skip("this build has no CUDA kernels")
+    strided = np.arange(20, dtype=np.float32)[::2]
+    with pytest.raises(ValueError, match="src.*contiguous"):
+        _core.cuda_copy_to_device(0, strided)
+    with pytest.raises(ValueError, match="dst.*contiguous"):
+        _core.cuda_copy_to_host(np.zeros((4, 6), np.float32)[:, :3], 0)
+
+
 # ---- CPU: the backend's marshalling against a NumPy model of the binding -------------------
 
 class FakeGemmCore:
