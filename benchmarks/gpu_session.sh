@@ -7,8 +7,9 @@
 #                                        then the whole GPU test suite
 #   benchmarks/gpu_session.sh sanitize   build; memcheck, racecheck and synccheck over
 #                                        the representative launches of both ops
-#   benchmarks/gpu_session.sh bench      build; matmul vs cuBLAS and conv2d vs cuDNN,
-#                                        tables into benchmarks/results/ and $OUT
+#   benchmarks/gpu_session.sh bench      build; matmul vs cuBLAS and conv2d vs cuDNN;
+#                                        the tables (device, date, command, commit) go
+#                                        to $OUT, to be kept in benchmarks/results/
 #
 # Several stages may be named in one call. Logs go to $OUT (default ./gpu-out); each
 # stage prints a short summary last, since only the tail of a call's output comes back.
@@ -53,9 +54,9 @@ check() {
   local p=$?
   grep -c '^ok' "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt"
   grep -h '^FAIL' "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt" | head -40
-  tail -3 "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt"
+  tail -n 3 "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt"
   grep -E '^(FAILED|ERROR)' "$OUT/pytest_gpu.txt" | cut -c1-200 | head -40
-  tail -2 "$OUT/pytest_gpu.txt"
+  tail -n 2 "$OUT/pytest_gpu.txt"
   echo "check: smoke matmul rc=$m, smoke conv rc=$c, pytest rc=$p"
   [ $m -eq 0 ] && [ $c -eq 0 ] && [ $p -eq 0 ] || status=1
 }
@@ -87,7 +88,7 @@ bench() {
   tail -25 "$OUT/bench_conv.txt"
 }
 
-[ $# -gt 0 ] || { sed -n '2,13p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
 for stage in "$@"; do
   case "$stage" in
     check|sanitize|bench) "$stage" ;;
