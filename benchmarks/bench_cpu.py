@@ -1,7 +1,8 @@
 """CPU backend against the library a CPU user would call instead.
 
 matmul vs numpy.matmul (the same BLAS: the ratio is our dispatch + epilogue cost);
-conv2d vs PyTorch's CPU conv2d (oneDNN) when PyTorch is installed; dispatch overhead of
+conv2d (ResNet-50 layers, MobileNetV2 depthwise layers) vs PyTorch's CPU conv2d (oneDNN)
+when PyTorch is installed; dispatch overhead of
 lepton_accel.matmul on tiny inputs vs a bare numpy.matmul.
 
     pytest benchmarks/bench_cpu.py --benchmark-only --benchmark-group-by=param
@@ -54,6 +55,37 @@ def test_conv2d_resnet50(benchmark, rng, layer, impl):
     tw, tb = torch.from_numpy(wt), torch.from_numpy(bias)
     with torch.no_grad():
         benchmark(lambda: F.relu(F.conv2d(tx, tw, tb, stride=s, padding=pad)))
+
+
+# MobileNetV2 depthwise 3x3 layers (batch 1, NHWC): (H=W, C, stride)
+MOBILENET_DW = {
+    "dw_32_112": (112, 32, 1),
+    "dw_144_56": (56, 144, 1),
+    "dw_144_56s2": (56, 144, 2),
+    "dw_384_14": (14, 384, 1),
+    "dw_960_7": (7, 960, 1),
+}
+
+
+@pytest.mark.parametrize("layer", list(MOBILENET_DW))
+@pytest.mark.parametrize("impl", ["lepton", "torch"])
+def test_conv2d_depthwise(benchmark, rng, layer, impl):
+    hw, c, s = MOBILENET_DW[layer]
+    x = rng.standard_normal((1, hw, hw, c), dtype=np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3), dtype=np.float32)
+    bias = rng.standard_normal(c, dtype=np.float32)
+    benchmark.group = f"conv2d f32 depthwise {layer}"
+    if impl == "lepton":
+        benchmark(lambda: la.conv2d(x, wt, bias=bias, stride=s, padding=1, groups=c, layout="NHWC",
+                                    activation="relu", backend="cpu"))
+        return
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    tw, tb = torch.from_numpy(wt), torch.from_numpy(bias)
+    with torch.no_grad():
+        benchmark(lambda: F.relu(F.conv2d(tx, tw, tb, stride=s, padding=1, groups=c)))
 
 
 @pytest.mark.parametrize("impl", ["lepton", "numpy"])

@@ -1,8 +1,11 @@
-// The lepton_accel._core extension: build facts, and the CUDA entry points when
-// the build found a CUDA compiler. Kernels live in csrc/cuda/; this file only binds.
+// The lepton_accel._core extension: build facts, the CPU kernels' entry points, and the
+// CUDA ones when the build found a CUDA compiler. Kernels live in csrc/cpu/ and
+// csrc/cuda/; this file only binds.
 #include <pybind11/pybind11.h>
 
 namespace py = pybind11;
+
+void register_cpu(py::module_& m);  // csrc/cpu_bindings.cpp
 
 #ifdef LEPTON_WITH_CUDA
 void register_cuda(py::module_& m);  // csrc/cuda_bindings.cpp
@@ -13,6 +16,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "lepton_accel native core";
   py::dict info;
   info["cxx_compiler"] = LEPTON_CXX_COMPILER;
+  register_cpu(m);
 #ifdef LEPTON_WITH_CUDA
   info["cuda"] = true;
   info["cuda_architectures"] = LEPTON_CUDA_ARCHS;

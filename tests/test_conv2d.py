@@ -114,3 +114,58 @@ def test_deep_layer_on_a_small_image(backend, groups, rng):
     w = random_operand(rng, (128, 64 // groups, 3, 3), "float32")
     out = la.conv2d(x, w, padding=1, groups=groups, layout="NHWC", backend=backend)
     check(out, conv2d_ref(x, w, padding=1, groups=groups, layout="NHWC"), "float32")
+
+
+@st.composite
+def depthwise_cases(draw):
+    """Channel counts around the native kernel's 16-channel blocks (blocked, tail, both),
+    3x3 (its unrolled interior loop) and other filters, every edge of the padding."""
+    c = draw(st.sampled_from([16, 17, 32, 35, 48]))
+    mult = draw(st.sampled_from([1, 1, 2]))
+    kh, kw = draw(st.sampled_from([(3, 3), (3, 3), (1, 1), (5, 5), (3, 1), (2, 4), (7, 7)]))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    ext_h, ext_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    padding = draw(st.one_of(st.just("valid"), st.tuples(st.integers(0, ext_h - 1), st.integers(0, ext_w - 1))))
+    h = draw(st.integers(ext_h, ext_h + 12))
+    w = draw(st.integers(ext_w, ext_w + 12))
+    return dict(n=draw(st.integers(1, 2)), c=c, h=h, w=w, oc=c * mult, kh=kh, kw=kw, stride=stride,
+                dilation=dilation, padding=padding, groups=c)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=depthwise_cases(), dtype=st.sampled_from(["float32", "float16", "bfloat16", "int8", "int16"]),
+       layout=st.sampled_from(["NCHW", "NHWC"]), seed=st.integers(0, 2**32 - 1))
+def test_cpu_depthwise_kernel(case, dtype, layout, seed):
+    rng = np.random.default_rng(seed)
+    c = case
+    x_shape = (c["n"], c["c"], c["h"], c["w"]) if layout == "NCHW" else (c["n"], c["h"], c["w"], c["c"])
+    x = random_operand(rng, x_shape, dtype)
+    w = random_operand(rng, (c["oc"], 1, c["kh"], c["kw"]), dtype)
+    bias = (rng.integers(-2**31, 2**31, c["oc"]).astype(np.int32) if dtype.startswith("int")
+            else rng.standard_normal(c["oc"]).astype(np.float32))
+    params = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=c["groups"],
+                  layout=layout, activation="relu")
+    out = la.conv2d(x, w, bias=bias, backend="cpu", **params)
+    check(out, conv2d_ref(x, w, bias, **params), dtype)
+
+
+def test_cpu_depthwise_kernel_threads_and_arguments(rng):
+    from lepton_accel._native import core
+
+    if core is None or not hasattr(core, "cpu_depthwise_conv2d"):
+        pytest.skip("the native core is not built")
+    x = rng.standard_normal((2, 30, 31, 48)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 48)).astype(np.float32)
+    one, many = (np.empty((2, 30, 31, 48), np.float32) for _ in range(2))
+    core.cpu_depthwise_conv2d(x, w, one, (1, 1), (1, 1), (1, 1), max_threads=1)
+    core.cpu_depthwise_conv2d(x, w, many, (1, 1), (1, 1), (1, 1))
+    np.testing.assert_array_equal(one, many)  # each output is summed by one thread, in one order
+    with pytest.raises(TypeError, match="C-contiguous"):
+        core.cpu_depthwise_conv2d(x[:, :, ::2], w, one, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(TypeError, match="float32 or int32"):
+        core.cpu_depthwise_conv2d(x.astype(np.float64), w, one, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="disagree"):
+        core.cpu_depthwise_conv2d(x, np.ascontiguousarray(w[:, :, :40]), one, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="stride"):
+        core.cpu_depthwise_conv2d(x, w, one, (0, 1), (1, 1), (1, 1))

@@ -1,7 +1,8 @@
 """CPU backend: NumPy's BLAS for GEMM, a strided im2col for convolution.
 
 Half-precision operands are widened to float32 (float32 accumulation, one rounding at
-the end). Integer GEMMs run through floating-point BLAS in K-chunks short enough to be
+the end). Depthwise convolutions run on a direct native kernel (csrc/cpu/), the rest as
+GEMMs. Integer GEMMs run through floating-point BLAS in K-chunks short enough to be
 exact, then the chunks are summed in int64 and wrapped to int32 once:
   int8   float32 BLAS, chunks of 1024: |product| <= 2**14, partial sums < 2**24;
   int16  float64 BLAS, chunks of 2**22: |product| <= 2**30, partial sums < 2**53.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._native import core
 from ..arrays import ArrayView, to_caller_kind
 from ..dtypes import DTYPES, is_integer
 from ..perf import MODEL
@@ -89,6 +91,26 @@ def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
     return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
 
 
+def depthwise_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray | None:
+    """Depthwise convolution (one input channel per group) by the native direct kernel:
+    (N, OH, OW, OC) accumulators, float32 or int32 (wrapped), or None without the kernel.
+    A channel multiplier m = OC / C repeats each input channel m times first."""
+    if core is None or not hasattr(core, "cpu_depthwise_conv2d"):
+        return None
+    oc, _, kh, kw = w.shape
+    mult = oc // x.shape[3]
+    acc_t = np.int32 if is_integer(spec.dtype) else np.float32
+    xs = np.ascontiguousarray(np.repeat(x, mult, axis=3) if mult > 1 else x, dtype=acc_t)
+    ws = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0), dtype=acc_t)       # (KH, KW, OC)
+    p = spec.param
+    (pt, _), (pl, _) = p["padding"]
+    oh, ow = (spec.out_shape[1], spec.out_shape[2]) if p["layout"] == "NHWC" else \
+        (spec.out_shape[2], spec.out_shape[3])
+    y = np.empty((x.shape[0], oh, ow, oc), acc_t)
+    core.cpu_depthwise_conv2d(xs, ws, y, tuple(p["stride"]), (pt, pl), tuple(p["dilation"]))
+    return y
+
+
 def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
     """Grouped convolution as a batched GEMM over groups: returns (N, OH, OW, OC) accumulators.
 
@@ -101,6 +123,10 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
     g = spec.param["groups"]
     n = x.shape[0]
     oc, cg, kh, kw = w.shape
+    if cg == 1 and g > 1:  # depthwise: K = KH*KW per group is far too short for BLAS
+        acc = depthwise_nhwc(x, w, spec)
+        if acc is not None:
+            return acc
     ocg, kk = oc // g, kh * kw
     if kk == 1 and spec.param["stride"] == (1, 1) and spec.param["padding"] == ((0, 0), (0, 0)):
         oh, ow = x.shape[1], x.shape[2]
