@@ -11,7 +11,8 @@ namespace {
 
 template <typename T>
 void depthwise(py::array x_obj, py::array w_obj, py::array y_obj, std::pair<int64_t, int64_t> stride,
-               std::pair<int64_t, int64_t> pad, std::pair<int64_t, int64_t> dil, int64_t max_threads) {
+               std::pair<int64_t, int64_t> pad, std::pair<int64_t, int64_t> dil, py::object bias_obj, bool relu,
+               int64_t max_threads) {
   using Arr = py::array_t<T, py::array::c_style>;
   if (!Arr::check_(x_obj) || !Arr::check_(w_obj) || !Arr::check_(y_obj))
     throw py::type_error("cpu_depthwise_conv2d: x, w and y must be C-contiguous arrays of one dtype");
@@ -33,6 +34,14 @@ void depthwise(py::array x_obj, py::array w_obj, py::array y_obj, std::pair<int6
     throw py::value_error("cpu_depthwise_conv2d: x, w and y disagree on N or C");
   if (a.stride_h < 1 || a.stride_w < 1 || a.dil_h < 1 || a.dil_w < 1 || a.pad_top < 0 || a.pad_left < 0)
     throw py::value_error("cpu_depthwise_conv2d: stride and dilation must be >= 1, padding >= 0");
+  Arr bias;
+  if (!bias_obj.is_none()) {
+    if (!Arr::check_(bias_obj)) throw py::type_error("cpu_depthwise_conv2d: bias must be a C-contiguous array of x's dtype");
+    bias = py::reinterpret_borrow<Arr>(bias_obj);
+    if (bias.ndim() != 1 || bias.shape(0) != a.C) throw py::value_error("cpu_depthwise_conv2d: bias must have C values");
+    a.bias = bias.data();
+  }
+  a.relu = relu;
   const T* xp = x.data();
   const T* wp = w.data();
   T* yp = y.mutable_data();
@@ -46,14 +55,17 @@ void register_cpu(py::module_& m) {
   m.def(
       "cpu_depthwise_conv2d",
       [](py::array x, py::array w, py::array y, std::pair<int64_t, int64_t> stride,
-         std::pair<int64_t, int64_t> padding, std::pair<int64_t, int64_t> dilation, int64_t max_threads) {
-        if (py::array_t<float>::check_(x)) depthwise<float>(x, w, y, stride, padding, dilation, max_threads);
+         std::pair<int64_t, int64_t> padding, std::pair<int64_t, int64_t> dilation, py::object bias, bool relu,
+         int64_t max_threads) {
+        if (py::array_t<float>::check_(x))
+          depthwise<float>(x, w, y, stride, padding, dilation, bias, relu, max_threads);
         else if (py::array_t<int32_t>::check_(x))
-          depthwise<int32_t>(x, w, y, stride, padding, dilation, max_threads);
+          depthwise<int32_t>(x, w, y, stride, padding, dilation, bias, relu, max_threads);
         else throw py::type_error("cpu_depthwise_conv2d: x must be float32 or int32");
       },
       py::arg("x"), py::arg("w"), py::arg("y"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
-      py::arg("max_threads") = 0,
-      "Depthwise conv2d, NHWC: y[n,oh,ow,c] = sum x[n,ih,iw,c] * w[kh,kw,c] (top/left padding\n"
-      "given, bottom/right implied by y's shape). float32, or int32 wrapping modulo 2**32.");
+      py::arg("bias") = py::none(), py::arg("relu") = false, py::arg("max_threads") = 0,
+      "Depthwise conv2d, NHWC: y[n,oh,ow,c] = act(sum x[n,ih,iw,c] * w[kh,kw,c] + bias[c]) (top/left\n"
+      "padding given, bottom/right implied by y's shape; act: ReLU or none). float32, or int32\n"
+      "wrapping modulo 2**32.");
 }

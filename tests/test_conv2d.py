@@ -133,19 +133,25 @@ def depthwise_cases(draw):
                 dilation=dilation, padding=padding, groups=c)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(case=depthwise_cases(), dtype=st.sampled_from(["float32", "float16", "bfloat16", "int8", "int16"]),
-       layout=st.sampled_from(["NCHW", "NHWC"]), seed=st.integers(0, 2**32 - 1))
-def test_cpu_depthwise_kernel(case, dtype, layout, seed):
+       layout=st.sampled_from(["NCHW", "NHWC"]), use_bias=st.booleans(),
+       activation=st.sampled_from([None, "relu", "gelu"]), seed=st.integers(0, 2**32 - 1))
+def test_cpu_depthwise_kernel(case, dtype, layout, use_bias, activation, seed):
+    """The native depthwise kernel with its fused bias and ReLU (GELU stays in Python)."""
     rng = np.random.default_rng(seed)
+    if dtype.startswith("int") and activation == "gelu":
+        activation = "relu"
     c = case
     x_shape = (c["n"], c["c"], c["h"], c["w"]) if layout == "NCHW" else (c["n"], c["h"], c["w"], c["c"])
     x = random_operand(rng, x_shape, dtype)
     w = random_operand(rng, (c["oc"], 1, c["kh"], c["kw"]), dtype)
-    bias = (rng.integers(-2**31, 2**31, c["oc"]).astype(np.int32) if dtype.startswith("int")
-            else rng.standard_normal(c["oc"]).astype(np.float32))
+    bias = None
+    if use_bias:
+        bias = (rng.integers(-2**31, 2**31, c["oc"]).astype(np.int32) if dtype.startswith("int")
+                else rng.standard_normal(c["oc"]).astype(np.float32))
     params = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=c["groups"],
-                  layout=layout, activation="relu")
+                  layout=layout, activation=activation)
     out = la.conv2d(x, w, bias=bias, backend="cpu", **params)
     check(out, conv2d_ref(x, w, bias, **params), dtype)
 

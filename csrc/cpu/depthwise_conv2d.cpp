@@ -37,6 +37,22 @@ template <typename A>
 struct Lanes {
   typedef A type __attribute__((vector_size(CB * sizeof(A))));
 };
+typedef int32_t SignedLanes __attribute__((vector_size(CB * sizeof(int32_t))));
+
+// Bias (already gathered into lanes) and ReLU on a finished accumulator; the uint32
+// lanes of the integer path hold int32 values, so ReLU compares them signed.
+inline void finish(Lanes<float>::type& acc, const Lanes<float>::type& bias, bool relu) {
+  acc += bias;
+  if (relu) acc = acc > 0.0f ? acc : Lanes<float>::type{};
+}
+inline void finish(Lanes<uint32_t>::type& acc, const Lanes<uint32_t>::type& bias, bool relu) {
+  acc += bias;
+  if (relu) {
+    SignedLanes v = (SignedLanes)acc;  // a vector cast reinterprets the bits
+    v = v > 0 ? v : SignedLanes{};
+    acc = (Lanes<uint32_t>::type)v;
+  }
+}
 
 // One output row (n, oh) for the channels c0 .. c0+CB-1: the block's filter taps are
 // gathered once, then each output pixel sums its taps into a CB-lane accumulator held
@@ -60,6 +76,9 @@ void row_block(const DepthwiseArgs& a, const T* __restrict x_img, const T* __res
   V wb[MAX_TAPS];
   for (int r = 0; r < n_rows; ++r)
     for (int64_t kw = 0; kw < KW; ++kw) std::memcpy(&wb[r * KW + kw], w + (kh_list[r] * KW + kw) * C + c0, sizeof(V));
+  V bias = {};
+  if (a.bias) std::memcpy(&bias, static_cast<const T*>(a.bias) + c0, sizeof(V));
+  const bool relu = a.relu;
   auto fma = [](V& acc, const T* x, const V& wv) {
     V xv;
     std::memcpy(&xv, x, sizeof(V));
@@ -75,6 +94,7 @@ void row_block(const DepthwiseArgs& a, const T* __restrict x_img, const T* __res
         if (iw >= 0 && iw < W) fma(acc, x_row + iw * C, wb[r * KW + kw]);
       }
     }
+    finish(acc, bias, relu);
     std::memcpy(out_row + ow * C + c0, &acc, sizeof(V));
   };
   // Interior: iw0 = ow*sw - pl >= 0 and iw0 + (KW-1)*dw < W.
@@ -96,6 +116,7 @@ void row_block(const DepthwiseArgs& a, const T* __restrict x_img, const T* __res
         for (int64_t kw = 0; kw < KW; ++kw) fma(acc, xp + kw * dw * C, wr[kw]);
       }
     }
+    finish(acc, bias, relu);
     std::memcpy(out_row + ow * C + c0, &acc, sizeof(V));
   }
   for (int64_t ow = hi; ow < OW; ++ow) edge_pixel(ow);
@@ -122,6 +143,12 @@ void row_plain(const DepthwiseArgs& a, const T* x_img, const T* w, T* out_row, i
         const T* wp = w + (kh_list[r] * a.KW + kw) * C;
         for (int64_t c = c_begin; c < c_end; ++c) o[c] += A(xp[c]) * A(wp[c]);
       }
+    }
+    const T* bias = static_cast<const T*>(a.bias);
+    T* out = out_row + ow * C;
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const T v = T(o[c] + (bias ? A(bias[c]) : A(0)));  // int32: the uint32 sum, wrapped
+      out[c] = (a.relu && v < T(0)) ? T(0) : v;
     }
   }
 }
@@ -159,9 +186,10 @@ template <typename T>
 void run(const DepthwiseArgs& a, const T* x, const T* w, T* y) {
   const int64_t total = a.N * a.OH;
   if (total == 0 || a.OW == 0 || a.C == 0) return;
-  // Enough work per thread to pay for starting it (~100k multiply-adds).
+  // Enough work per thread to pay for starting it: a thread start costs tens of
+  // microseconds, the loop does about 20 multiply-adds per nanosecond.
   const int64_t macs_per_row = a.OW * a.C * a.KH * a.KW;
-  const int64_t by_work = std::max<int64_t>(1, total * macs_per_row / 100000);
+  const int64_t by_work = std::max<int64_t>(1, total * macs_per_row / 4000000);
   const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
   const int64_t threads = std::min({hw, by_work, total, int64_t(a.max_threads > 0 ? a.max_threads : hw)});
   if (threads == 1) {

@@ -91,12 +91,17 @@ def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
     return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
 
 
-def depthwise_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray | None:
-    """Depthwise convolution (one input channel per group) by the native direct kernel:
-    (N, OH, OW, OC) accumulators, float32 or int32 (wrapped), or None without the kernel.
-    A channel multiplier m = OC / C repeats each input channel m times first."""
-    if core is None or not hasattr(core, "cpu_depthwise_conv2d"):
-        return None
+def native_depthwise(spec: OpSpec) -> bool:
+    """Depthwise convolutions (one input channel per group) run on the native kernel: as
+    GEMMs they would have K = KH*KW per group, far too short for BLAS."""
+    return (spec.op == "conv2d" and spec.param["groups"] > 1 and spec.shapes[1][1] == 1
+            and core is not None and hasattr(core, "cpu_depthwise_conv2d"))
+
+
+def depthwise_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec, bias=None, relu: bool = False) -> np.ndarray:
+    """Depthwise convolution by the native direct kernel, with bias and ReLU fused:
+    (N, OH, OW, OC) float32, or int32 wrapped modulo 2**32. A channel multiplier
+    m = OC / C repeats each input channel m times first."""
     oc, _, kh, kw = w.shape
     mult = oc // x.shape[3]
     acc_t = np.int32 if is_integer(spec.dtype) else np.float32
@@ -107,7 +112,8 @@ def depthwise_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray | N
     oh, ow = (spec.out_shape[1], spec.out_shape[2]) if p["layout"] == "NHWC" else \
         (spec.out_shape[2], spec.out_shape[3])
     y = np.empty((x.shape[0], oh, ow, oc), acc_t)
-    core.cpu_depthwise_conv2d(xs, ws, y, tuple(p["stride"]), (pt, pl), tuple(p["dilation"]))
+    b = None if bias is None else np.ascontiguousarray(bias, dtype=acc_t)
+    core.cpu_depthwise_conv2d(xs, ws, y, tuple(p["stride"]), (pt, pl), tuple(p["dilation"]), b, relu)
     return y
 
 
@@ -123,10 +129,6 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
     g = spec.param["groups"]
     n = x.shape[0]
     oc, cg, kh, kw = w.shape
-    if cg == 1 and g > 1:  # depthwise: K = KH*KW per group is far too short for BLAS
-        acc = depthwise_nhwc(x, w, spec)
-        if acc is not None:
-            return acc
     ocg, kk = oc // g, kh * kw
     if kk == 1 and spec.param["stride"] == (1, 1) and spec.param["padding"] == ((0, 0), (0, 0)):
         oh, ow = x.shape[1], x.shape[2]
@@ -192,6 +194,11 @@ class CpuBackend:
         x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
         if spec.out_shape[0] == 0 or 0 in w.shape[:1]:
             return np.zeros(spec.out_shape, DTYPES[spec.out_dtype])
-        acc = conv2d_nhwc(x_nhwc, w, spec)
-        out = epilogue(acc, bias, spec.activation, spec.out_dtype)
+        if native_depthwise(spec):
+            relu = spec.activation == "relu"
+            acc = depthwise_nhwc(x_nhwc, w, spec, bias, relu)
+            out = epilogue(acc, None, None if relu else spec.activation, spec.out_dtype)
+        else:
+            acc = conv2d_nhwc(x_nhwc, w, spec)
+            out = epilogue(acc, bias, spec.activation, spec.out_dtype)
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out
