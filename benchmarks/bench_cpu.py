@@ -35,18 +35,11 @@ def test_matmul_f32(benchmark, rng, n, impl):
     benchmark(fn)
 
 
-@pytest.mark.parametrize("layer", list(RESNET_LAYERS))
-@pytest.mark.parametrize("impl", ["lepton", "torch"])
-def test_conv2d_resnet50(benchmark, rng, layer, impl):
-    h, w, c, oc, k, s = RESNET_LAYERS[layer]
-    x = rng.standard_normal((1, h, w, c), dtype=np.float32)
-    wt = rng.standard_normal((oc, c, k, k), dtype=np.float32)
-    bias = rng.standard_normal(oc, dtype=np.float32)
-    pad = k // 2
-    benchmark.group = f"conv2d f32 {layer}"
+def bench_conv_relu(benchmark, impl, x, wt, bias, stride, pad, groups=1):
+    """relu(conv2d(x, w) + bias), NHWC x: ours fused, or PyTorch's conv then ReLU."""
     if impl == "lepton":
-        benchmark(lambda: la.conv2d(x, wt, bias=bias, stride=s, padding=pad, layout="NHWC",
-                                    activation="relu", backend="cpu"))
+        benchmark(lambda: la.conv2d(x, wt, bias=bias, stride=stride, padding=pad, groups=groups,
+                                    layout="NHWC", activation="relu", backend="cpu"))
         return
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
@@ -54,7 +47,18 @@ def test_conv2d_resnet50(benchmark, rng, layer, impl):
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     tw, tb = torch.from_numpy(wt), torch.from_numpy(bias)
     with torch.no_grad():
-        benchmark(lambda: F.relu(F.conv2d(tx, tw, tb, stride=s, padding=pad)))
+        benchmark(lambda: F.relu(F.conv2d(tx, tw, tb, stride=stride, padding=pad, groups=groups)))
+
+
+@pytest.mark.parametrize("layer", list(RESNET_LAYERS))
+@pytest.mark.parametrize("impl", ["lepton", "torch"])
+def test_conv2d_resnet50(benchmark, rng, layer, impl):
+    h, w, c, oc, k, s = RESNET_LAYERS[layer]
+    x = rng.standard_normal((1, h, w, c), dtype=np.float32)
+    wt = rng.standard_normal((oc, c, k, k), dtype=np.float32)
+    bias = rng.standard_normal(oc, dtype=np.float32)
+    benchmark.group = f"conv2d f32 {layer}"
+    bench_conv_relu(benchmark, impl, x, wt, bias, s, k // 2)
 
 
 # MobileNetV2 depthwise 3x3 layers (batch 1, NHWC): (H=W, C, stride)
@@ -75,17 +79,7 @@ def test_conv2d_depthwise(benchmark, rng, layer, impl):
     wt = rng.standard_normal((c, 1, 3, 3), dtype=np.float32)
     bias = rng.standard_normal(c, dtype=np.float32)
     benchmark.group = f"conv2d f32 depthwise {layer}"
-    if impl == "lepton":
-        benchmark(lambda: la.conv2d(x, wt, bias=bias, stride=s, padding=1, groups=c, layout="NHWC",
-                                    activation="relu", backend="cpu"))
-        return
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F
-
-    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    tw, tb = torch.from_numpy(wt), torch.from_numpy(bias)
-    with torch.no_grad():
-        benchmark(lambda: F.relu(F.conv2d(tx, tw, tb, stride=s, padding=1, groups=c)))
+    bench_conv_relu(benchmark, impl, x, wt, bias, s, 1, groups=c)
 
 
 @pytest.mark.parametrize("impl", ["lepton", "numpy"])
