@@ -173,7 +173,7 @@ void rows(const DepthwiseArgs& a, const T* x, const T* w, T* y, int64_t row_begi
     T* out_row = y + row * a.OW * C;
 #if LEPTON_DW_BLOCKED
     for (int64_t c0 = 0; c0 < c_blocked; c0 += CB) {
-      if (a.KW == 3 && n_rows == 3)  // 3x3 away from the top and bottom edges: the common case
+      if (a.KW == 3 && n_rows == 3)  // three filter rows inside the image, width 3: 3x3 off the edges
         row_block<T, 3, 3>(a, x_img, w, out_row, c0, ih_list.data(), kh_list.data(), n_rows);
       else row_block<T, 0, 0>(a, x_img, w, out_row, c0, ih_list.data(), kh_list.data(), n_rows);
     }
@@ -198,10 +198,16 @@ void run(const DepthwiseArgs& a, const T* x, const T* w, T* y) {
   }
   std::vector<std::thread> pool;
   const int64_t chunk = (total + threads - 1) / threads;
-  for (int64_t t = 0; t < threads; ++t) {
-    const int64_t b = t * chunk, e = std::min(total, b + chunk);
-    if (b < e) pool.emplace_back(rows<T>, std::cref(a), x, w, y, b, e);
+  try {
+    for (int64_t t = 1; t < threads; ++t) {
+      const int64_t b = t * chunk, e = std::min(total, b + chunk);
+      if (b < e) pool.emplace_back(rows<T>, std::cref(a), x, w, y, b, e);
+    }
+  } catch (...) {  // no thread to be had: the caller's thread does the rest
+    const int64_t done_to = int64_t(pool.size() + 1) * chunk;
+    rows<T>(a, x, w, y, std::min(total, done_to), total);
   }
+  rows<T>(a, x, w, y, 0, std::min(total, chunk));  // the first chunk on the calling thread
   for (auto& th : pool) th.join();
 }
 
