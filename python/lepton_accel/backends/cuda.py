@@ -7,6 +7,7 @@ on the same device, so it comes back as the caller's kind of array.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 
@@ -54,6 +55,27 @@ class _DeviceBuffer:
         if self.ptr:
             core.cuda_free(self.ptr)
             self.ptr = 0
+
+
+@contextlib.contextmanager
+def _round_trip(hosts, out: np.ndarray):
+    """Device copies of the host arrays ``hosts`` and a device buffer for ``out``; yields
+    (input pointers, output pointer), copies the output back when the body succeeds,
+    and frees every buffer either way. Copies go as bytes: NumPy exports no buffer for
+    bfloat16 (ml_dtypes)."""
+    buffers = []
+    try:
+        ptrs = []
+        for h in hosts:
+            buffers.append(_DeviceBuffer(h.nbytes))
+            core.cuda_copy_to_device(buffers[-1].ptr, h.reshape(-1).view(np.uint8))
+            ptrs.append(buffers[-1].ptr)
+        buffers.append(_DeviceBuffer(out.nbytes))
+        yield ptrs, buffers[-1].ptr
+        core.cuda_copy_to_host(out.reshape(-1).view(np.uint8), buffers[-1].ptr)
+    finally:
+        for buf in buffers:
+            buf.free()
 
 
 def _empty_like_framework(origin, shape, dtype: str):
@@ -164,23 +186,9 @@ class CudaBackend:
         hosts = [np.ascontiguousarray(v.host) for v in ops[:2]]
         if spec.bias:
             hosts.append(np.ascontiguousarray(ops[2].host.astype(DTYPES[spec.out_dtype])))
-        buffers = []
-        try:
-            ptrs = []
-            for h in hosts:
-                buf = _DeviceBuffer(h.nbytes)
-                buffers.append(buf)
-                # as bytes: NumPy exports no buffer for bfloat16 (ml_dtypes)
-                core.cuda_copy_to_device(buf.ptr, h.reshape(-1).view(np.uint8))
-                ptrs.append(buf.ptr)
-            c_buf = _DeviceBuffer(out.nbytes)
-            buffers.append(c_buf)
-            views = [(h.shape, tuple(s // h.itemsize for s in h.strides)) for h in hosts[:2]]
-            self._launch(spec, views, ptrs, c_buf.ptr, out.shape, 0)
-            core.cuda_copy_to_host(out.reshape(-1).view(np.uint8), c_buf.ptr)
-        finally:
-            for buf in buffers:
-                buf.free()
+        views = [(h.shape, tuple(s // h.itemsize for s in h.strides)) for h in hosts[:2]]
+        with _round_trip(hosts, out) as (ptrs, c_ptr):
+            self._launch(spec, views, ptrs, c_ptr, out.shape, 0)
         return out
 
     # ---- device operands: in place, on the caller's stream ---------------------------
@@ -251,24 +259,11 @@ class CudaBackend:
         if spec.bias:  # float outputs take the bias in float32, exact for any float bias
             bias = np.ascontiguousarray(ops[2].host.astype(
                 np.int32 if spec.out_dtype == "int32" else np.float32))
-        buffers = []
-        try:
-            ptrs = []
-            for h in (x, w) + ((bias,) if bias is not None else ()):
-                buf = _DeviceBuffer(h.nbytes)
-                buffers.append(buf)
-                core.cuda_copy_to_device(buf.ptr, h.reshape(-1).view(np.uint8))
-                ptrs.append(buf.ptr)
-            y_buf = _DeviceBuffer(out.nbytes)
-            buffers.append(y_buf)
-            x_strides = tuple(s // x.itemsize for s in x.strides)
-            self._conv2d_launch(spec, ptrs[0], ptrs[1], y_buf.ptr, ptrs[2] if bias is not None else 0,
+        x_strides = tuple(s // x.itemsize for s in x.strides)
+        with _round_trip((x, w) + ((bias,) if bias is not None else ()), out) as (ptrs, y_ptr):
+            self._conv2d_launch(spec, ptrs[0], ptrs[1], y_ptr, ptrs[2] if bias is not None else 0,
                                 "int32" if bias is not None and bias.dtype == np.int32 else "float32",
                                 x_strides, w_strides, 0)
-            core.cuda_copy_to_host(out.reshape(-1).view(np.uint8), y_buf.ptr)
-        finally:
-            for buf in buffers:
-                buf.free()
         return out
 
     def _conv2d_device(self, spec: OpSpec, ops: list[ArrayView]):
