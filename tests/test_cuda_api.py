@@ -13,9 +13,9 @@ import pytest
 
 import lepton_accel as la
 from lepton_accel.dtypes import DTYPES as NP_DTYPES
-from lepton_accel.ops import choose_backend
+from lepton_accel.api import choose_backend
 from lepton_accel.reference import matmul_ref, relative_error
-from lepton_accel.spec import matmul_spec
+from lepton_accel.ops import matmul_spec
 
 from cuda_device import SKIP_REASON
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from lepton_accel.dtypes import DTYPES as NP_DTYPES
 from lepton_accel.reference import conv2d_ref, relative_error
-from lepton_accel.spec import conv2d_spec
+from lepton_accel.ops import conv2d_spec
 
 from cuda_device import SKIP_REASON, DeviceBuffers, _core
 

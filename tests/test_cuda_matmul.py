@@ -504,7 +504,7 @@ def test_host_marshalling_matches_reference(monkeypatch, dtype, shapes):
     from lepton_accel.arrays import as_view
     from lepton_accel.backends import cuda as cuda_backend
     from lepton_accel.dtypes import DTYPES as NP_OF
-    from lepton_accel.spec import matmul_spec
+    from lepton_accel.ops import matmul_spec
 
     monkeypatch.setattr(cuda_backend, "core", FakeGemmCore())
     rng = np.random.default_rng()
@@ -537,7 +537,7 @@ def test_device_batch_with_expanded_operand(monkeypatch):
     extent-1 batch dim, must not be collapsed into one batch stride (that would read
     past its memory)."""
     from lepton_accel.backends import cuda as cuda_backend
-    from lepton_accel.spec import matmul_spec
+    from lepton_accel.ops import matmul_spec
 
     fake = FakeGemmCore()
     monkeypatch.setattr(cuda_backend, "core", fake)
@@ -573,7 +573,7 @@ def test_device_bias_must_be_contiguous(monkeypatch):
     """The kernels read the bias with unit stride; a strided device bias is refused."""
     from lepton_accel.arrays import ArrayView
     from lepton_accel.backends.cuda import CudaBackend
-    from lepton_accel.spec import matmul_spec
+    from lepton_accel.ops import matmul_spec
 
     monkeypatch.setattr(CudaBackend, "available", lambda self: (True, ""))
     spec = matmul_spec((4, 5), "float32", (5, 6), "float32", bias_shape=(6,), bias_dtype="float32")

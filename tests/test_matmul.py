@@ -23,6 +23,9 @@ def check(out, ref, dtype):
         np.testing.assert_array_equal(out, ref)
     else:
         err = relative_error(out.astype(np.float64), ref)
+        if np.linalg.norm(ref) < 1e-6:  # every output in GELU's underflowing tail: absolute
+            assert np.abs(out.astype(np.float64) - ref).max() < 1e-6
+            return
         assert err < TOLERANCE[dtype], f"relative error {err:.3g} for {dtype}"
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from lepton_accel.perf import DEVICES, PerfModel
-from lepton_accel.spec import conv2d_spec, matmul_spec
+from lepton_accel.ops import conv2d_spec, matmul_spec
 
 
 def test_compute_bound_gemm_follows_peak():

@@ -2,6 +2,8 @@
 import textwrap
 
 import numpy as np
+
+from lepton_accel import reference
 import pytest
 
 from lepton_accel.scheduler import runner
@@ -115,12 +117,12 @@ def test_results_are_checked_against_float64(dtype):
     assert res["ok"] and res["verified"], res
     # the check can fail: a perturbed output is caught
     ops = runner.operands(doc, ".")
-    ref = runner.reference_matmul(ops["a"], ops["b"], ops["bias"], "relu", dtype == "int8")
+    spec = one(doc).spec
+    ref = reference.reference(spec, (ops["a"], ops["b"]), ops["bias"])
     out = ref.copy()
     out.flat[int(np.random.default_rng().integers(out.size))] += 1 if dtype == "int8" else 0.5 * np.abs(ref).max() + 1
-    out_dtype = "int32" if dtype == "int8" else dtype
-    assert runner.check(out, ref, out_dtype)["verified"] is False
-    assert runner.check(ref, ref, out_dtype)["verified"] is True
+    assert reference.check(spec, out, ref)["verified"] is False
+    assert reference.check(spec, ref, ref)["verified"] is True
 
 
 def test_conv_reference_checks_grouped_strided_nhwc():

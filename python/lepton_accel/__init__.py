@@ -11,11 +11,10 @@ import platform
 import numpy as np
 
 from . import _native
+from .api import choose_backend, conv2d, execute, matmul
 from .backends import REGISTRY as _REGISTRY
-from .backends import BackendUnavailable, UnsupportedOperation
-from .dtypes import bfloat16
-from .ops import choose_backend, conv2d, matmul
-from .spec import OpSpec, conv2d_spec, matmul_spec
+from .backends import BackendUnavailable, RunStats, UnsupportedOperation
+from .ops import OpSpec, conv2d_spec, matmul_spec
 
 __version__ = "0.1.0"
 
@@ -41,6 +40,14 @@ def backends() -> list[dict]:
     return out
 
 
-__all__ = ["matmul", "conv2d", "build_info", "backends", "choose_backend", "OpSpec",
-           "matmul_spec", "conv2d_spec", "bfloat16", "BackendUnavailable",
-           "UnsupportedOperation", "__version__"]
+def __getattr__(name):
+    if name == "bfloat16":  # ml_dtypes loads on first use, not with the package
+        from .dtypes import DTYPES
+
+        return DTYPES["bfloat16"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["matmul", "conv2d", "execute", "build_info", "backends", "choose_backend",
+           "OpSpec", "matmul_spec", "conv2d_spec", "bfloat16", "BackendUnavailable",
+           "UnsupportedOperation", "RunStats", "__version__"]

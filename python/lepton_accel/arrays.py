@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import DTYPES, bfloat16, dtype_name
+from .dtypes import DTYPES, dtype_name
 
 # ---- DLPack structures (dlpack.h, ABI version 0.x "dltensor" capsules) -------------
 KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
@@ -214,7 +214,7 @@ def to_caller_kind(result: np.ndarray, like: Any):
     if fw == "torch":
         import torch
 
-        if result.dtype == bfloat16:
+        if dtype_name(result.dtype) == "bfloat16":
             return torch.from_numpy(np.ascontiguousarray(result).view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(np.ascontiguousarray(result))
     if fw in ("jax", "jaxlib"):

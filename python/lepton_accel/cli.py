@@ -62,29 +62,35 @@ def _demo_cases(rng):
 def cmd_demo(args) -> int:
     """Run a verified matmul and conv2d per dtype on every available backend."""
     import lepton_accel as la
-    from .reference import TOLERANCE, conv2d_ref, matmul_ref, relative_error
+    from . import reference
+    from .dtypes import dtype_name
+    from .ops import get_op
 
     rng = np.random.default_rng()
     rows, failures = [], 0
     for backend in [b["name"] for b in la.backends() if b["available"]]:
         for op, dtype, kw in _demo_cases(rng):
-            fn = getattr(la, op)
+            opdef = get_op(op)
+            arrays = [kw[n] for n in opdef.operands]
+            bias = kw.get("bias")
+            params = {k: v for k, v in kw.items() if k not in opdef.operands + ("bias", "activation")}
+            spec = opdef.spec(tuple(a.shape for a in arrays), (dtype, dtype),
+                              bias_shape=None if bias is None else bias.shape,
+                              bias_dtype=None if bias is None else dtype_name(bias.dtype),
+                              activation=kw.get("activation"), **params)
             t0 = time.perf_counter()
             try:
-                out = fn(**kw, backend=backend)
+                out = getattr(la, op)(**kw, backend=backend)
             except la.UnsupportedOperation as exc:
                 why = str(exc).split(": ", 2)[-1].split(";")[0]
                 rows.append([backend, op, dtype, "-", "-", f"not supported: {why}"])
                 continue
             ms = (time.perf_counter() - t0) * 1e3
-            ref = matmul_ref(**kw) if op == "matmul" else conv2d_ref(**kw)
-            if dtype == "int8":
-                ok = np.array_equal(np.asarray(out), ref)
-                err, verdict = "exact" if ok else "MISMATCH", "ok" if ok else "FAILED"
-            else:
-                e = relative_error(np.asarray(out, np.float64), ref)
-                ok = e < TOLERANCE[dtype]
-                err, verdict = f"{e:.2e}", "ok" if ok else f"FAILED (tol {TOLERANCE[dtype]:g})"
+            res = reference.check(spec, out, reference.reference(spec, arrays, bias))
+            ok = res["verified"]
+            err = ("exact" if ok else "MISMATCH") if res["tolerance"] is None else f"{res['rel_err']:.2e}" \
+                if res["rel_err"] is not None else "non-finite"
+            verdict = "ok" if ok else f"FAILED ({res['why']})"
             failures += not ok
             rows.append([backend, op, dtype, err, f"{ms:.1f}", verdict])
     print(_table(rows, ["backend", "op", "dtype", "rel. error", "ms", "result"]))

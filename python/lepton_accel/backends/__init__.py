@@ -1,7 +1,7 @@
 """Backends, one module each, and the registry the dispatcher chooses from."""
 from __future__ import annotations
 
-from .base import Backend, BackendUnavailable, UnsupportedOperation
+from .base import Backend, BackendUnavailable, RunStats, UnsupportedOperation
 from .cpu import CpuBackend
 from .cuda import CudaBackend
 from .fpga import FpgaBackend
@@ -13,9 +13,9 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (CpuBackend(), CudaBackend(),
 def get(name: str) -> Backend:
     try:
         return REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"backend: unknown backend {name!r}; expected 'auto' or one of "
                          f"{', '.join(REGISTRY)}") from None
 
 
-__all__ = ["Backend", "BackendUnavailable", "UnsupportedOperation", "REGISTRY", "get"]
+__all__ = ["Backend", "BackendUnavailable", "RunStats", "UnsupportedOperation", "REGISTRY", "get"]

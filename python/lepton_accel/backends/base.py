@@ -1,10 +1,18 @@
-"""The Backend protocol every backend module implements."""
+"""What every backend module implements, and what a run hands back.
+
+A backend has one kernel per op it runs (``kernels``: op name -> function); an op it has
+no kernel for is refused with :class:`UnsupportedOperation` naming the op. A kernel takes
+the validated spec and the operand views and returns the output with the run's
+:class:`RunStats`. Backends write no global state: the caller records the statistics
+(the public API into the process's perf model, the scheduler into its own).
+"""
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 from ..arrays import ArrayView
-from ..spec import OpSpec
+from ..ops import OpSpec
 
 
 class BackendUnavailable(RuntimeError):
@@ -12,21 +20,53 @@ class BackendUnavailable(RuntimeError):
 
 
 class UnsupportedOperation(ValueError):
-    """A backend was asked for explicitly but does not support this operation."""
+    """A backend (or every backend) does not run this operation; the message says why."""
 
 
-@runtime_checkable
-class Backend(Protocol):
-    name: str
+@dataclass
+class RunStats:
+    """What one run measured, travelling up with its result."""
+
+    backend: str
+    wall_s: float = 0.0
+    device: str = ""                   # the device (spec name) it ran on
+    cycles: int | None = None          # device clock cycles (FPGA cores' own counter)
+    simulated: bool = False            # the device was a simulation
+    sim_s_per_cycle: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Kernel = Callable[[OpSpec, "list[ArrayView]"], "tuple[Any, RunStats]"]
+
+
+class Backend:
+    """Base of the backend modules: ``name``, ``kernels`` and the four questions."""
+
+    name: ClassVar[str]
+    #: op name -> kernel(self, spec, views) -> (output, RunStats)
+    kernels: ClassVar[dict[str, Callable]] = {}
 
     def available(self) -> tuple[bool, str]:
         """(True, "") when usable here, else (False, why not)."""
+        return True, ""
+
+    def has_kernel(self, op: str) -> bool:
+        return op in self.kernels
 
     def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
         """Whether this backend runs ``spec`` (on these operands' devices), and why not."""
+        if spec.op not in self.kernels:
+            return False, f"no {spec.op} kernel on the {self.name} backend"
+        return True, ""
 
     def estimate(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> float:
         """Seconds this backend would take, transfers included."""
+        raise NotImplementedError
 
     def run(self, spec: OpSpec, operands: list[ArrayView]):
-        """Compute the result; returns the caller's kind of array."""
+        """Compute the result: (the caller's kind of array, RunStats)."""
+        kernel = self.kernels.get(spec.op)
+        if kernel is None:
+            raise UnsupportedOperation(f"backend: {self.name!r} has no kernel for op "
+                                       f"{spec.op!r}")
+        return kernel(self, spec, operands)

@@ -9,13 +9,17 @@ exact, then the chunks are summed in int64 and wrapped to int32 once:
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
+from .. import numerics
 from .._native import core
 from ..arrays import ArrayView, to_caller_kind
 from ..dtypes import DTYPES, is_integer
+from ..ops import OpSpec
 from ..perf import MODEL
-from ..spec import OpSpec
+from .base import Backend, RunStats
 
 #: integer operand dtype -> (float type whose BLAS sums it exactly, K-chunk)
 _EXACT = {"int8": (np.float32, 1024), "int16": (np.float64, 1 << 22)}
@@ -44,19 +48,6 @@ def gemm(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     return np.matmul(a, b)
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """In place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    inner = x * x
-    inner *= 0.044715 * x
-    inner += x
-    inner *= np.float32(0.7978845608028654)
-    np.tanh(inner, out=inner)
-    inner += 1.0
-    x *= inner
-    x *= 0.5
-    return x
-
-
 def epilogue(acc: np.ndarray, bias: np.ndarray | None, activation: str | None,
              out_dtype: str, channel_axis: int = -1) -> np.ndarray:
     """Bias, activation and output cast on the accumulator, in place where possible."""
@@ -72,29 +63,28 @@ def epilogue(acc: np.ndarray, bias: np.ndarray | None, activation: str | None,
     if activation == "relu":
         np.maximum(acc, 0, out=acc)
     elif activation == "gelu":
-        gelu_tanh(acc)
+        numerics.gelu_(acc)
     return acc.astype(DTYPES[out_dtype], copy=False)
 
 
 def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
     """(N, H, W, C) -> strided windows (N, OH, OW, C, KH, KW), copying only for padding."""
-    p = spec.param
-    (pt, pb), (pl, pr) = p["padding"]
+    p = spec.params
+    (pt, pb), (pl, pr) = p.padding
     if pt or pb or pl or pr:
         x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     _, _, kh, kw = spec.shapes[1]
-    (dh, dw), (sh, sw) = p["dilation"], p["stride"]
+    (dh, dw), (sh, sw) = p.dilation, p.stride
     win = np.lib.stride_tricks.sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
                                                     axis=(1, 2))
-    oh, ow = (spec.out_shape[1], spec.out_shape[2]) if p["layout"] == "NHWC" else \
-        (spec.out_shape[2], spec.out_shape[3])
+    oh, ow = p.spatial(spec.out_shape)
     return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
 
 
 def native_depthwise(spec: OpSpec) -> bool:
     """Depthwise convolutions (one input channel per group) run on the native kernel: as
     GEMMs they would have K = KH*KW per group, far too short for BLAS."""
-    return (spec.op == "conv2d" and spec.param["groups"] > 1 and spec.shapes[1][1] == 1
+    return (spec.params.groups > 1 and spec.shapes[1][1] == 1
             and core is not None and hasattr(core, "cpu_depthwise_conv2d"))
 
 
@@ -107,13 +97,12 @@ def depthwise_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec, bias=None, relu: 
     acc_t = np.int32 if is_integer(spec.dtype) else np.float32
     xs = np.ascontiguousarray(np.repeat(x, mult, axis=3) if mult > 1 else x, dtype=acc_t)
     ws = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0), dtype=acc_t)       # (KH, KW, OC)
-    p = spec.param
-    (pt, _), (pl, _) = p["padding"]
-    oh, ow = (spec.out_shape[1], spec.out_shape[2]) if p["layout"] == "NHWC" else \
-        (spec.out_shape[2], spec.out_shape[3])
+    p = spec.params
+    (pt, _), (pl, _) = p.padding
+    oh, ow = p.spatial(spec.out_shape)
     y = np.empty((x.shape[0], oh, ow, oc), acc_t)
     b = None if bias is None else np.ascontiguousarray(bias, dtype=acc_t)
-    core.cpu_depthwise_conv2d(xs, ws, y, tuple(p["stride"]), (pt, pl), tuple(p["dilation"]), b, relu)
+    core.cpu_depthwise_conv2d(xs, ws, y, p.stride, (pt, pl), p.dilation, b, relu)
     return y
 
 
@@ -126,11 +115,11 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
     im2col. Layers with more weights than im2col elements (deep, small images) take the
     second order.
     """
-    g = spec.param["groups"]
+    g = spec.params.groups
     n = x.shape[0]
     oc, cg, kh, kw = w.shape
     ocg, kk = oc // g, kh * kw
-    if kk == 1 and spec.param["stride"] == (1, 1) and spec.param["padding"] == ((0, 0), (0, 0)):
+    if kk == 1 and spec.params.stride == (1, 1) and spec.params.padding == ((0, 0), (0, 0)):
         oh, ow = x.shape[1], x.shape[2]
         cols = x.reshape(n * oh * ow, g, cg).transpose(1, 0, 2)       # no copy for 1x1
         return _grouped_gemm(cols, w.reshape(g, ocg, cg).transpose(0, 2, 1), spec, n, oh, ow)
@@ -153,13 +142,51 @@ def _grouped_gemm(cols, wg, spec: OpSpec, n: int, oh: int, ow: int) -> np.ndarra
     return acc.transpose(1, 0, 2).reshape(n, oh, ow, -1)
 
 
-class CpuBackend:
-    name = "cpu"
+def _matmul(a, b, bias, spec: OpSpec):
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    acc = gemm(a2, b2, spec.dtype)
+    if a.ndim == 1:
+        acc = acc[..., 0, :]
+    if b.ndim == 1:
+        acc = acc[..., 0]
+    return epilogue(acc, bias, spec.activation, spec.out_dtype).reshape(spec.out_shape)
 
-    def available(self) -> tuple[bool, str]:
-        return True, ""
+
+def _conv2d(x, w, bias, spec: OpSpec):
+    nchw = spec.params.layout == "NCHW"
+    x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
+    if spec.out_shape[0] == 0 or 0 in w.shape[:1]:
+        return np.zeros(spec.out_shape, DTYPES[spec.out_dtype])
+    if native_depthwise(spec):
+        relu = spec.activation == "relu"
+        acc = depthwise_nhwc(x_nhwc, w, spec, bias, relu)
+        out = epilogue(acc, None, None if relu else spec.activation, spec.out_dtype)
+    else:
+        acc = conv2d_nhwc(x_nhwc, w, spec)
+        out = epilogue(acc, bias, spec.activation, spec.out_dtype)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out
+
+
+def _host_kernel(fn):
+    """A kernel over host arrays: (x, w[, bias]) in, the caller's kind of array out."""
+    def kernel(self, spec: OpSpec, operands: list[ArrayView]):
+        t0 = time.perf_counter()
+        arrays = [v.host for v in operands]
+        out = fn(arrays[0], arrays[1], arrays[2] if spec.bias else None, spec)
+        stats = RunStats("cpu", time.perf_counter() - t0, "host-cpu")
+        return to_caller_kind(out, operands[0].origin), stats
+    kernel.__name__ = fn.__name__
+    return kernel
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    kernels = {"matmul": _host_kernel(_matmul), "conv2d": _host_kernel(_conv2d)}
 
     def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
+        if spec.op not in self.kernels:
+            return False, f"no {spec.op} kernel on the cpu backend"
         for v in operands or ():
             if not v.is_host:
                 return False, f"{v.name} is on {v.device}; the cpu backend takes host memory"
@@ -167,38 +194,3 @@ class CpuBackend:
 
     def estimate(self, spec: OpSpec, operands=None) -> float:
         return MODEL.estimate(spec, "host-cpu", data_on_host=False).total_s
-
-    def run(self, spec: OpSpec, operands: list[ArrayView]):
-        arrays = [v.host for v in operands]
-        bias = arrays[2] if spec.bias else None
-        if spec.op == "matmul":
-            out = self._matmul(spec, arrays[0], arrays[1], bias)
-        else:
-            out = self._conv2d(spec, arrays[0], arrays[1], bias)
-        return to_caller_kind(out, operands[0].origin)
-
-    @staticmethod
-    def _matmul(spec: OpSpec, a, b, bias):
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        acc = gemm(a2, b2, spec.dtype)
-        if a.ndim == 1:
-            acc = acc[..., 0, :]
-        if b.ndim == 1:
-            acc = acc[..., 0]
-        return epilogue(acc, bias, spec.activation, spec.out_dtype).reshape(spec.out_shape)
-
-    @staticmethod
-    def _conv2d(spec: OpSpec, x, w, bias):
-        nchw = spec.param["layout"] == "NCHW"
-        x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
-        if spec.out_shape[0] == 0 or 0 in w.shape[:1]:
-            return np.zeros(spec.out_shape, DTYPES[spec.out_dtype])
-        if native_depthwise(spec):
-            relu = spec.activation == "relu"
-            acc = depthwise_nhwc(x_nhwc, w, spec, bias, relu)
-            out = epilogue(acc, None, None if relu else spec.activation, spec.out_dtype)
-        else:
-            acc = conv2d_nhwc(x_nhwc, w, spec)
-            out = epilogue(acc, bias, spec.activation, spec.out_dtype)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out

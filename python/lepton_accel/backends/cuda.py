@@ -8,6 +8,7 @@ on the same device, so it comes back as the caller's kind of array.
 from __future__ import annotations
 
 import contextlib
+import time
 import functools
 import itertools
 
@@ -16,8 +17,9 @@ import numpy as np
 from .._native import IMPORT_ERROR, core, cuda_compiled
 from ..arrays import ArrayView, to_caller_kind
 from ..dtypes import DTYPES
-from ..perf import DEVICES, MODEL
-from ..spec import OpSpec
+from ..perf import DEVICES, MODEL, cuda_model
+from ..ops import OpSpec
+from .base import Backend, RunStats
 
 _DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int32": 4}
 _ACTIVATION_CODE = {None: 0, "relu": 1, "gelu": 2}
@@ -37,12 +39,11 @@ def _status() -> tuple[bool, str]:
 @functools.lru_cache(maxsize=None)
 def device_name(index: int = 0) -> str:
     """The perf model's name for CUDA device ``index``."""
-    name = core.cuda_device_props(index)["name"]
-    for key, known in (("H100", "H100-SXM"), ("H200", "H100-SXM"), ("A100", "A100-40GB"),
-                       ("A10G", "A10G"), ("L4", "L4")):
-        if key in name:
-            return known
-    return "A100-40GB"
+    return cuda_model(core.cuda_device_props(index)["name"])
+
+
+def _stats_device() -> str:
+    return device_name(0)
 
 
 class _DeviceBuffer:
@@ -132,7 +133,7 @@ def _collapse(batch_shape, per_operand):
     return result
 
 
-class CudaBackend:
+class CudaBackend(Backend):
     name = "cuda"
 
     def available(self) -> tuple[bool, str]:
@@ -142,8 +143,8 @@ class CudaBackend:
         ok, why = self.available()
         if not ok:
             return False, why
-        if spec.op not in ("matmul", "conv2d"):
-            return False, f"{spec.op} has no CUDA kernel in this build"
+        if spec.op not in self.kernels:
+            return False, f"no {spec.op} kernel on the cuda backend"
         if spec.dtype not in _DTYPE_CODE:
             return False, f"{spec.dtype} operands have no CUDA kernel (int8 is the integer type)"
         devices = {v.device for v in operands or () if not v.is_host}
@@ -167,16 +168,23 @@ class CudaBackend:
         name = device_name(0) if self.available()[0] else "H100-SXM"
         return MODEL.estimate(spec, DEVICES[name], data_on_host=on_host).total_s
 
-    def run(self, spec: OpSpec, operands: list[ArrayView]):
-        if spec.op == "conv2d":
-            if operands[0].is_host:
-                return to_caller_kind(self._conv2d_host(spec, operands), operands[0].origin)
-            return self._conv2d_device(spec, operands)
-        if spec.op != "matmul":
-            raise NotImplementedError(f"{spec.op} on cuda")
+    def _run_matmul(self, spec: OpSpec, operands: list[ArrayView]):
+        t0 = time.perf_counter()
         if operands[0].is_host:
-            return to_caller_kind(self._matmul_host(spec, operands), operands[0].origin)
-        return self._matmul_device(spec, operands)
+            out = to_caller_kind(self._matmul_host(spec, operands), operands[0].origin)
+        else:
+            out = self._matmul_device(spec, operands)
+        return out, RunStats("cuda", time.perf_counter() - t0, _stats_device())
+
+    def _run_conv2d(self, spec: OpSpec, operands: list[ArrayView]):
+        t0 = time.perf_counter()
+        if operands[0].is_host:
+            out = to_caller_kind(self._conv2d_host(spec, operands), operands[0].origin)
+        else:
+            out = self._conv2d_device(spec, operands)
+        return out, RunStats("cuda", time.perf_counter() - t0, _stats_device())
+
+    kernels = {"matmul": _run_matmul, "conv2d": _run_conv2d}
 
     # ---- host operands: copy in, run, copy out ---------------------------------------
     def _matmul_host(self, spec: OpSpec, ops: list[ArrayView]) -> np.ndarray:
@@ -224,7 +232,7 @@ class CudaBackend:
         common = dict(M=M, N=N, K=K, in_dtype=_DTYPE_CODE[spec.dtype],
                       out_dtype=_DTYPE_CODE[spec.out_dtype],
                       activation=_ACTIVATION_CODE[spec.activation],
-                      allow_tf32=spec.param.get("allow_tf32", False), stream=stream)
+                      allow_tf32=spec.params.allow_tf32, stream=stream)
         itemsize = {"a": DTYPES[spec.dtype].itemsize, "c": DTYPES[spec.out_dtype].itemsize}
         collapsed = _collapse(batch_shape, [a_b, b_b, c_b]) if batch_shape else [0, 0, 0]
         if collapsed is not None:
@@ -282,11 +290,11 @@ class CudaBackend:
                        bias_dtype: str, x_strides, w_strides, stream: int) -> str:
         """x_strides in x's own axis order; w_strides along (oc, c, kh, kw); y is
         contiguous in the spec's layout. Returns the kernel name."""
-        p = spec.param
+        p = spec.params
         (x_shape, w_shape), out_shape = spec.shapes, spec.out_shape
         y_contig = [1, out_shape[3], out_shape[3] * out_shape[2],
                     out_shape[3] * out_shape[2] * out_shape[1]][::-1]
-        if p["layout"] == "NCHW":
+        if p.layout == "NCHW":
             n, c, h, w = x_shape
             oh, ow = out_shape[2:]
             xs = tuple(x_strides)
@@ -297,9 +305,9 @@ class CudaBackend:
             xs = (x_strides[0], x_strides[3], x_strides[1], x_strides[2])
             ys = (y_contig[0], y_contig[3], y_contig[1], y_contig[2])
         oc, _, kh, kw = w_shape
-        (sh, sw), ((pt, _), (pl, _)), (dh, dw) = p["stride"], p["padding"], p["dilation"]
+        (sh, sw), ((pt, _), (pl, _)), (dh, dw) = p.stride, p.padding, p.dilation
         return core.cuda_conv2d(
             x_ptr, w_ptr, y_ptr, bias_ptr, (n, c, h, w, oc, kh, kw, oh, ow),
-            (sh, sw, pt, pl, dh, dw, p["groups"]), xs, tuple(w_strides), ys,
+            (sh, sw, pt, pl, dh, dw, p.groups), xs, tuple(w_strides), ys,
             _DTYPE_CODE[spec.dtype], _DTYPE_CODE[spec.out_dtype], _DTYPE_CODE[bias_dtype],
             _ACTIVATION_CODE[spec.activation], stream)

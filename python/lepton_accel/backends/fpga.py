@@ -20,16 +20,15 @@ ordinary calls. The scheduler's plans for F1/F2 parts use the device specs in
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import numpy as np
 
 from ..arrays import ArrayView, to_caller_kind
+from ..ops import OpSpec
 from ..perf import DEVICES, MODEL
 from ..perf.devices import with_overrides
-from ..perf.model import fpga_cycle_key
-from ..spec import OpSpec
+from .base import Backend, RunStats
 
 #: Part whose clock and link the simulated core stands for (F2's VU47P, 250 MHz).
 TARGET_PART = "VU47P"
@@ -39,12 +38,10 @@ DEFAULT_SIM_S_PER_CYCLE = 3e-6
 BUILD_S = 60.0
 
 
-class FpgaBackend:
+class FpgaBackend(Backend):
     name = "fpga"
 
     def __init__(self):
-        self._sim_s_per_cycle = DEFAULT_SIM_S_PER_CYCLE
-        self._lock = threading.Lock()
         self._avail: tuple[bool, str] | None = None
 
     # ---- protocol ------------------------------------------------------------------
@@ -65,6 +62,8 @@ class FpgaBackend:
         return self._avail
 
     def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
+        if spec.op not in self.kernels:
+            return False, f"no {spec.op} kernel on the fpga backend"
         for v in operands or ():
             if not v.is_host:
                 return False, f"{v.name} is on {v.device}; the fpga backend takes host memory"
@@ -101,7 +100,7 @@ class FpgaBackend:
         if not math.isfinite(est.total_s):
             return math.inf
         cycles = est.compute_s * dev.clock_hz
-        total = est.total_s + cycles * self._sim_s_per_cycle
+        total = est.total_s + cycles * MODEL.sim_s_per_cycle(dev.name, DEFAULT_SIM_S_PER_CYCLE)
         try:
             cfg = (fpga.conv_config_for(spec.dtype) if spec.op == "conv2d"
                    else fpga.config_for(spec.dtype))
@@ -111,12 +110,13 @@ class FpgaBackend:
             total += BUILD_S
         return total
 
-    def run(self, spec: OpSpec, operands: list[ArrayView]):
+    def _run(self, spec: OpSpec, operands: list[ArrayView]):
         from .. import fpga
 
         arrays = [v.host for v in operands]
         bias = arrays[2] if spec.bias else None
         t0 = time.perf_counter()
+        whole_conv = False
         if spec.op == "matmul":
             drv = fpga.driver(fpga.config_for(spec.dtype))
             sim0 = getattr(drv.device, "sim_cycles", None)
@@ -128,23 +128,18 @@ class FpgaBackend:
             drv = fpga.driver(fpga.conv_config_for(spec.dtype))
             sim0 = getattr(drv.device, "sim_cycles", None)
             out, ran = conv2d_run(spec, arrays[0], arrays[1], bias, spec.dtype)
+            whole_conv = ran is drv and isinstance(drv, fpga.ConvDriver)
             if ran is not drv:   # the matmul-core fallback ran: its own clock
                 drv, sim0 = ran, None
-        dev = drv.device
         wall = time.perf_counter() - t0
-        stats = drv.last
-        if stats.jobs:
-            if spec.op == "conv2d" and isinstance(drv, fpga.ConvDriver):
-                MODEL.record_fpga_cycles(drv.rows, drv.cols, spec.dtype,
-                                         fpga_cycle_key(spec), stats.cycles)
-            else:
-                batch, m, n, k = spec.gemm_shape
-                per_gemm = stats.cycles / max(batch, 1)
-                MODEL.record_fpga_cycles(drv.rows, drv.cols, spec.dtype, (m, n, k),
-                                         int(round(per_gemm)))
+        stats = RunStats("fpga", wall, self._device_spec(spec.dtype).name, simulated=True,
+                         extra={"core": (drv.rows, drv.cols), "whole_conv": whole_conv})
+        if drv.last.jobs:
+            stats.cycles = int(drv.last.cycles)
         if sim0 is not None:
-            simulated = dev.sim_cycles - sim0
+            simulated = drv.device.sim_cycles - sim0
             if simulated > 10_000:
-                with self._lock:
-                    self._sim_s_per_cycle = 0.5 * self._sim_s_per_cycle + 0.5 * wall / simulated
-        return to_caller_kind(out, operands[0].origin)
+                stats.sim_s_per_cycle = wall / simulated
+        return to_caller_kind(out, operands[0].origin), stats
+
+    kernels = {"matmul": _run, "conv2d": _run}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.cpu import im2col_windows
-from ..spec import OpSpec, conv2d_spec
+from ..ops import OpSpec, conv2d_spec
 from .conv_driver import ConvDriver, ConvUnsupported
 from .driver import MatmulDriver
 
@@ -49,10 +49,10 @@ def conv2d_run(spec: OpSpec, x, w, bias, dtype: str = "int8",
 def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
     """Host im2col + one GEMM per group on the matmul core (the fallback path);
     returns int32 in x's layout."""
-    nchw = spec.param["layout"] == "NCHW"
+    nchw = spec.params.layout == "NCHW"
     x_nhwc = np.asarray(x).transpose(0, 2, 3, 1) if nchw else np.asarray(x)
     w = np.asarray(w)
-    g = spec.param["groups"]
+    g = spec.params.groups
     oc, cg, kh, kw = w.shape
     ocg = oc // g
     win = im2col_windows(x_nhwc, spec)

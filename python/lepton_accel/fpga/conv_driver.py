@@ -51,16 +51,9 @@ class ConvStats(JobStats):
 
 def job_of_spec(spec) -> cr.ConvJob:
     """The whole convolution of a validated conv2d OpSpec as one :class:`ConvJob`."""
-    p = spec.param
-    x_shape, w_shape = spec.shapes
-    if p["layout"] == "NCHW":
-        n, c, h, w = x_shape
-    else:
-        n, h, w, c = x_shape
-    (pt, pb), (pl, pr) = p["padding"]
-    return cr.ConvJob.make((n, h, w, c), tuple(w_shape), stride=tuple(p["stride"]),
-                           padding=((pt, pb), (pl, pr)), dilation=tuple(p["dilation"]),
-                           groups=p["groups"])
+    p = spec.params
+    return cr.ConvJob.make(p.to_nhwc(spec.shapes[0]), tuple(spec.shapes[1]), stride=p.stride,
+                           padding=p.padding, dilation=p.dilation, groups=p.groups)
 
 
 def row_bands(job: cr.ConvJob, capacity: int):
@@ -200,7 +193,7 @@ class ConvDriver(CoreDriver):
         ReLU by the integer rules (int32 wrap-around, ReLU after the wrapped bias add)."""
         if spec.activation not in (None, "relu"):
             raise ConvUnsupported(f"activation {spec.activation!r} (None or 'relu')")
-        nchw = spec.param["layout"] == "NCHW"
+        nchw = spec.params.layout == "NCHW"
         x = np.asarray(x)
         x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
         out = self.conv_nhwc(x_nhwc, w, bias, job_of_spec(spec))

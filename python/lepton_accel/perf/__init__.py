@@ -1,5 +1,5 @@
 """Device specs and the cost model, shared by auto-dispatch and the scheduler."""
-from .devices import DEVICES, DeviceSpec, device
+from .devices import DEVICES, KINDS, NATIVE_BACKEND, DeviceSpec, cuda_model, device
 from .model import MODEL, Estimate, PerfModel
 
-__all__ = ["DEVICES", "DeviceSpec", "device", "MODEL", "Estimate", "PerfModel"]
+__all__ = ["DEVICES", "KINDS", "NATIVE_BACKEND", "DeviceSpec", "cuda_model", "device", "MODEL", "Estimate", "PerfModel"]

@@ -11,11 +11,17 @@ from dataclasses import dataclass, field, replace
 
 T, G = 1e12, 1e9
 
+#: The kinds of hardware, one vocabulary for device specs, instance types and job
+#: constraints.
+KINDS = ("cpu", "gpu", "fpga")
+#: The backend that runs natively on each kind.
+NATIVE_BACKEND = {"cpu": "cpu", "gpu": "cuda", "fpga": "fpga"}
+
 
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
-    kind: str                          # "cpu" | "cuda" | "fpga"
+    kind: str                          # one of KINDS
     peak: dict[str, float]             # ops/s by operand dtype ("tf32" for fp32 on tensor cores)
     memory_bw: float                   # bytes/s of the device's own memory
     link_bw: float = 0.0               # bytes/s host <-> device (0: data already there)
@@ -49,7 +55,7 @@ def _cpu_spec() -> DeviceSpec:
 
 def _gpu(name, f32, tf32, f16, i8, mem, link) -> DeviceSpec:
     return DeviceSpec(
-        name=name, kind="cuda",
+        name=name, kind="gpu",
         peak={"float32": f32, "tf32": tf32, "float16": f16, "bfloat16": f16, "int8": i8},
         memory_bw=mem, link_bw=link, call_overhead=8e-6,
         efficiency={"float32": 0.75, "tf32": 0.7, "float16": 0.75, "bfloat16": 0.75, "int8": 0.7},
@@ -77,6 +83,20 @@ DEVICES: dict[str, DeviceSpec] = {
     "VU9P": _fpga("VU9P", 6840, 64 * G, 12 * G),
     "VU47P": _fpga("VU47P", 9024, 460 * G, 12 * G),
 }
+
+
+#: Substrings of a CUDA device's reported name -> the spec that stands for it (H200:
+#: the H100's chip and compute rates).
+_CUDA_MODELS = (("H100", "H100-SXM"), ("H200", "H100-SXM"), ("A100", "A100-40GB"),
+                ("A10G", "A10G"), ("L4", "L4"))
+
+
+def cuda_model(reported_name: str) -> str:
+    """The device spec for a CUDA device by the name its driver reports."""
+    for key, known in _CUDA_MODELS:
+        if key in reported_name:
+            return known
+    return "A100-40GB"
 
 
 def device(name: str) -> DeviceSpec:

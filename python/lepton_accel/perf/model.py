@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from ..spec import OpSpec
+from ..ops import OpSpec
 from .devices import DEVICES, DeviceSpec
 
 
@@ -33,6 +33,7 @@ class PerfModel:
     def __init__(self):
         self._efficiency: dict[tuple[str, str], float] = {}
         self._fpga_cycles: dict[tuple, int] = {}
+        self._sim_s_per_cycle: dict[str, float] = {}
         table = os.environ.get("LEPTON_ACCEL_PERF_TABLE")
         if table:
             self.load_table(table)
@@ -50,6 +51,28 @@ class PerfModel:
         the conv2d core."""
         self._fpga_cycles[(rows, cols, dtype, tuple(gemm))] = int(cycles)
 
+    def observe(self, spec: OpSpec, stats) -> None:
+        """Learn from one run's statistics (a backend's ``RunStats``): the cycles an FPGA
+        core took, and how fast its simulation ran. Called by whoever ran the op (the
+        public API, the scheduler), never by a backend."""
+        core = stats.extra.get("core")
+        if stats.cycles is not None and core is not None:
+            rows, cols = core
+            if stats.extra.get("whole_conv"):
+                self.record_fpga_cycles(rows, cols, spec.dtype, fpga_cycle_key(spec), stats.cycles)
+            else:
+                batch, m, n, k = spec.gemm_shape
+                self.record_fpga_cycles(rows, cols, spec.dtype, (m, n, k),
+                                        int(round(stats.cycles / max(batch, 1))))
+        if stats.sim_s_per_cycle is not None:
+            old = self._sim_s_per_cycle.get(stats.device)
+            new = stats.sim_s_per_cycle
+            self._sim_s_per_cycle[stats.device] = new if old is None else 0.5 * old + 0.5 * new
+
+    def sim_s_per_cycle(self, device: str, default: float) -> float:
+        """Wall seconds per simulated cycle seen on a simulated device (else default)."""
+        return self._sim_s_per_cycle.get(device, default)
+
     def load_table(self, path: str) -> None:
         """JSON: {"efficiency": {"DEVICE": {"dtype": f}}, "fpga_cycles": [[r, c, dt, M, N, K, cyc]]}."""
         with open(path) as f:
@@ -64,7 +87,7 @@ class PerfModel:
     def estimate(self, spec: OpSpec, device: DeviceSpec | str, *, data_on_host: bool = True,
                  precision: str | None = None) -> Estimate:
         dev = DEVICES[device] if isinstance(device, str) else device
-        tf32 = precision == "tf32" or spec.param.get("allow_tf32", False)
+        tf32 = precision == "tf32" or getattr(spec.params, "allow_tf32", False)
         dtype = "tf32" if (tf32 and spec.dtype == "float32" and "tf32" in dev.peak) else spec.dtype
         peak = dev.peak.get(dtype, 0.0)
         if peak <= 0:
@@ -80,14 +103,14 @@ class PerfModel:
         return Estimate(dev.name, compute, memory, transfer, dev.call_overhead)
 
     def _fpga_compute_s(self, spec: OpSpec, dev: DeviceSpec) -> float:
-        if spec.op == "conv2d":
-            key = (dev.core_rows, dev.core_cols, spec.dtype, fpga_cycle_key(spec))
-            if key in self._fpga_cycles:
-                return self._fpga_cycles[key] / dev.clock_hz
         batch, M, N, K = spec.gemm_shape
-        key = (dev.core_rows, dev.core_cols, spec.dtype, (M, N, K))
-        if key in self._fpga_cycles:
-            return batch * self._fpga_cycles[key] / dev.clock_hz
+        core = (dev.core_rows, dev.core_cols, spec.dtype)
+        whole = self._fpga_cycles.get(core + (fpga_cycle_key(spec),))  # conv2d core: all of it
+        if whole is not None and spec.op == "conv2d":
+            return whole / dev.clock_hz
+        per_gemm = self._fpga_cycles.get(core + ((M, N, K),))          # one GEMM of the batch
+        if per_gemm is not None:
+            return batch * per_gemm / dev.clock_hz
         # Output-stationary tiles of rows x cols, K cycles each, at the part's efficiency.
         tiles = math.ceil(M / dev.core_rows) * math.ceil(N / dev.core_cols)
         eff = self._efficiency.get((dev.name, spec.dtype), dev.efficiency.get(spec.dtype, 1.0))
@@ -95,14 +118,14 @@ class PerfModel:
 
 
 def fpga_cycle_key(spec: OpSpec) -> tuple:
-    """Cycle-table key of a conv2d spec on the conv2d core (its cycles depend on the
-    image, not only on the implicit GEMM): ("conv2d", x shape NHWC, w shape, stride,
-    padding, dilation, groups)."""
-    p = spec.param
-    x, w = spec.shapes
-    nhwc = (x[0], x[2], x[3], x[1]) if p["layout"] == "NCHW" else tuple(x)
-    return ("conv2d", tuple(nhwc), tuple(w), tuple(p["stride"]),
-            tuple(map(tuple, p["padding"])), tuple(p["dilation"]), p["groups"])
+    """Cycle-table key of a spec: (M, N, K) of one GEMM for ops the matmul core runs;
+    for conv2d, whose cycles on the conv2d core depend on the image and not only on the
+    implicit GEMM, ("conv2d", x shape NHWC, w shape, stride, padding, dilation, groups)."""
+    p = spec.params
+    if spec.op != "conv2d":
+        return tuple(spec.gemm_shape[1:])
+    return ("conv2d", p.to_nhwc(spec.shapes[0]), tuple(spec.shapes[1]), p.stride, p.padding,
+            p.dilation, p.groups)
 
 
 #: The process-wide model used by dispatch and the scheduler.

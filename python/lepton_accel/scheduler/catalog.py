@@ -17,11 +17,9 @@ from typing import Any
 
 import yaml
 
-from ..perf import DEVICES, DeviceSpec
+from ..perf import DEVICES, KINDS, DeviceSpec
 
 ENV_CATALOG = "LEPTON_ACCEL_CATALOG"
-KINDS = ("cpu", "gpu", "fpga")
-_PERF_KIND = {"cuda": "gpu", "fpga": "fpga", "cpu": "cpu"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ def _parse_type(name: str, raw: dict, startup: dict, where: str) -> InstanceType
         if model not in DEVICES:
             raise ValueError(f"{where}: types.{name}.accelerator.model: unknown device {model!r}; "
                              f"known: {', '.join(d for d in DEVICES if d != 'host-cpu')}")
-        kind = _PERF_KIND[DEVICES[model].kind]
+        kind = DEVICES[model].kind
     price = float(raw["price_per_hour"])
     if price < 0:
         raise ValueError(f"{where}: types.{name}.price_per_hour: must be >= 0")

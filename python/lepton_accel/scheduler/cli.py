@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ..perf import NATIVE_BACKEND
 from .catalog import load_catalog
 from .jobs import JobError, load_jobs, shell_allowed
 from .store import FINISHED, JobStore, default_path
@@ -89,7 +90,7 @@ def format_report(records, available: set[str] | None = None) -> str:
         dev = (t.accelerator or "cpu") if t else "-"
         ran = "-"
         if r.backend:
-            native = {"gpu": "cuda", "fpga": "fpga", "cpu": "cpu"}.get(t.kind if t else "cpu")
+            native = NATIVE_BACKEND[t.kind if t else "cpu"]
             ran = r.backend if r.backend == native else f"{r.backend} (stand-in)"
             simulated |= r.backend != native
         ver = {True: "yes", False: "NO", None: "-"}[r.verified]

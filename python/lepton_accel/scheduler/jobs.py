@@ -1,7 +1,7 @@
 """Jobs: what the scheduler is asked to run, and the job-file format.
 
 A job is either an operation (``op: matmul | conv2d`` with its operands, validated into an
-:class:`~lepton_accel.spec.OpSpec`) or a named suite (a test or benchmark selection to run
+:class:`~lepton_accel.ops.OpSpec`) or a named suite (a test or benchmark selection to run
 on given hardware). Each has a priority (higher runs first), an optional deadline in
 seconds from submission, a policy (``min_cost`` or ``min_time``) and constraints on where it
 may run. Job files are YAML, checked against :data:`JOB_SCHEMA` (jsonschema) and then by
@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from ..dtypes import OPERAND_DTYPES
-from ..spec import OpSpec, conv2d_spec, matmul_spec
+from ..ops import OpSpec, conv2d_spec, matmul_spec
 from .catalog import KINDS
 
 POLICIES = ("min_cost", "min_time")

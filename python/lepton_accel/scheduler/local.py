@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 
-from ..perf import MODEL, PerfModel
+from ..perf import MODEL, NATIVE_BACKEND, PerfModel
 from .catalog import Catalog, load_catalog
 from .elastic import ElasticPolicy, UtilisationWindow, should_scale_in
 from .jobs import JobError, parse_job
@@ -36,7 +36,6 @@ from .metrics import SchedulerMetrics
 from .placement import ClusterState, NodeView, place
 from .store import PENDING, UNFINISHED, JobStore
 
-_NATIVE = {"gpu": "cuda", "fpga": "fpga", "cpu": "cpu"}
 
 
 def local_backends() -> set[str]:
@@ -46,7 +45,7 @@ def local_backends() -> set[str]:
 
 
 def backend_for(kind: str, available: set[str]) -> str:
-    native = _NATIVE[kind]
+    native = NATIVE_BACKEND[kind]
     return native if native in available else "cpu"
 
 

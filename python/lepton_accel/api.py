@@ -1,0 +1,133 @@
+"""The public operations: operands -> views -> OpSpec -> a backend's kernel.
+
+Each public function is a thin signature over its op's definition (:mod:`lepton_accel.ops`);
+validation, dispatch and the recording of run statistics are shared. A call validates
+everything before a kernel runs. Repeated calls with the same shapes, dtypes and
+arguments reuse the validated spec, so the layer costs a few microseconds.
+"""
+from __future__ import annotations
+
+from . import backends as _backends
+from .arrays import ArrayView, as_view
+from .backends import BackendUnavailable, RunStats, UnsupportedOperation
+from .ops import CONV2D, MATMUL, OpDef, OpSpec
+from .perf import MODEL
+
+#: validated specs by call signature (shapes, dtypes, devices, arguments); bounded
+_SPECS: dict[tuple, OpSpec] = {}
+_SPECS_MAX = 1024
+
+
+def _check_backend_name(backend) -> None:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected 'auto' or a backend name "
+                        f"({', '.join(_backends.REGISTRY)}), got {type(backend).__name__}")
+    if backend != "auto":
+        _backends.get(backend)  # raises ValueError naming the known backends
+
+
+def choose_backend(spec: OpSpec, views: list[ArrayView] | None = None, backend: str = "auto"):
+    """The backend that runs ``spec``: the one asked for, or the cheapest by the perf model."""
+    if backend != "auto":
+        be = _backends.get(backend)
+        ok, why = be.available()
+        if not ok:
+            raise BackendUnavailable(f"backend: {backend!r} is not available: {why}")
+        ok, why = be.supports(spec, views)
+        if not ok:
+            raise UnsupportedOperation(f"backend: {backend!r} does not support this {spec.op}: {why}")
+        return be
+    candidates, reasons = [], []
+    for be in _backends.REGISTRY.values():
+        ok, why = be.available()
+        if ok:
+            ok, why = be.supports(spec, views)
+        if ok:
+            candidates.append(be)
+        else:
+            reasons.append(f"{be.name}: {why}")
+    if not candidates:
+        raise UnsupportedOperation(f"no available backend runs this {spec.op}: " + "; ".join(reasons))
+    if len(candidates) == 1:  # nothing to weigh
+        return candidates[0]
+    return min(candidates, key=lambda be: be.estimate(spec, views))
+
+
+def _spec(opdef: OpDef, views, activation, out_dtype, params: dict) -> OpSpec:
+    n = len(opdef.operands)
+    key = (opdef.name, activation, out_dtype, tuple(params.items()),
+           tuple((v.shape, v.dtype) for v in views))
+    try:
+        spec = _SPECS.get(key)
+    except TypeError:  # an unhashable argument: validate it (and fail or pass) uncached
+        key, spec = None, None
+    if spec is None:
+        bias = views[n] if len(views) > n else None
+        spec = opdef.spec(tuple(v.shape for v in views[:n]), tuple(v.dtype for v in views[:n]),
+                          bias_shape=None if bias is None else bias.shape,
+                          bias_dtype=None if bias is None else bias.dtype,
+                          activation=activation, out_dtype=out_dtype, **params)
+        if key is not None:
+            if len(_SPECS) >= _SPECS_MAX:
+                _SPECS.clear()
+            _SPECS[key] = spec
+    return spec
+
+
+def execute(spec: OpSpec, operands, backend: str = "auto"):
+    """Run a validated spec on its operands (the op's arrays in order, then the bias if
+    the spec has one): returns ``(output, RunStats)``. The statistics are the caller's to
+    keep; :func:`matmul` and :func:`conv2d` record them in the process's perf model."""
+    _check_backend_name(backend)
+    names = spec.definition.operands + (("bias",) if spec.bias else ())
+    if len(operands) != len(names):
+        raise ValueError(f"operands: {spec.op} with this spec takes {len(names)} arrays "
+                         f"({', '.join(names)}), got {len(operands)}")
+    views = [o if isinstance(o, ArrayView) else as_view(o, n) for o, n in zip(operands, names)]
+    for v, shape in zip(views, spec.shapes):
+        if tuple(v.shape) != tuple(shape) or v.dtype != spec.dtype:
+            raise ValueError(f"{v.name}: expected shape {tuple(shape)} {spec.dtype} as the spec "
+                             f"says, got {tuple(v.shape)} {v.dtype}")
+    return choose_backend(spec, views, backend).run(spec, views)
+
+
+def _call(opdef: OpDef, views: list[ArrayView], backend, activation, out_dtype, **params):
+    _check_backend_name(backend)
+    spec = _spec(opdef, views, activation, out_dtype, params)
+    out, stats = choose_backend(spec, views, backend).run(spec, views)
+    if stats.cycles is not None or stats.sim_s_per_cycle is not None:
+        MODEL.observe(spec, stats)
+    return out
+
+
+def matmul(a, b, *, bias=None, activation=None, out_dtype=None, allow_tf32=False,
+           backend="auto"):
+    """``activation(a @ b + bias)`` with NumPy's matmul semantics.
+
+    a: (..., M, K) or (K,); b: (..., K, N) or (K,); leading dims broadcast.
+    bias: (N,), added along the last output axis. activation: None, "relu" or "gelu"
+    (tanh approximation). Dtype rules are in :mod:`lepton_accel.dtypes`. ``allow_tf32``
+    lets float32 run on TF32 tensor cores where the backend has them (exact float32 otherwise).
+    """
+    views = [as_view(a, "a"), as_view(b, "b")]
+    if bias is not None:
+        views.append(as_view(bias, "bias"))
+    return _call(MATMUL, views, backend, activation, out_dtype, allow_tf32=allow_tf32)
+
+
+def conv2d(x, w, *, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
+           activation=None, out_dtype=None, backend="auto"):
+    """2-D cross-correlation with PyTorch's meaning of the parameters.
+
+    x: (N, C, H, W) for layout="NCHW" or (N, H, W, C) for "NHWC"; w: (OC, C/groups, KH, KW);
+    bias: (OC,); padding: int, pair, "same" or "valid". The output has x's layout.
+    """
+    views = [as_view(x, "x"), as_view(w, "w")]
+    if bias is not None:
+        views.append(as_view(bias, "bias"))
+    return _call(CONV2D, views, backend, activation, out_dtype, stride=stride, padding=padding,
+                 dilation=dilation, groups=groups, layout=layout)
+
+
+__all__ = ["matmul", "conv2d", "execute", "choose_backend", "RunStats", "BackendUnavailable",
+           "UnsupportedOperation"]

@@ -1,0 +1,72 @@
+"""The arithmetic every op shares: GELU (tanh form), the int32 wrap, a per-channel add.
+
+One definition each, used by the float64/exact reference and by the host kernels, so the
+constant and the wrap rule cannot drift apart.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: sqrt(2 / pi), the tanh-form GELU's inner scale
+GELU_C = 0.7978845608028654
+#: the cubic coefficient of the tanh-form GELU
+GELU_A = 0.044715
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in x's float type."""
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_A * x ** 3)))
+
+
+def gelu_(x: np.ndarray) -> np.ndarray:
+    """GELU in place on a float array (no temporaries beyond one), returns x."""
+    inner = x * x
+    inner *= GELU_A * x
+    inner += x
+    inner *= x.dtype.type(GELU_C)
+    np.tanh(inner, out=inner)
+    inner += 1.0
+    x *= inner
+    x *= 0.5
+    return x
+
+
+def gelu_grad(x: np.ndarray) -> np.ndarray:
+    """d gelu(x) / dx of the tanh form."""
+    u = GELU_C * (x + GELU_A * x ** 3)
+    t = np.tanh(u)
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
+
+
+def wrap_int32(v: np.ndarray) -> np.ndarray:
+    """Integers reduced modulo 2**32 into int32's range (two's complement), as int32."""
+    return np.asarray(v).astype(np.int64, copy=False).astype(np.int32)
+
+
+def along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A 1-D vector shaped to broadcast along ``axis`` of an ndim-array."""
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return np.asarray(v).reshape(shape)
+
+
+def activate(acc: np.ndarray, activation: str | None) -> np.ndarray:
+    """The epilogue's activation on an accumulator (a new array)."""
+    if activation == "relu":
+        return np.maximum(acc, 0)
+    if activation == "gelu":
+        return gelu(acc)
+    return acc
+
+
+def epilogue(acc: np.ndarray, bias, activation, integer: bool, channel_axis: int) -> np.ndarray:
+    """The reference epilogue on an int64/float64 accumulator: the bias (added in int32,
+    wrapping, for integers), then the activation; integers come back as int32."""
+    if integer:
+        acc = wrap_int32(acc).astype(np.int64)
+        if bias is not None:
+            acc = acc + along(np.asarray(bias, np.int64), acc.ndim, channel_axis)
+        return activate(wrap_int32(acc), activation)
+    if bias is not None:
+        acc = acc + along(np.asarray(bias, np.float64), acc.ndim, channel_axis)
+    return activate(acc, activation)
