@@ -16,6 +16,13 @@ from .perf import MODEL
 #: validated specs by call signature (shapes, dtypes, devices, arguments); bounded
 _SPECS: dict[tuple, OpSpec] = {}
 _SPECS_MAX = 1024
+#: (spec, backend, perf-model generation, backend tokens) by public call signature
+_CALLS: dict[tuple, tuple] = {}
+#: auto-dispatch decisions by (spec, operand devices, perf-model generation, backend tokens)
+_CHOICE: dict[tuple, object] = {}
+#: the backends whose offer can change at run time (they define token())
+_TOKENED = [be for be in _backends.REGISTRY.values()
+            if type(be).token is not _backends.Backend.token]
 
 
 def _check_backend_name(backend) -> None:
@@ -27,16 +34,34 @@ def _check_backend_name(backend) -> None:
 
 
 def choose_backend(spec: OpSpec, views: list[ArrayView] | None = None, backend: str = "auto"):
-    """The backend that runs ``spec``: the one asked for, or the cheapest by the perf model."""
-    if backend != "auto":
-        be = _backends.get(backend)
-        ok, why = be.available()
-        if not ok:
-            raise BackendUnavailable(f"backend: {backend!r} is not available: {why}")
-        ok, why = be.supports(spec, views)
-        if not ok:
-            raise UnsupportedOperation(f"backend: {backend!r} does not support this {spec.op}: {why}")
+    """The backend that runs ``spec``: the one asked for, or the cheapest by the perf model.
+
+    Decisions are cached by (spec, backend, operand devices, backend tokens, and for
+    "auto" the perf model's generation), so a repeated call costs one dictionary lookup."""
+    key = (spec, backend, tuple([v.device for v in views]) if views else (),
+           MODEL.generation if backend == "auto" else 0, tuple([be.token() for be in _TOKENED]))
+    be = _CHOICE.get(key)
+    if be is not None:
         return be
+    be = _weigh(spec, views) if backend == "auto" else _named(spec, views, backend)
+    if len(_CHOICE) >= _SPECS_MAX:
+        _CHOICE.clear()
+    _CHOICE[key] = be
+    return be
+
+
+def _named(spec: OpSpec, views, backend: str) -> "_backends.Backend":
+    be = _backends.get(backend)
+    ok, why = be.available()
+    if not ok:
+        raise BackendUnavailable(f"backend: {backend!r} is not available: {why}")
+    ok, why = be.supports(spec, views)
+    if not ok:
+        raise UnsupportedOperation(f"backend: {backend!r} does not support this {spec.op}: {why}")
+    return be
+
+
+def _weigh(spec: OpSpec, views) -> "_backends.Backend":
     candidates, reasons = [], []
     for be in _backends.REGISTRY.values():
         ok, why = be.available()
@@ -55,8 +80,8 @@ def choose_backend(spec: OpSpec, views: list[ArrayView] | None = None, backend: 
 
 def _spec(opdef: OpDef, views, activation, out_dtype, params: dict) -> OpSpec:
     n = len(opdef.operands)
-    key = (opdef.name, activation, out_dtype, tuple(params.items()),
-           tuple((v.shape, v.dtype) for v in views))
+    key = (opdef.name, activation, out_dtype, tuple(params.values()),
+           tuple([(v.shape, v.dtype) for v in views]))
     try:
         spec = _SPECS.get(key)
     except TypeError:  # an unhashable argument: validate it (and fail or pass) uncached
@@ -92,9 +117,28 @@ def execute(spec: OpSpec, operands, backend: str = "auto"):
 
 
 def _call(opdef: OpDef, views: list[ArrayView], backend, activation, out_dtype, **params):
-    _check_backend_name(backend)
-    spec = _spec(opdef, views, activation, out_dtype, params)
-    out, stats = choose_backend(spec, views, backend).run(spec, views)
+    # One lookup serves a repeated call: the validated spec and the backend chosen for it,
+    # still valid while the backends' tokens (and for "auto" the perf model) are unchanged.
+    tokens = [be.token() for be in _TOKENED]
+    gen = MODEL.generation if backend == "auto" else 0
+    try:
+        key = (opdef.name, backend, activation, out_dtype, tuple(params.values()),
+               tuple([(v.shape, v.dtype, v.device) for v in views]))
+        hit = _CALLS.get(key)
+    except TypeError:  # an unhashable argument: validated (and refused or run) uncached
+        key = hit = None
+    if hit is not None and hit[2] == gen and hit[3] == tokens:
+        spec, be = hit[0], hit[1]
+    else:
+        if backend.__class__ is not str:
+            _check_backend_name(backend)
+        spec = _spec(opdef, views, activation, out_dtype, params)
+        be = choose_backend(spec, views, backend)
+        if key is not None:
+            if len(_CALLS) >= _SPECS_MAX:
+                _CALLS.clear()
+            _CALLS[key] = (spec, be, gen, tokens)
+    out, stats = be.run(spec, views)
     if stats.cycles is not None or stats.sim_s_per_cycle is not None:
         MODEL.observe(spec, stats)
     return out

@@ -8,12 +8,11 @@ protocol), so every dtype the toolkit uses, bfloat16 included, crosses without a
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .dtypes import DTYPES, dtype_name
+from .dtypes import _BY_DTYPE, _ITEMSIZE, DTYPES, dtype_name
 
 # ---- DLPack structures (dlpack.h, ABI version 0.x "dltensor" capsules) -------------
 KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
@@ -83,20 +82,46 @@ class _DLPackOwner:
             self._ptr = 0
 
 
-@dataclass
 class ArrayView:
-    """One operand: its shape, dtype name, element strides and where it lives."""
+    """One operand: its shape, dtype name, element strides and where it lives.
 
-    name: str                      # the argument's name, for messages
-    shape: tuple[int, ...]
-    dtype: str
-    strides: tuple[int, ...]       # in elements
-    device: str                    # "cpu" or "cuda:<id>"
-    host: np.ndarray | None = None  # NumPy view when the memory is on the host
-    ptr: int = 0                   # device pointer when it is not
-    stream: int | None = None      # the caller's stream (device arrays)
-    origin: Any = None             # the caller's object, to return the same kind
-    _owner: Any = field(default=None, repr=False)
+    ``name`` is the argument's name, for messages; ``host`` the NumPy view when the memory
+    is on the host, ``ptr`` the device pointer when it is not; ``stream`` the caller's stream
+    (device arrays); ``origin`` the caller's object, to return the same kind. Element strides
+    of a host view are worked out when first asked for (most host kernels never ask).
+    """
+
+    device = "cpu"
+    host = None
+    ptr = 0
+    stream = None
+    origin = None
+    _owner = None
+    _strides = None
+
+    def __init__(self, name: str, shape, dtype: str, strides, device: str, host=None,
+                 ptr: int = 0, stream=None, origin=None, _owner=None):
+        self.name, self.shape, self.dtype, self._strides = name, tuple(shape), dtype, strides
+        self.device, self.host, self.ptr, self.stream = device, host, ptr, stream
+        self.origin, self._owner = origin, _owner
+
+    @classmethod
+    def of_host(cls, x: np.ndarray, name: str, dtype: str) -> "ArrayView":
+        """A view of a NumPy array (the per-call fast path: only what differs is set)."""
+        v = cls.__new__(cls)
+        v.name, v.shape, v.dtype, v.host, v.origin = name, x.shape, dtype, x, x
+        return v
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Element strides."""
+        if self._strides is None:
+            item = self.host.itemsize
+            if any(s % item for s in self.host.strides):
+                raise ValueError(f"{self.name}: strides {self.host.strides} are not multiples "
+                                 "of the item size")
+            self._strides = tuple(s // item for s in self.host.strides)
+        return self._strides
 
     @property
     def ndim(self) -> int:
@@ -105,6 +130,10 @@ class ArrayView:
     @property
     def is_host(self) -> bool:
         return self.host is not None
+
+    def __repr__(self) -> str:
+        return (f"ArrayView({self.name!r}, shape={self.shape}, dtype={self.dtype!r}, "
+                f"device={self.device!r})")
 
 
 def _framework(obj) -> str:
@@ -190,14 +219,11 @@ def _host_view(addr, shape, strides, dtype, owner) -> np.ndarray:
 def as_view(x, name: str) -> ArrayView:
     """Describe ``x`` (NumPy array, DLPack object, or array-like) without copying it."""
     if isinstance(x, np.ndarray):
-        dt = dtype_name(x.dtype)
-        if dt not in DTYPES:
+        dt = _BY_DTYPE.get(x.dtype) or dtype_name(x.dtype)
+        if dt not in _ITEMSIZE:
             raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected one of "
                             f"{', '.join(DTYPES)}")
-        if any(s % x.itemsize for s in x.strides):
-            raise ValueError(f"{name}: strides {x.strides} are not multiples of the item size")
-        strides = tuple(s // x.itemsize for s in x.strides)
-        return ArrayView(name, x.shape, dt, strides, "cpu", host=x, origin=x)
+        return ArrayView.of_host(x, name, dt)
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         return _consume_dlpack(x, name)
     if isinstance(x, (list, tuple, int, float)) or np.isscalar(x):
@@ -208,15 +234,17 @@ def as_view(x, name: str) -> ArrayView:
 
 def to_caller_kind(result: np.ndarray, like: Any):
     """Return a host result as the same kind of array the caller passed in."""
-    if like is None or isinstance(like, np.ndarray):
+    if like is None or like.__class__ is np.ndarray or isinstance(like, np.ndarray):
         return result
     fw = _framework(like)
     if fw == "torch":
         import torch
 
+        # (np.ascontiguousarray would turn a 0-d result into shape (1,))
+        result = result if result.flags.c_contiguous else result.copy()
         if dtype_name(result.dtype) == "bfloat16":
-            return torch.from_numpy(np.ascontiguousarray(result).view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(np.ascontiguousarray(result))
+            return torch.from_numpy(result.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(result)
     if fw in ("jax", "jaxlib"):
         import jax.numpy as jnp
 

@@ -43,6 +43,7 @@ _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int16": 2, "
 _EAGER = {n: np.dtype(n) for n in NAMES if n != "bfloat16"}
 #: NumPy dtype -> name, for the dtypes NumPy knows without ml_dtypes
 _BY_DTYPE: dict[np.dtype, str] = {d: n for n, d in _EAGER.items()}
+_ALL: dict[str, np.dtype] = dict(_EAGER)   # grows by bfloat16 once it is loaded
 
 
 def _bfloat16() -> np.dtype:
@@ -57,11 +58,12 @@ class _DtypeTable(Mapping):
     """name -> NumPy dtype; bfloat16 is resolved (ml_dtypes imported) on first use."""
 
     def __getitem__(self, name: str) -> np.dtype:
-        d = _EAGER.get(name)
+        d = _ALL.get(name)
         if d is not None:
             return d
         if name == "bfloat16":
-            return _bfloat16()
+            _ALL["bfloat16"] = d = _bfloat16()
+            return d
         raise KeyError(name)
 
     def __iter__(self):

@@ -8,7 +8,7 @@ the validated spec and the operand views and returns the output with the run's
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from ..arrays import ArrayView
@@ -23,7 +23,7 @@ class UnsupportedOperation(ValueError):
     """A backend (or every backend) does not run this operation; the message says why."""
 
 
-@dataclass
+@dataclass(slots=True)
 class RunStats:
     """What one run measured, travelling up with its result."""
 
@@ -33,7 +33,7 @@ class RunStats:
     cycles: int | None = None          # device clock cycles (FPGA cores' own counter)
     simulated: bool = False            # the device was a simulation
     sim_s_per_cycle: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None
 
 
 Kernel = Callable[[OpSpec, "list[ArrayView]"], "tuple[Any, RunStats]"]
@@ -49,6 +49,11 @@ class Backend:
     def available(self) -> tuple[bool, str]:
         """(True, "") when usable here, else (False, why not)."""
         return True, ""
+
+    def token(self):
+        """A cheap value that changes whenever what this backend offers may have changed
+        (configuration, switches); a cached dispatch decision is reused while it holds."""
+        return None
 
     def has_kernel(self, op: str) -> bool:
         return op in self.kernels

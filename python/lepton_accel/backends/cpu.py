@@ -37,9 +37,18 @@ def integer_gemm(a: np.ndarray, b: np.ndarray, dtype: str = "int8") -> np.ndarra
     return out
 
 
+#: Integer GEMMs of at most this many multiply-adds run as one int32 matmul (NumPy's
+#: integer loop wraps modulo 2**32, exactly the contract) instead of through float BLAS,
+#: whose casts cost more than the loop at this size.
+_SMALL_INT_MACS = 2048
+
+
 def gemm(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
-    """(..., M, K) @ (..., K, N) in the accumulation type: float32, or int64 before wrapping."""
-    if is_integer(dtype):
+    """(..., M, K) @ (..., K, N) in the accumulation type: float32, or for integers int32
+    (already wrapped) or int64 (before wrapping)."""
+    if dtype in _EXACT:
+        if a.size * b.shape[-1] <= _SMALL_INT_MACS and b.size * a.shape[-2] <= _SMALL_INT_MACS:
+            return np.matmul(a, b, dtype=np.int32)
         return integer_gemm(a, b, dtype)
     if a.dtype != np.float32:
         a = a.astype(np.float32)
@@ -55,8 +64,8 @@ def epilogue(acc: np.ndarray, bias: np.ndarray | None, activation: str | None,
         shape = [1] * acc.ndim
         shape[channel_axis] = -1
         acc += bias.astype(acc.dtype).reshape(shape)
-    if is_integer(out_dtype):
-        out = acc.astype(np.int32)  # int64 -> int32 wraps modulo 2**32
+    if out_dtype == "int32":
+        out = acc.astype(np.int32, copy=False)  # int64 -> int32 wraps modulo 2**32
         if activation == "relu":
             np.maximum(out, 0, out=out)
         return out
@@ -143,14 +152,13 @@ def _grouped_gemm(cols, wg, spec: OpSpec, n: int, oh: int, ow: int) -> np.ndarra
 
 
 def _matmul(a, b, bias, spec: OpSpec):
-    a2 = a[None, :] if a.ndim == 1 else a
-    b2 = b[:, None] if b.ndim == 1 else b
-    acc = gemm(a2, b2, spec.dtype)
-    if a.ndim == 1:
-        acc = acc[..., 0, :]
-    if b.ndim == 1:
-        acc = acc[..., 0]
-    return epilogue(acc, bias, spec.activation, spec.out_dtype).reshape(spec.out_shape)
+    if a.ndim == 1 or b.ndim == 1:  # NumPy's 1-D promotion; the result drops the axis
+        acc = gemm(a[None, :] if a.ndim == 1 else a, b[:, None] if b.ndim == 1 else b,
+                   spec.dtype)
+    else:
+        acc = gemm(a, b, spec.dtype)
+    out = epilogue(acc, bias, spec.activation, spec.out_dtype)
+    return out if out.shape == spec.out_shape else out.reshape(spec.out_shape)
 
 
 def _conv2d(x, w, bias, spec: OpSpec):
@@ -180,9 +188,18 @@ def _host_kernel(fn):
     return kernel
 
 
+def _matmul_kernel(self, spec: OpSpec, operands: list[ArrayView]):
+    # written out rather than through _host_kernel: tiny matmuls are dominated by call cost
+    t0 = time.perf_counter()
+    out = _matmul(operands[0].host, operands[1].host, operands[2].host if spec.bias else None,
+                  spec)
+    return to_caller_kind(out, operands[0].origin), RunStats("cpu", time.perf_counter() - t0,
+                                                             "host-cpu")
+
+
 class CpuBackend(Backend):
     name = "cpu"
-    kernels = {"matmul": _host_kernel(_matmul), "conv2d": _host_kernel(_conv2d)}
+    kernels = {"matmul": _matmul_kernel, "conv2d": _host_kernel(_conv2d)}
 
     def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
         if spec.op not in self.kernels:

@@ -26,6 +26,7 @@ _ACTIVATION_CODE = {None: 0, "relu": 1, "gelu": 2}
 
 
 @functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # the build and the devices do not change in a process
 def _status() -> tuple[bool, str]:
     if core is None:
         return False, f"the native core is not built ({IMPORT_ERROR})"

@@ -20,6 +20,7 @@ ordinary calls. The scheduler's plans for F1/F2 parts use the device specs in
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -60,6 +61,10 @@ class FpgaBackend(Backend):
                 why = f"the FPGA toolchain could not be loaded ({e})"
             self._avail = (False, why) if why else (True, "")
         return self._avail
+
+    def token(self):
+        fpga = sys.modules.get("lepton_accel.fpga")  # not imported yet: nothing configured
+        return fpga.state_token() if fpga is not None else 0
 
     def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
         if spec.op not in self.kernels:

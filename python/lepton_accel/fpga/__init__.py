@@ -49,6 +49,14 @@ _conv_depth: int | None = None
 #: Image memory depth (words per row copy) of the conv2d core when nothing is configured.
 DEFAULT_CONV_DEPTH = 1024
 _enabled: bool | None = None
+_generation = 0
+
+
+def state_token() -> int:
+    """Bumped by :func:`enable` and :func:`configure`: callers that cache a dispatch
+    decision compare it (the environment variables are read when the process starts
+    using the backend; change them before that, or call these functions)."""
+    return _generation
 
 
 def enabled() -> bool:
@@ -61,8 +69,9 @@ def enabled() -> bool:
 
 def enable(on: bool = True) -> None:
     """Offer (or stop offering) the simulated device through the ``fpga`` backend."""
-    global _enabled
+    global _enabled, _generation
     _enabled = bool(on)
+    _generation += 1
 
 
 def _env_size() -> tuple[int, int]:
@@ -96,7 +105,8 @@ def configure(rows: int | None = None, cols: int | None = None, *,
               conv_depth: int | None = None) -> tuple[int, int]:
     """Set the array size (and the conv2d core's image memory depth) used from now on,
     validated against the cores' limits."""
-    global _size, _conv_depth
+    global _size, _conv_depth, _generation
+    _generation += 1
     r0, c0 = core_size()
     r, c = rows or r0, cols or c0
     CoreConfig(r, c, "int8")  # raises ValueError when out of range

@@ -34,6 +34,8 @@ class PerfModel:
         self._efficiency: dict[tuple[str, str], float] = {}
         self._fpga_cycles: dict[tuple, int] = {}
         self._sim_s_per_cycle: dict[str, float] = {}
+        #: bumped whenever a measurement changes what an estimate would say
+        self.generation = 0
         table = os.environ.get("LEPTON_ACCEL_PERF_TABLE")
         if table:
             self.load_table(table)
@@ -43,22 +45,27 @@ class PerfModel:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
         self._efficiency[(device, dtype)] = fraction
+        self.generation += 1
 
     def record_fpga_cycles(self, rows: int, cols: int, dtype: str, gemm: tuple,
                            cycles: int) -> None:
         """Remember the cycles an (rows x cols) core took for an M x N x K GEMM, or, with
         ``gemm = fpga_cycle_key(spec)`` of a conv2d spec, for that whole convolution on
         the conv2d core."""
-        self._fpga_cycles[(rows, cols, dtype, tuple(gemm))] = int(cycles)
+        key = (rows, cols, dtype, tuple(gemm))
+        if self._fpga_cycles.get(key) != int(cycles):
+            self._fpga_cycles[key] = int(cycles)
+            self.generation += 1
 
     def observe(self, spec: OpSpec, stats) -> None:
         """Learn from one run's statistics (a backend's ``RunStats``): the cycles an FPGA
         core took, and how fast its simulation ran. Called by whoever ran the op (the
         public API, the scheduler), never by a backend."""
-        core = stats.extra.get("core")
+        extra = stats.extra or {}
+        core = extra.get("core")
         if stats.cycles is not None and core is not None:
             rows, cols = core
-            if stats.extra.get("whole_conv"):
+            if extra.get("whole_conv"):
                 self.record_fpga_cycles(rows, cols, spec.dtype, fpga_cycle_key(spec), stats.cycles)
             else:
                 batch, m, n, k = spec.gemm_shape
@@ -68,6 +75,7 @@ class PerfModel:
             old = self._sim_s_per_cycle.get(stats.device)
             new = stats.sim_s_per_cycle
             self._sim_s_per_cycle[stats.device] = new if old is None else 0.5 * old + 0.5 * new
+            self.generation += 1
 
     def sim_s_per_cycle(self, device: str, default: float) -> float:
         """Wall seconds per simulated cycle seen on a simulated device (else default)."""
