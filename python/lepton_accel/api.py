@@ -7,15 +7,17 @@ arguments reuse the validated spec, so the layer costs a few microseconds.
 """
 from __future__ import annotations
 
+import math
+import os
+
 from . import backends as _backends
 from .arrays import ArrayView, as_view
 from .backends import BackendUnavailable, RunStats, UnsupportedOperation
 from .ops import CONV2D, MATMUL, OpDef, OpSpec
 from .perf import MODEL
 
-#: validated specs by call signature (shapes, dtypes, devices, arguments); bounded
-_SPECS: dict[tuple, OpSpec] = {}
-_SPECS_MAX = 1024
+#: bound of each decision cache below (cleared when full)
+_CACHE_MAX = 1024
 #: (spec, backend, perf-model generation, backend tokens) by public call signature
 _CALLS: dict[tuple, tuple] = {}
 #: auto-dispatch decisions by (spec, operand devices, perf-model generation, backend tokens)
@@ -44,7 +46,7 @@ def choose_backend(spec: OpSpec, views: list[ArrayView] | None = None, backend: 
     if be is not None:
         return be
     be = _weigh(spec, views) if backend == "auto" else _named(spec, views, backend)
-    if len(_CHOICE) >= _SPECS_MAX:
+    if len(_CHOICE) >= _CACHE_MAX:
         _CHOICE.clear()
     _CHOICE[key] = be
     return be
@@ -79,24 +81,49 @@ def _weigh(spec: OpSpec, views) -> "_backends.Backend":
 
 
 def _spec(opdef: OpDef, views, activation, out_dtype, params: dict) -> OpSpec:
+    """Validate a call into its OpSpec and apply the size policy."""
     n = len(opdef.operands)
-    key = (opdef.name, activation, out_dtype, tuple(params.values()),
-           tuple([(v.shape, v.dtype) for v in views]))
-    try:
-        spec = _SPECS.get(key)
-    except TypeError:  # an unhashable argument: validate it (and fail or pass) uncached
-        key, spec = None, None
-    if spec is None:
-        bias = views[n] if len(views) > n else None
-        spec = opdef.spec(tuple(v.shape for v in views[:n]), tuple(v.dtype for v in views[:n]),
-                          bias_shape=None if bias is None else bias.shape,
-                          bias_dtype=None if bias is None else bias.dtype,
-                          activation=activation, out_dtype=out_dtype, **params)
-        if key is not None:
-            if len(_SPECS) >= _SPECS_MAX:
-                _SPECS.clear()
-            _SPECS[key] = spec
+    bias = views[n] if len(views) > n else None
+    spec = opdef.spec(tuple(v.shape for v in views[:n]), tuple(v.dtype for v in views[:n]),
+                      bias_shape=None if bias is None else bias.shape,
+                      bias_dtype=None if bias is None else bias.dtype,
+                      activation=activation, out_dtype=out_dtype, **params)
+    _check_memory(spec, views)
     return spec
+
+
+def available_memory() -> int:
+    """Bytes of host memory available now (MemAvailable; the physical size where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _check_memory(spec: OpSpec, views) -> None:
+    """The size policy: a call whose operands (as dense arrays: a broadcast view may be
+    materialised) and result do not fit in the host memory available now is refused
+    before any work, naming the largest operand; device operands are the device's matter."""
+    if views and not all(v.is_host for v in views):
+        return
+    need = spec.bytes_in + spec.bytes_out
+    if need < (1 << 30):  # below 1 GiB there is nothing to ask the system
+        return
+    avail = available_memory()
+    if need > avail:
+        names = spec.definition.operands
+        big = max(range(len(spec.shapes)), key=lambda i: math.prod(spec.shapes[i]))
+        raise ValueError(f"{names[big]}: this {spec.op} needs about {need / 2**30:.1f} GiB "
+                         f"(operands {', '.join(str(s) for s in spec.shapes)} as dense arrays and "
+                         f"a {spec.out_shape} result), more than the {avail / 2**30:.1f} GiB "
+                         "of memory available; split the work into smaller calls")
 
 
 def execute(spec: OpSpec, operands, backend: str = "auto"):
@@ -113,6 +140,7 @@ def execute(spec: OpSpec, operands, backend: str = "auto"):
         if tuple(v.shape) != tuple(shape) or v.dtype != spec.dtype:
             raise ValueError(f"{v.name}: expected shape {tuple(shape)} {spec.dtype} as the spec "
                              f"says, got {tuple(v.shape)} {v.dtype}")
+    _check_memory(spec, views)
     return choose_backend(spec, views, backend).run(spec, views)
 
 
@@ -135,7 +163,7 @@ def _call(opdef: OpDef, views: list[ArrayView], backend, activation, out_dtype, 
         spec = _spec(opdef, views, activation, out_dtype, params)
         be = choose_backend(spec, views, backend)
         if key is not None:
-            if len(_CALLS) >= _SPECS_MAX:
+            if len(_CALLS) >= _CACHE_MAX:
                 _CALLS.clear()
             _CALLS[key] = (spec, be, gen, tokens)
     out, stats = be.run(spec, views)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import _BY_DTYPE, _ITEMSIZE, DTYPES, dtype_name
+from .dtypes import _BY_DTYPE, _ITEMSIZE, DTYPES, OPERAND_DTYPES, dtype_name
 
 # ---- DLPack structures (dlpack.h, ABI version 0.x "dltensor" capsules) -------------
 KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
@@ -159,13 +159,13 @@ def caller_stream(obj) -> int | None:
 
 def _consume_dlpack(obj, name: str) -> ArrayView:
     device_type, device_id = obj.__dlpack_device__()
-    stream = None
-    if device_type in (KDL_CUDA, KDL_CUDA_MANAGED):
-        stream = caller_stream(obj)
-        # DLPack reserves 0 (ambiguous); 1 names the legacy default stream.
-        capsule = obj.__dlpack__(stream=stream if stream else 1)
-    else:
-        capsule = obj.__dlpack__()
+    cuda = device_type in (KDL_CUDA, KDL_CUDA_MANAGED)
+    stream = caller_stream(obj) if cuda else None
+    try:
+        # DLPack reserves stream 0 (ambiguous); 1 names the legacy default stream.
+        capsule = obj.__dlpack__(stream=stream or 1) if cuda else obj.__dlpack__()
+    except (BufferError, RuntimeError, ValueError) as exc:  # the exporter refused
+        raise TypeError(f"{name}: the array could not be exported through DLPack: {exc}") from None
     if not _capi.PyCapsule_IsValid(capsule, b"dltensor"):
         raise TypeError(f"{name}: __dlpack__ did not return a 'dltensor' capsule")
     ptr = _capi.PyCapsule_GetPointer(capsule, b"dltensor")
@@ -174,10 +174,8 @@ def _consume_dlpack(obj, name: str) -> ArrayView:
     t = _DLManagedTensor.from_address(ptr).dl_tensor
     key = (t.dtype.code, t.dtype.bits)
     if key not in _DL_DTYPES or t.dtype.lanes != 1:
-        raise TypeError(
-            f"{name}: unsupported DLPack dtype (code {t.dtype.code}, {t.dtype.bits} bits, "
-            f"{t.dtype.lanes} lanes); expected one of {', '.join(sorted(set(_DL_DTYPES.values())))}"
-        )
+        raise TypeError(f"{name}: unsupported DLPack dtype (code {t.dtype.code}, "
+                        f"{t.dtype.bits} bits, {t.dtype.lanes} lanes); {_ACCEPTED}")
     dtype = _DL_DTYPES[key]
     shape = tuple(int(t.shape[i]) for i in range(t.ndim))
     if t.strides:
@@ -221,15 +219,40 @@ def as_view(x, name: str) -> ArrayView:
     if isinstance(x, np.ndarray):
         dt = _BY_DTYPE.get(x.dtype) or dtype_name(x.dtype)
         if dt not in _ITEMSIZE:
-            raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected one of "
-                            f"{', '.join(DTYPES)}")
+            raise TypeError(f"{name}: unsupported dtype {x.dtype}; {_ACCEPTED}")
         return ArrayView.of_host(x, name, dt)
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        if _framework(x) == "torch":
+            x = _plain_torch_tensor(x, name)
         return _consume_dlpack(x, name)
     if isinstance(x, (list, tuple, int, float)) or np.isscalar(x):
         return as_view(np.asarray(x), name)
     raise TypeError(f"{name}: expected a NumPy array or an object with __dlpack__, "
                     f"got {type(x).__name__}")
+
+
+#: what an unsupported dtype's message offers instead
+_ACCEPTED = (f"operands may be {', '.join(OPERAND_DTYPES)} (a bias may also be int32, "
+             "for integer outputs)")
+
+
+def _plain_torch_tensor(t, name: str):
+    """A torch tensor as DLPack can carry it, or a TypeError that says why it cannot."""
+    if getattr(t, "requires_grad", False):
+        raise TypeError(f"{name}: the tensor requires grad, and this call would cut it out of "
+                        "the autograd graph; use the ops in lepton_accel.torch (autograd, "
+                        "torch.compile), or pass tensor.detach() to compute without gradients")
+    if getattr(t, "is_nested", False):
+        raise TypeError(f"{name}: nested tensors are not supported; pass a regular (strided) "
+                        "tensor")
+    if getattr(t, "is_sparse", False) or str(getattr(t, "layout", "torch.strided")) != "torch.strided":
+        raise TypeError(f"{name}: a {t.layout} tensor is not supported; pass a dense "
+                        "(strided) tensor, e.g. tensor.to_dense()")
+    if getattr(t, "is_meta", False):
+        raise TypeError(f"{name}: a meta tensor has no data to compute on")
+    if t.is_conj() or t.is_neg():  # lazy sign/conjugate bits that DLPack would drop
+        t = t.resolve_conj().resolve_neg()
+    return t
 
 
 def to_caller_kind(result: np.ndarray, like: Any):
