@@ -138,7 +138,7 @@ class FpgaBackend(Backend):
                 drv, sim0 = ran, None
         wall = time.perf_counter() - t0
         stats = RunStats("fpga", wall, self._device_spec(spec.dtype).name, simulated=True,
-                         extra={"core": (drv.rows, drv.cols), "whole_conv": whole_conv})
+                         extra={"core": (drv.rows, drv.cols), "whole_op": whole_conv})
         if drv.last.jobs:
             stats.cycles = int(drv.last.cycles)
         if sim0 is not None:

@@ -50,8 +50,8 @@ class PerfModel:
     def record_fpga_cycles(self, rows: int, cols: int, dtype: str, gemm: tuple,
                            cycles: int) -> None:
         """Remember the cycles an (rows x cols) core took for an M x N x K GEMM, or, with
-        ``gemm = fpga_cycle_key(spec)`` of a conv2d spec, for that whole convolution on
-        the conv2d core."""
+        ``gemm = fpga_cycle_key(spec)``, for that whole op on a core that runs it end to end
+        (the conv2d core)."""
         key = (rows, cols, dtype, tuple(gemm))
         if self._fpga_cycles.get(key) != int(cycles):
             self._fpga_cycles[key] = int(cycles)
@@ -59,13 +59,14 @@ class PerfModel:
 
     def observe(self, spec: OpSpec, stats) -> None:
         """Learn from one run's statistics (a backend's ``RunStats``): the cycles an FPGA
-        core took, and how fast its simulation ran. Called by whoever ran the op (the
+        core took (``extra["whole_op"]``: for the whole op, else per GEMM of its batch), and
+        how fast its simulation ran. Called by whoever ran the op (the
         public API, the scheduler), never by a backend."""
         extra = stats.extra or {}
         core = extra.get("core")
         if stats.cycles is not None and core is not None:
             rows, cols = core
-            if extra.get("whole_conv"):
+            if extra.get("whole_op"):
                 self.record_fpga_cycles(rows, cols, spec.dtype, fpga_cycle_key(spec), stats.cycles)
             else:
                 batch, m, n, k = spec.gemm_shape
@@ -113,8 +114,8 @@ class PerfModel:
     def _fpga_compute_s(self, spec: OpSpec, dev: DeviceSpec) -> float:
         batch, M, N, K = spec.gemm_shape
         core = (dev.core_rows, dev.core_cols, spec.dtype)
-        whole = self._fpga_cycles.get(core + (fpga_cycle_key(spec),))  # conv2d core: all of it
-        if whole is not None and spec.op == "conv2d":
+        whole = self._fpga_cycles.get(core + (fpga_cycle_key(spec),))  # the op, end to end
+        if whole is not None:
             return whole / dev.clock_hz
         per_gemm = self._fpga_cycles.get(core + ((M, N, K),))          # one GEMM of the batch
         if per_gemm is not None:
@@ -126,14 +127,10 @@ class PerfModel:
 
 
 def fpga_cycle_key(spec: OpSpec) -> tuple:
-    """Cycle-table key of a spec: (M, N, K) of one GEMM for ops the matmul core runs;
-    for conv2d, whose cycles on the conv2d core depend on the image and not only on the
-    implicit GEMM, ("conv2d", x shape NHWC, w shape, stride, padding, dilation, groups)."""
-    p = spec.params
-    if spec.op != "conv2d":
-        return tuple(spec.gemm_shape[1:])
-    return ("conv2d", p.to_nhwc(spec.shapes[0]), tuple(spec.shapes[1]), p.stride, p.padding,
-            p.dilation, p.groups)
+    """Cycle-table key of a whole op on a core that runs it end to end (the conv2d core's
+    cycles depend on the image, not only on the implicit GEMM): the op, its operand shapes
+    and its parameters."""
+    return (spec.op, spec.shapes, spec.params)
 
 
 #: The process-wide model used by dispatch and the scheduler.
