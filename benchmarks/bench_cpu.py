@@ -32,11 +32,22 @@ def test_matmul_f32(benchmark, rng, n, impl):
     fn = (lambda: la.matmul(a, b, backend="cpu")) if impl == "lepton" else (lambda: np.matmul(a, b))
     benchmark.group = f"matmul f32 {n}^3"
     benchmark.extra_info["gflops"] = 2 * n**3 / 1e9
+    cost_terms(benchmark, la.matmul_spec(a.shape, "float32", b.shape, "float32"))
     benchmark(fn)
+
+
+def cost_terms(benchmark, spec) -> None:
+    """FLOPs and bytes moved of the benchmarked op, from its spec, for the roofline plot."""
+    benchmark.extra_info["flops"] = spec.flops
+    benchmark.extra_info["bytes"] = spec.bytes_in + spec.bytes_out
 
 
 def bench_conv_relu(benchmark, impl, x, wt, bias, stride, pad, groups=1):
     """relu(conv2d(x, w) + bias), NHWC x: ours fused, or PyTorch's conv then ReLU."""
+    cost_terms(benchmark, la.conv2d_spec(x.shape, "float32", wt.shape, "float32",
+                                         bias_shape=bias.shape, bias_dtype="float32",
+                                         stride=stride, padding=pad, groups=groups,
+                                         layout="NHWC", activation="relu"))
     if impl == "lepton":
         benchmark(lambda: la.conv2d(x, wt, bias=bias, stride=stride, padding=pad, groups=groups,
                                     layout="NHWC", activation="relu", backend="cpu"))

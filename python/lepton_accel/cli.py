@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import time
 
@@ -99,7 +100,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """The pytest-benchmark suites of a source checkout, side by side with their peers."""
+    """The pytest-benchmark suites of a source checkout, side by side with their peers;
+    with --plot, a roofline picture of the run."""
+    import tempfile
     from pathlib import Path
 
     import pytest
@@ -108,7 +111,19 @@ def cmd_bench(args) -> int:
         print("lepton-accel bench: run it from a checkout of lepton_accel (no ./benchmarks here)",
               file=sys.stderr)
         return 2
-    return pytest.main(["benchmarks", "--benchmark-only", "-m", "", "-q", *args.pytest_args])
+    extra = list(args.pytest_args)
+    run_json = None
+    if args.plot:
+        run_json = Path(tempfile.mkdtemp()) / "run.json"
+        extra.append(f"--benchmark-json={run_json}")
+    rc = pytest.main(["benchmarks", "--benchmark-only", "-m", "", "-q", *extra])
+    if args.plot and run_json.is_file():
+        sys.path.insert(0, "benchmarks")
+        import roofline
+
+        n = roofline.plot(json.loads(run_json.read_text()), args.plot)
+        print(f"lepton-accel bench: roofline of {n} benchmarks written to {args.plot}")
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="a verified matmul and conv2d on every available backend"
                    ).set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="run the benchmark suites (pytest-benchmark)")
+    p.add_argument("--plot", metavar="PNG", help="also write a roofline picture of the run")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k matmul")
     p.set_defaults(func=cmd_bench)
     for module in _COMMAND_MODULES:
