@@ -11,7 +11,7 @@ import platform
 import numpy as np
 
 from . import _native
-from .api import choose_backend, conv2d, execute, matmul
+from .api import choose_backend, conv2d, conv2d_grad_input, conv2d_grad_weight, execute, matmul
 from .backends import REGISTRY as _REGISTRY
 from .backends import BackendUnavailable, RunStats, UnsupportedOperation
 from .ops import OpSpec, conv2d_spec, matmul_spec
@@ -48,6 +48,6 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["matmul", "conv2d", "execute", "build_info", "backends", "choose_backend",
+__all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "execute", "build_info", "backends", "choose_backend",
            "OpSpec", "matmul_spec", "conv2d_spec", "bfloat16", "BackendUnavailable",
            "UnsupportedOperation", "RunStats", "__version__"]

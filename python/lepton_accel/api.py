@@ -13,7 +13,7 @@ import os
 from . import backends as _backends
 from .arrays import ArrayView, as_view
 from .backends import BackendUnavailable, RunStats, UnsupportedOperation
-from .ops import CONV2D, MATMUL, OpDef, OpSpec
+from .ops import CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_WEIGHT, MATMUL, OpDef, OpSpec
 from .perf import MODEL
 
 #: bound of each decision cache below (cleared when full)
@@ -201,5 +201,29 @@ def conv2d(x, w, *, bias=None, stride=1, padding=0, dilation=1, groups=1, layout
                  dilation=dilation, groups=groups, layout=layout)
 
 
-__all__ = ["matmul", "conv2d", "execute", "choose_backend", "RunStats", "BackendUnavailable",
+def conv2d_grad_input(dy, w, *, input_hw, stride=1, padding=0, dilation=1, groups=1,
+                      layout="NCHW", out_dtype=None, backend="auto"):
+    """The gradient of ``conv2d(x, w, ...)`` with respect to x, given the output gradient dy.
+
+    dy: the forward output's shape in ``layout``; w: (OC, C/groups, KH, KW); input_hw: the
+    (H, W) of x. Returns dx with x's shape. Float operands only.
+    """
+    views = [as_view(dy, "dy"), as_view(w, "w")]
+    return _call(CONV2D_GRAD_INPUT, views, backend, None, out_dtype, input_hw=input_hw,
+                 stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout)
+
+
+def conv2d_grad_weight(x, dy, *, kernel_hw, stride=1, padding=0, dilation=1, groups=1,
+                       layout="NCHW", out_dtype=None, backend="auto"):
+    """The gradient of ``conv2d(x, w, ...)`` with respect to w, given the output gradient dy.
+
+    x, dy: in ``layout``; kernel_hw: the (KH, KW) of w. Returns dw, (OC, C/groups, KH, KW).
+    Float operands only.
+    """
+    views = [as_view(x, "x"), as_view(dy, "dy")]
+    return _call(CONV2D_GRAD_WEIGHT, views, backend, None, out_dtype, kernel_hw=kernel_hw,
+                 stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout)
+
+
+__all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "execute", "choose_backend", "RunStats", "BackendUnavailable",
            "UnsupportedOperation"]

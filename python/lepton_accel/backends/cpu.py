@@ -17,7 +17,7 @@ from .. import numerics
 from .._native import core
 from ..arrays import ArrayView, to_caller_kind
 from ..dtypes import DTYPES, is_integer
-from ..ops import OpSpec
+from ..ops import Conv2dParams, OpSpec
 from ..perf import MODEL
 from .base import Backend, RunStats
 
@@ -176,6 +176,90 @@ def _conv2d(x, w, bias, spec: OpSpec):
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out
 
 
+def _forward_spec(spec: OpSpec) -> OpSpec:
+    """The forward conv2d a gradient spec belongs to (already validated: built directly)."""
+    p = spec.params
+    fwd = Conv2dParams(p.stride, p.padding, p.dilation, p.groups, p.layout)
+    if spec.op == "conv2d_grad_input":
+        (dy_shape, w_shape), x_shape = spec.shapes, spec.out_shape
+    else:
+        (x_shape, dy_shape), w_shape = spec.shapes, spec.out_shape
+    return OpSpec("conv2d", (x_shape, w_shape), spec.dtype, dy_shape, "float32", "float32",
+                  params=fwd)
+
+
+def _as_f32(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.float32 else a.astype(np.float32)
+
+
+def conv2d_grad_input_nhwc(dy: np.ndarray, w: np.ndarray, spec: OpSpec) -> np.ndarray:
+    """dx (N, H, W, C) float32 from dy (N, OH, OW, OC): per group one GEMM dy_g @ w_g
+    into tap-major columns (P, KH*KW, C/g), then col2im as one strided add per tap."""
+    p = spec.params
+    g = p.groups
+    n, oh, ow, oc = dy.shape
+    _, cg, kh, kw = w.shape
+    ocg, kk, c = oc // g, kh * kw, cg * g
+    h, w_in = p.input_hw
+    pad_free = p.padding == ((0, 0), (0, 0))
+    if kk == 1 and p.stride == (1, 1) and pad_free:
+        dyg = dy.reshape(n * oh * ow, g, ocg).transpose(1, 0, 2)          # (G, P, OCg)
+        cols = np.matmul(dyg, w.reshape(g, ocg, cg))                       # (G, P, Cg)
+        return cols.transpose(1, 0, 2).reshape(n, h, w_in, c)
+    wg = w.reshape(g, ocg, cg, kk).transpose(0, 1, 3, 2).reshape(g, ocg, kk * cg)
+    dyg = dy.reshape(n * oh * ow, g, ocg).transpose(1, 0, 2)
+    cols = np.matmul(dyg, wg).reshape(g, n, oh, ow, kk, cg)                # (G, P, KK*Cg)
+    cols = cols[0] if g == 1 else cols.transpose(1, 2, 3, 4, 0, 5).reshape(n, oh, ow, kk, c)
+    (pt, pb), (pl, pr) = p.padding
+    dxp = np.zeros((n, h + pt + pb, w_in + pl + pr, c), np.float32)
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                j * dw: j * dw + sw * (ow - 1) + 1: sw] += cols[:, :, :, i * kw + j]
+    return dxp[:, pt:pt + h, pl:pl + w_in]
+
+
+def conv2d_grad_weight_nhwc(x: np.ndarray, dy: np.ndarray, spec: OpSpec) -> np.ndarray:
+    """dw (OC, C/g, KH, KW) float32: per group one GEMM dy_g^T (a transposed view) @ the
+    tap-major im2col of x (whose copy moves contiguous channel runs)."""
+    fwd = _forward_spec(spec)
+    g = spec.params.groups
+    n, oh, ow, oc = dy.shape
+    _, cg, kh, kw = spec.out_shape
+    ocg, kk, p = oc // g, kh * kw, n * oh * ow
+    dyt = dy.reshape(p, g, ocg).transpose(1, 2, 0)                         # (G, OCg, P), no copy
+    if kk == 1 and spec.params.stride == (1, 1) and spec.params.padding == ((0, 0), (0, 0)):
+        cols = x.reshape(p, g, cg).transpose(1, 0, 2)
+        return np.matmul(dyt, cols).reshape(oc, cg, 1, 1)
+    win = im2col_windows(x, fwd)                                           # (N, OH, OW, C, KH, KW)
+    cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(p, kk, g, cg).transpose(2, 0, 1, 3) \
+              .reshape(g, p, kk * cg)
+    dw = np.matmul(dyt, cols)                                              # (G, OCg, KK*Cg)
+    return dw.reshape(oc, kh, kw, cg).transpose(0, 3, 1, 2)
+
+
+def _conv2d_grad_input(dy, w, _bias, spec: OpSpec):
+    nchw = spec.params.layout == "NCHW"
+    out_t = DTYPES[spec.out_dtype]
+    if 0 in spec.out_shape or 0 in dy.shape:
+        return np.zeros(spec.out_shape, out_t)
+    dy_nhwc = _as_f32(dy.transpose(0, 2, 3, 1) if nchw else dy)
+    dx = conv2d_grad_input_nhwc(dy_nhwc, _as_f32(w), spec)
+    dx = dx.transpose(0, 3, 1, 2) if nchw else dx
+    return np.ascontiguousarray(dx, dtype=out_t)
+
+
+def _conv2d_grad_weight(x, dy, _bias, spec: OpSpec):
+    nchw = spec.params.layout == "NCHW"
+    out_t = DTYPES[spec.out_dtype]
+    if 0 in spec.out_shape or 0 in dy.shape:
+        return np.zeros(spec.out_shape, out_t)
+    x_nhwc = _as_f32(x.transpose(0, 2, 3, 1) if nchw else x)
+    dy_nhwc = _as_f32(dy.transpose(0, 2, 3, 1) if nchw else dy)
+    return np.ascontiguousarray(conv2d_grad_weight_nhwc(x_nhwc, dy_nhwc, spec), dtype=out_t)
+
+
 def _host_kernel(fn):
     """A kernel over host arrays: (x, w[, bias]) in, the caller's kind of array out."""
     def kernel(self, spec: OpSpec, operands: list[ArrayView]):
@@ -199,7 +283,9 @@ def _matmul_kernel(self, spec: OpSpec, operands: list[ArrayView]):
 
 class CpuBackend(Backend):
     name = "cpu"
-    kernels = {"matmul": _matmul_kernel, "conv2d": _host_kernel(_conv2d)}
+    kernels = {"matmul": _matmul_kernel, "conv2d": _host_kernel(_conv2d),
+               "conv2d_grad_input": _host_kernel(_conv2d_grad_input),
+               "conv2d_grad_weight": _host_kernel(_conv2d_grad_weight)}
 
     def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
         if spec.op not in self.kernels:

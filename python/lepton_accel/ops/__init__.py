@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from .base import ACTIVATIONS, OPS, OpDef, OpSpec, get_op, register
 from .conv2d import CONV2D, LAYOUTS, Conv2dParams
+from .conv2d_grad import (CONV2D_GRAD_INPUT, CONV2D_GRAD_WEIGHT, Conv2dGradInputParams,
+                          Conv2dGradWeightParams)
 from .matmul import MATMUL, MatmulParams
 
 
@@ -23,4 +25,6 @@ def conv2d_spec(x_shape, x_dtype, w_shape, w_dtype, **kw) -> OpSpec:
 
 
 __all__ = ["ACTIVATIONS", "LAYOUTS", "OPS", "OpDef", "OpSpec", "get_op", "register",
-           "MATMUL", "CONV2D", "MatmulParams", "Conv2dParams", "matmul_spec", "conv2d_spec"]
+           "MATMUL", "CONV2D", "MatmulParams", "Conv2dParams", "matmul_spec", "conv2d_spec",
+           "CONV2D_GRAD_INPUT", "CONV2D_GRAD_WEIGHT", "Conv2dGradInputParams",
+           "Conv2dGradWeightParams"]
