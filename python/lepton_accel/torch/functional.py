@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .. import api, numerics
@@ -33,9 +34,20 @@ def _dtype(t: Tensor, name: str) -> str:
 
 
 def _host(t: Optional[Tensor]):
-    """What our API reads: the tensor itself, cut from autograd (the custom op owns the
-    gradient), never copied."""
-    return None if t is None else t.detach()
+    """What our API reads, cut from autograd (the custom op owns the gradient), never
+    copied: a NumPy view of a CPU tensor (cheaper to hand over than a DLPack capsule;
+    NumPy has no bfloat16, so those go by DLPack), the tensor itself elsewhere."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype != torch.bfloat16:
+        return t.numpy()
+    return t
+
+
+def _tensor(out) -> Tensor:
+    """Our API's result as a tensor (NumPy results wrap without a copy)."""
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
 
 
 def _pads(padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -56,17 +68,37 @@ def _api_padding(padding, kernel, dilation):
                      "only supported as the split padding='same' makes")
 
 
-def _conv_kw(stride, padding, dilation, groups, layout, kernel):
+def _conv_kw(stride, padding, dilation, groups, kernel):
     return dict(stride=tuple(stride), padding=_api_padding(padding, kernel, dilation),
-                dilation=tuple(dilation), groups=groups, layout=layout)
+                dilation=tuple(dilation), groups=groups, layout="NHWC")
+
+
+# Our kernels compute in NHWC. NCHW tensors go in as NHWC views (no copy when they are
+# channels_last) and NCHW results come back as NCHW views of NHWC memory (channels_last,
+# as PyTorch's own CPU convolution returns for channels_last input), so a network of our
+# layers and PyTorch's pooling never transposes activations between layers.
+def _nhwc(t, layout: str):
+    """An NCHW array (tensor or NumPy view) as its NHWC view."""
+    if layout != "NCHW":
+        return t
+    return t.transpose(0, 2, 3, 1) if isinstance(t, np.ndarray) else t.permute(0, 2, 3, 1)
+
+
+def _from_nhwc(t, layout: str) -> Tensor:
+    t = _tensor(t)
+    return t.permute(0, 3, 1, 2) if layout == "NCHW" else t
+
+
+def _nhwc_shape(shape, layout: str):
+    return (shape[0], shape[2], shape[3], shape[1]) if layout == "NCHW" else tuple(shape)
 
 
 # ---- matmul ------------------------------------------------------------------------------
 @torch.library.custom_op("lepton_accel::matmul", mutates_args=())
 def _matmul(a: Tensor, b: Tensor, bias: Optional[Tensor], activation: Optional[str],
             backend: str) -> Tensor:
-    return api.matmul(_host(a), _host(b), bias=_host(bias), activation=activation,
-                      backend=backend)
+    return _tensor(api.matmul(_host(a), _host(b), bias=_host(bias), activation=activation,
+                              backend=backend))
 
 
 @_matmul.register_fake
@@ -109,8 +141,8 @@ def _gelu_grad_fake(z):
 def _activation_grad(dy: Tensor, activation, out: Optional[Tensor], recompute) -> Tensor:
     """dy through the activation's derivative: ReLU from the fused output, GELU from the
     recomputed pre-activation."""
-    if activation == "relu":
-        return dy * (out > 0)
+    if activation == "relu":   # PyTorch's own ReLU backward: dy where out > 0, in one pass
+        return torch.ops.aten.threshold_backward(dy, out, 0)
     if activation == "gelu":
         return dy * torch.ops.lepton_accel.gelu_grad(recompute())
     return dy
@@ -153,9 +185,9 @@ _matmul.register_autograd(_matmul_backward, setup_context=_matmul_setup)
 def _conv2d(x: Tensor, w: Tensor, bias: Optional[Tensor], stride: list[int],
             padding: list[int], dilation: list[int], groups: int, layout: str,
             activation: Optional[str], backend: str) -> Tensor:
-    return api.conv2d(_host(x), _host(w), bias=_host(bias), activation=activation,
-                      backend=backend,
-                      **_conv_kw(stride, padding, dilation, groups, layout, w.shape[2:]))
+    y = api.conv2d(_nhwc(_host(x), layout), _host(w), bias=_host(bias), activation=activation,
+                   backend=backend, **_conv_kw(stride, padding, dilation, groups, w.shape[2:]))
+    return _from_nhwc(y, layout)
 
 
 def _conv_spec(opdef, shapes, dtypes, stride, padding, dilation, groups, layout, **kw):
@@ -172,7 +204,8 @@ def _conv2d_fake(x, w, bias, stride, padding, dilation, groups, layout, activati
                       bias_shape=None if bias is None else tuple(bias.shape),
                       bias_dtype=None if bias is None else _dtype(bias, "bias"),
                       activation=activation)
-    return x.new_empty(spec.out_shape, dtype=_TORCH_DTYPE[spec.out_dtype])
+    return _from_nhwc(x.new_empty(_nhwc_shape(spec.out_shape, layout),
+                                  dtype=_TORCH_DTYPE[spec.out_dtype]), layout)
 
 
 def _conv2d_setup(ctx, inputs, output):
@@ -210,9 +243,10 @@ _conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
 def _conv2d_grad_input(dy: Tensor, w: Tensor, input_hw: list[int], stride: list[int],
                        padding: list[int], dilation: list[int], groups: int, layout: str,
                        backend: str) -> Tensor:
-    return api.conv2d_grad_input(_host(dy), _host(w), input_hw=tuple(input_hw), backend=backend,
-                                 **_conv_kw(stride, padding, dilation, groups, layout,
-                                            w.shape[2:]))
+    dx = api.conv2d_grad_input(_nhwc(_host(dy), layout), _host(w), input_hw=tuple(input_hw),
+                               backend=backend,
+                               **_conv_kw(stride, padding, dilation, groups, w.shape[2:]))
+    return _from_nhwc(dx, layout)
 
 
 @_conv2d_grad_input.register_fake
@@ -220,17 +254,17 @@ def _conv2d_grad_input_fake(dy, w, input_hw, stride, padding, dilation, groups, 
     spec = _conv_spec(CONV2D_GRAD_INPUT, (tuple(dy.shape), tuple(w.shape)),
                       (_dtype(dy, "dy"), _dtype(w, "w")), stride, padding, dilation, groups,
                       layout, kernel=tuple(w.shape[2:]), input_hw=tuple(input_hw))
-    return dy.new_empty(spec.out_shape, dtype=_TORCH_DTYPE[spec.out_dtype])
+    return _from_nhwc(dy.new_empty(_nhwc_shape(spec.out_shape, layout),
+                                   dtype=_TORCH_DTYPE[spec.out_dtype]), layout)
 
 
 @torch.library.custom_op("lepton_accel::conv2d_grad_weight", mutates_args=())
 def _conv2d_grad_weight(x: Tensor, dy: Tensor, kernel_hw: list[int], stride: list[int],
                         padding: list[int], dilation: list[int], groups: int, layout: str,
                         backend: str) -> Tensor:
-    return api.conv2d_grad_weight(_host(x), _host(dy), kernel_hw=tuple(kernel_hw),
-                                  backend=backend,
-                                  **_conv_kw(stride, padding, dilation, groups, layout,
-                                             kernel_hw))
+    return _tensor(api.conv2d_grad_weight(
+        _nhwc(_host(x), layout), _nhwc(_host(dy), layout), kernel_hw=tuple(kernel_hw),
+        backend=backend, **_conv_kw(stride, padding, dilation, groups, kernel_hw)))
 
 
 @_conv2d_grad_weight.register_fake
