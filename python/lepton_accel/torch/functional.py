@@ -156,11 +156,9 @@ def _matmul_backward(ctx, dy):
     mm = torch.ops.lepton_accel.matmul
     a2 = a.unsqueeze(0) if a.dim() == 1 else a            # NumPy's 1-D promotion, undone below
     b2 = b.unsqueeze(-1) if b.dim() == 1 else b
-    dz2 = dz
+    dz2 = dz.unsqueeze(-1) if b.dim() == 1 else dz
     if a.dim() == 1:
         dz2 = dz2.unsqueeze(-2)
-    if b.dim() == 1:
-        dz2 = dz2.unsqueeze(-1)
     da = db = dbias = None
     if need_a:   # dz @ b^T: b's transposed view, no copy
         da = _sum_to(mm(dz2, b2.mT, None, None, ctx.backend), a2.shape)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends as _backends
+from ..backends import get as _get_backend
 from ..ops.base import check_activation
 from . import functional as F
 
@@ -22,7 +22,7 @@ def _check_backend(backend) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
     if backend != "auto":
-        _backends.get(backend)   # ValueError naming the known ones
+        _get_backend(backend)   # ValueError naming the known ones
     return backend
 
 
@@ -94,8 +94,12 @@ def _ours(layer, backend: str):
     if type(layer) is torch.nn.Linear:
         new = Linear(layer.in_features, layer.out_features, layer.bias is not None, **kw)
     elif type(layer) is torch.nn.Conv2d and layer.padding_mode == "zeros":
-        new = Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                     layer.padding, layer.dilation, layer.groups, layer.bias is not None, **kw)
+        try:
+            new = Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                         layer.padding, layer.dilation, layer.groups, layer.bias is not None,
+                         **kw)
+        except ValueError:   # e.g. padding beyond the kernel extent, which our ops refuse
+            return None
     else:
         return None
     new.weight = layer.weight
@@ -116,10 +120,10 @@ def convert(model: torch.nn.Module, *, fuse_activations: bool = True,
         raise TypeError("model: convert swaps the layers inside a module; for one layer, "
                         "build lepton_accel.torch.Conv2d/Linear and load its state_dict")
     for name, child in list(model.named_children()):
-        new = _ours(child, backend) if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)) \
-            else None
-        if new is not None:
-            setattr(model, name, new)
+        if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)):
+            new = _ours(child, backend)
+            if new is not None:
+                setattr(model, name, new)
         else:
             convert(child, fuse_activations=fuse_activations, backend=backend)
     if fuse_activations and isinstance(model, torch.nn.Sequential):
