@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default="lepton", choices=("lepton", "torch"))
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="PyTorch and BLAS threads (default: leave both as they are)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="PyTorch and BLAS threads (0: leave both as they are)")
     ap.add_argument("--out", default="runs/seed_cnn.pt", help="where the trained model goes")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         metrics = cnn.train(args.data, epochs=args.epochs, batch_size=args.batch_size,
                             lr=args.lr, input_size=args.input_size, channels=args.channels,
                             layers=args.layers, backend=args.backend, seed=args.seed,
-                            threads=args.threads, out=args.out,
+                            threads=args.threads or None, out=args.out,
                             progress=not args.no_progress)
     except (ValueError, TypeError) as exc:
         print(f"train_cnn: {exc}", file=sys.stderr)
