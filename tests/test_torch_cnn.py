@@ -100,6 +100,10 @@ def test_folder_loader_errors_name_the_problem(tmp_path):
         cnn.build_model("keras")
     with pytest.raises(ValueError, match="^epochs:"):
         cnn.train(epochs=0)
+    with pytest.raises(ValueError, match="^optimizer:"):
+        cnn.train(optimizer="sgd")
+    with pytest.raises(ValueError, match="^threads:"):
+        cnn.train(threads=0, epochs=1)
 
 
 def test_loss_curve_matches_pytorch_layers_step_by_step(digits):

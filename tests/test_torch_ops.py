@@ -259,6 +259,11 @@ def test_compile_fullgraph_traces_our_ops_with_the_same_numbers():
     yc.square().sum().backward()
     for (name, p), pc in zip(model.named_parameters(), compiled.parameters()):
         assert torch.equal(p.grad, pc.grad), name
+    # the functional form resolves 'same' padding while tracing, without a break
+    f = torch.compile(lambda a, w: lt.conv2d(a, w, padding="same", activation="relu"),
+                      fullgraph=True, backend="aot_eager")
+    w = torch.randn(4, 2, 3, 2)
+    assert torch.equal(f(x, w), lt.conv2d(x, w, padding="same", activation="relu"))
 
 
 def test_compile_without_graph_breaks_inductor():

@@ -186,6 +186,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator):
 
 
 # ---- training -----------------------------------------------------------------------------
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Categorical cross-entropy of the softmax of ``logits`` (one stable PyTorch op)."""
+    return TF.cross_entropy(logits, labels)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 256) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the model on a split."""
@@ -269,7 +274,8 @@ def fit(data: str = "digits", *, epochs: int = 20, batch_size: int = 32, lr: flo
           input_size: int = INPUT_SIZE, channels: int = 1, layers: str = "lepton",
           backend: str = "auto", seed: int = 0, out: str | None = None,
           max_steps: int | None = None, progress: bool = True, threads: int | None = 1,
-          model: SeedCNN | None = None, dataset: Data | None = None):
+          optimizer: str = "adam", model: SeedCNN | None = None,
+          dataset: Data | None = None):
     """Train the seed's CNN: returns ``(the trained model, its metrics)``.
 
     ``out``: the saved model's path (``.pt``); the curves go next to it (``.png``) and the
@@ -285,6 +291,8 @@ def fit(data: str = "digits", *, epochs: int = 20, batch_size: int = 32, lr: flo
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    if optimizer != "adam":
+        raise ValueError(f"optimizer: the seed's CNN trains with 'adam', got {optimizer!r}")
     with limit_threads(threads):
         return _fit(data, epochs, batch_size, lr, input_size, channels, layers, backend, seed,
                     out, max_steps, progress, model, dataset)
@@ -331,7 +339,7 @@ def _fit(data, epochs, batch_size, lr, input_size, channels, layers, backend, se
             for idx in order:
                 xb, yb = ds.train.x[idx], ds.train.y[idx]
                 logits = net(xb)
-                loss = TF.cross_entropy(logits, yb)
+                loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -376,4 +384,4 @@ def train(data: str = "digits", **kwargs) -> dict:
 
 __all__ = ["SeedCNN", "build_model", "load_digits", "load_folder", "load_data", "Data", "Split",
            "train", "fit", "evaluate", "predict", "save_model", "load_model", "plot_curves",
-           "limit_threads"]
+           "limit_threads", "loss_fn"]
