@@ -5,7 +5,8 @@ The two run interleaved (rounds of steps, alternating), from the same weights, o
 batches; medians per step. A second, instrumented pass splits our step into our kernels
 (conv2d forward, conv2d_grad_input, conv2d_grad_weight, matmul: the core API calls the
 PyTorch operators make) and the rest (PyTorch's pooling, loss, ReLU masks, optimizer and
-the operator dispatch); PyTorch's convolution time comes from its profiler.
+the operator dispatch); a third pass times each conv layer's kernels alone, ours against
+PyTorch's, with the step's shapes.
 
     python3 benchmarks/bench_torch_cnn.py [--threads 1] [--steps 300] [--out FILE.md]
 """
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as TF
 
@@ -79,18 +81,47 @@ def _timed_kernels(acc: dict):
             setattr(api, name, fn)
 
 
-def _torch_conv_share(step, n: int) -> dict:
-    from torch.profiler import ProfilerActivity, profile
+def _median_pair(ours, peer, n: int = 200) -> tuple[float, float]:
+    """Medians of two callables, timed alternately."""
+    for f in (ours, peer):
+        for _ in range(5):
+            f()
+    t_o, t_p = [], []
+    for _ in range(n):
+        for f, ts in ((ours, t_o), (peer, t_p)):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(t_o), statistics.median(t_p)
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(n):
-            step()
-    out = {}
-    for ev in prof.key_averages():
-        if ev.key in ("aten::convolution", "aten::convolution_backward", "aten::addmm",
-                      "aten::mm"):
-            out[ev.key] = ev.cpu_time_total / 1e6 / n
-    return out
+
+def _conv_layers(batch: int, seed: int = 0):
+    """Each conv layer of the step with its shapes: ours (the core API calls the operators
+    make, NHWC) against PyTorch's (conv+ReLU forward; convolution_backward for the
+    gradients the step needs), as medians."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    # (name, C, OC, H): conv1 needs no input gradient (the images need none)
+    for name, c, oc, h, need_dx in (("conv1 1->32, 16x16", 1, 32, 16, False),
+                                    ("conv2 32->64, 7x7", 32, 64, 7, True)):
+        x = torch.randn(batch, c, h, h, generator=g)
+        w, b = torch.randn(oc, c, 3, 3, generator=g), torch.randn(oc, generator=g)
+        dy = torch.randn(batch, oc, h - 2, h - 2, generator=g)
+        xn, dyn = x.permute(0, 2, 3, 1).numpy(), dy.permute(0, 2, 3, 1).numpy()
+        x_cl, dy_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+        xn, dyn, wn, bn = (np.ascontiguousarray(a) for a in (xn, dyn, w.numpy(), b.numpy()))
+        fwd = _median_pair(lambda: api.conv2d(xn, wn, bias=bn, layout="NHWC", activation="relu"),
+                           lambda: torch.relu(TF.conv2d(x, w, b)))
+        ours_bwd = [lambda: api.conv2d_grad_weight(xn, dyn, kernel_hw=3, layout="NHWC")]
+        if need_dx:
+            ours_bwd.append(lambda: api.conv2d_grad_input(dyn, wn, input_hw=(h, h),
+                                                          layout="NHWC"))
+        mask = [need_dx, True, True]
+        bwd = _median_pair(lambda: [f() for f in ours_bwd],
+                           lambda: torch.ops.aten.convolution_backward(
+                               dy, x, w, [oc], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask))
+        rows.append((name, fwd, bwd))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -123,12 +154,11 @@ def main(argv=None) -> int:
             for _ in range(n_instr):
                 steps["lepton"]()
             instr_step = (time.perf_counter() - t0) / n_instr
-        peer_share = _torch_conv_share(steps["torch"], 50)
+        layers = _conv_layers(args.batch)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["torch"] / med["lepton"]
     ours = {k: v / n_instr for k, v in acc.items()}
-    conv_ours = sum(ours.get(k, 0.0) for k in KERNELS[:3])
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=os.path.dirname(__file__)).stdout.strip()
@@ -161,14 +191,20 @@ def main(argv=None) -> int:
     rest = instr_step - sum(ours.values())
     lines.append(f"| everything else (PyTorch's pooling, loss, ReLU masks, Adam; operator "
                  f"dispatch) | {ms(rest)} | {100 * rest / instr_step:.0f} % |")
-    lines += ["", "PyTorch's own step, from its profiler (CPU time per step, 50 steps):", "",
-              "| op | per step |", "|---|---|"]
-    for k, v in sorted(peer_share.items()):
-        lines.append(f"| {k} | {ms(v)} |")
-    conv_peer = peer_share.get("aten::convolution", 0) + peer_share.get(
-        "aten::convolution_backward", 0)
-    lines += ["", f"Convolutions (forward and both gradients): ours {ms(conv_ours)} per step, "
-              f"PyTorch's {ms(conv_peer)} ({conv_peer / conv_ours:.2f}x)."]
+    lines += ["", "Our conv kernels against PyTorch's (oneDNN) with this step's shapes, each timed "
+              "alone, alternating, medians (ours: the core API on NHWC arrays, as the operators "
+              "call it; backward: the gradients the step needs, ours as separate "
+              "conv2d_grad_weight/_input calls, PyTorch's one convolution_backward):", "",
+              "| layer | forward ours | forward PyTorch | ratio | backward ours | "
+              "backward PyTorch | ratio |", "|---|---|---|---|---|---|---|"]
+    for name, (fo, fp), (bo, bp) in layers:
+        lines.append(f"| {name} | {ms(fo)} | {ms(fp)} | {fp / fo:.2f} | {ms(bo)} | {ms(bp)} | "
+                     f"{bp / bo:.2f} |")
+    tot_o = sum(fo + bo for _, (fo, _), (bo, _) in layers)
+    tot_p = sum(fp + bp for _, (_, fp), (_, bp) in layers)
+    lines += ["", f"All conv work per step: ours {ms(tot_o)}, PyTorch's {ms(tot_p)} "
+              f"(PyTorch / ours {tot_p / tot_o:.2f}); the step's difference "
+              f"{ms(med['lepton'] - med['torch'])}."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
