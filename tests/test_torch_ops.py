@@ -300,3 +300,21 @@ def test_cuda_forward_on_the_current_stream():
     s.synchronize()
     assert y.device.type == "cuda" and m.device.type == "cuda"
     assert rel(y.cpu(), ref) < TOL
+
+
+# ---- packaging ----------------------------------------------------------------------------
+def test_import_lepton_accel_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, lepton_accel; "
+            "assert 'torch' not in sys.modules and 'lepton_accel.torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_submodules_load_on_first_use():
+    import importlib
+
+    assert lt.cnn is importlib.import_module("lepton_accel.torch.cnn")
+    with pytest.raises(AttributeError, match="no attribute 'keras'"):
+        lt.keras  # noqa: B018
