@@ -246,3 +246,42 @@ def test_cache_hit_and_rebuild_on_rtl_change(tmp_path, monkeypatch, capfd):
     drv = MatmulDriver(VerilatorDevice(cfg, quiet=True))
     a = np.array([[1, -2, 3]], np.int8)
     np.testing.assert_array_equal(drv.gemm(a, a.T.copy()), [[14]])
+
+
+ZERO_SIZE = [((3, 0), (0, 4), True), ((2, 3, 0), (2, 0, 4), True), ((0, 3, 4), (4, 5), True),
+             ((0, 3, 4), (0, 4, 5), False), ((0, 3, 0), (0, 5), True), ((2, 0, 4), (4, 5), False),
+             ((3, 4), (4, 0), False), ((0,), (0,), False), ((5, 0), (0,), False),
+             ((0,), (0, 3), True)]
+
+
+@pytest.mark.parametrize("a_shape,b_shape,with_bias", ZERO_SIZE)
+def test_zero_size_matmul_like_the_cpu(rng, a_shape, b_shape, with_bias):
+    """K = 0, an empty batch, M = 0 or N = 0: the CPU's answer, without touching the core."""
+    a, b = ints(rng, a_shape), ints(rng, b_shape)
+    n = b_shape[-1] if len(b_shape) >= 2 else None
+    bias = rng.integers(-2**31, 2**31, n).astype(np.int32) if with_bias and n else None
+    dev = fpga.driver(fpga.config_for("int8")).device
+    before = dev.sim_cycles
+    out = la.matmul(a, b, bias=bias, activation="relu" if with_bias else None, backend="fpga")
+    expect = la.matmul(a, b, bias=bias, activation="relu" if with_bias else None, backend="cpu")
+    assert out.shape == expect.shape and out.dtype == np.int32
+    np.testing.assert_array_equal(out, expect)
+    assert dev.sim_cycles == before
+
+
+def test_a_failed_job_does_not_poison_the_next(rng):
+    """A job the device gives up on (no handshake for idle_limit cycles) resets the core:
+    the next job on the same device is exact."""
+    from lepton_accel.fpga.driver import MatmulDriver
+    from lepton_accel.fpga.verilator_device import VerilatorDevice
+
+    dev = VerilatorDevice(fpga.config_for("int8"), pause_in=0.95, idle_limit=2,
+                          seed=int(rng.integers(1, 2**31)), quiet=True)
+    drv = MatmulDriver(dev)
+    a, b = ints(rng, (13, 40)), ints(rng, (40, 11))
+    with pytest.raises(fpga.DeviceError):
+        drv.gemm(a, b)
+    dev.pause_in, dev.idle_limit = 0.0, 10_000
+    for _ in range(2):
+        np.testing.assert_array_equal(drv.gemm(a, b), ref(a, b))
+    dev.close()

@@ -165,3 +165,41 @@ def test_simulator_timeout_raises():
         dev.reset()
     x, w = np.arange(64, dtype=np.int8).reshape(1, 4, 4, 4), np.ones((4, 4, 3, 3), np.int8)
     check(x, w, padding=1)   # the device still works after the reset
+
+
+@pytest.mark.parametrize("xs,ws", [((1, 3, 5, 5), (0, 3, 3, 3)), ((1, 0, 5, 5), (2, 0, 3, 3)),
+                                   ((0, 3, 5, 5), (2, 3, 3, 3)), ((2, 0, 4, 6), (0, 0, 3, 3))])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_zero_channels_like_the_cpu_and_no_poison(rng, xs, ws, with_bias):
+    """OC = 0, C = 0 or N = 0: the CPU's answer without touching the core, and the next
+    call is not affected."""
+    x, w = ints(rng, xs), ints(rng, ws)
+    bias = rng.integers(-2**31, 2**31, ws[0]).astype(np.int32) if with_bias else None
+    dev = fpga.conv_driver().device
+    before = dev.sim_cycles
+    for act in (None, "relu"):
+        out = la.conv2d(x, w, bias=bias, padding=1, activation=act, backend="fpga")
+        expect = la.conv2d(x, w, bias=bias, padding=1, activation=act, backend="cpu")
+        assert out.shape == expect.shape and out.dtype == np.int32
+        np.testing.assert_array_equal(out, expect)
+    assert dev.sim_cycles == before
+    check(ints(rng, (1, 3, 5, 5)), ints(rng, (2, 3, 3, 3)))
+
+
+def test_a_failed_job_does_not_poison_the_next(rng):
+    """A conv job the device gives up on resets the core: the next job is exact."""
+    from lepton_accel.fpga.conv_driver import ConvDriver
+    from lepton_accel.fpga.verilator_device import VerilatorDevice
+
+    dev = VerilatorDevice(fpga.conv_config_for("int8"), pause_in=0.95, idle_limit=2,
+                          seed=int(rng.integers(1, 2**31)), quiet=True)
+    drv = ConvDriver(dev)
+    x, w = ints(rng, (1, 5, 6, 7)), ints(rng, (6, 5, 3, 3))
+    spec = la.conv2d_spec(x.shape, "int8", w.shape, "int8", padding=1)
+    with pytest.raises(fpga.DeviceError):
+        drv.run(spec, x, w)
+    dev.pause_in, dev.idle_limit = 0.0, 10_000
+    for _ in range(2):
+        np.testing.assert_array_equal(drv.run(spec, x, w),
+                                      la.conv2d(x, w, padding=1, backend="cpu"))
+    dev.close()

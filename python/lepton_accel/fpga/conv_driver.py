@@ -135,15 +135,19 @@ class ConvDriver(CoreDriver):
         p_all = job.oh * job.ow
         heights = [min(R, p_all - p0) for _, p0, _ in tiles] * job.n
         c_beats = sum(heights)
-        for name, value in cr.register_values(job).items():
-            d.write(name, value)
         ctrl = self._ctrl_start(bias)
         x_frame = math.ceil(job.h * job.w * job.c / XL)
-        res = d.conv_stream(b"".join(frames["x"]), b"".join(frames["b"]) * job.n,
-                            b"".join(frames["bias"]) * job.n if bias is not None else None,
-                            x_frame=x_frame, b_frame=job.k, c_beats=c_beats, start=ctrl)
-        out = self._finish(res, heights)
-        self.last.job_cycles.append((job, self._count()))
+        try:
+            for name, value in cr.register_values(job).items():
+                d.write(name, value)
+            res = d.conv_stream(b"".join(frames["x"]), b"".join(frames["b"]) * job.n,
+                                b"".join(frames["bias"]) * job.n if bias is not None else None,
+                                x_frame=x_frame, b_frame=job.k, c_beats=c_beats, start=ctrl)
+            out = self._finish(res, heights)
+            self.last.job_cycles.append((job, self._count()))
+        except BaseException:
+            self._recover()
+            raise
         return cr.unpack_c(out, job, rows=R, cols=C)
 
     def _n_block(self, job: cr.ConvJob) -> int:
@@ -170,8 +174,15 @@ class ConvDriver(CoreDriver):
             bias = _wrap32(bias)
             if bias.shape != (job.oc,):
                 raise ValueError(f"bias: expected shape ({job.oc},), got {bias.shape}")
-        self.check(job)
         self.last = ConvStats()
+        if job.n == 0 or job.oc == 0 or job.c == 0:
+            # nothing for the core to do (its registers refuse zero sizes): no output
+            # element, or, with no input channel, only the bias
+            out = np.zeros((job.n, job.oh, job.ow, job.oc), np.int32)
+            if bias is not None:
+                out[...] = bias
+            return out
+        self.check(job)
         x = x.astype(self.lane_dtype, copy=False)
         w = w.astype(self.lane_dtype, copy=False)
         out = np.empty((job.n, job.oh, job.ow, job.oc), np.int32)

@@ -125,6 +125,15 @@ class CoreDriver:
             pos += h * beat
         return out
 
+    def _recover(self) -> None:
+        """Reset the core after a job failed anywhere between its registers and its last
+        check, so that nothing of it (BUSY, sticky ERROR flags, beats in flight) reaches
+        the next job."""
+        try:
+            self.device.reset()
+        except Exception:  # the job's own error is the one to report
+            pass
+
     def _count(self) -> int:
         """Add the job's CYCLES and stall counters to :attr:`last`; return CYCLES."""
         d = self.device

@@ -88,15 +88,19 @@ class MatmulDriver(CoreDriver):
         frames = regmap.pack_job(a, b, bias, rows=R, cols=C, dtype=self.dtype)
         heights = [min(R, m - r0) for r0, _ in regmap.tile_order(m, n, R, C)]
         c_beats = sum(heights)
-        d.write("M", m)
-        d.write("N", n)
-        d.write("K", k)
-        d.write("CTRL", self._ctrl_start(bias))
-        res = d.stream(b"".join(frames["a"]), b"".join(frames["b"]),
-                       b"".join(frames["bias"]) if bias is not None else None,
-                       k=k, c_beats=c_beats)
-        out = self._finish(res, heights)
-        self._count()
+        try:
+            d.write("M", m)
+            d.write("N", n)
+            d.write("K", k)
+            d.write("CTRL", self._ctrl_start(bias))
+            res = d.stream(b"".join(frames["a"]), b"".join(frames["b"]),
+                           b"".join(frames["bias"]) if bias is not None else None,
+                           k=k, c_beats=c_beats)
+            out = self._finish(res, heights)
+            self._count()
+        except BaseException:
+            self._recover()
+            raise
         return regmap.unpack_c(out, m, n, rows=R, cols=C)
 
     # ---- any shape ------------------------------------------------------------------
@@ -206,13 +210,14 @@ class MatmulDriver(CoreDriver):
             raise ValueError(f"b: inner dimensions do not match: a {a.shape}, b {b.shape}")
         batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
         m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+        nb = math.prod(batch)  # explicit sizes: reshape(-1, ...) is ambiguous when K = 0
         if b2.ndim == 2:  # one weight matrix: fold the batch into M (one job stream)
-            res = self.gemm(a2.reshape(-1, k), b2, bias).reshape(*batch, m, n)
+            res = self.gemm(a2.reshape(nb * m, k), b2, bias).reshape(*batch, m, n)
             stats = self.last
         else:
-            aa = np.broadcast_to(a2, batch + (m, k)).reshape(-1, m, k)
-            bb = np.broadcast_to(b2, batch + (k, n)).reshape(-1, k, n)
-            res = np.empty((aa.shape[0], m, n), np.int32)
+            aa = np.broadcast_to(a2, batch + (m, k)).reshape(nb, m, k)
+            bb = np.broadcast_to(b2, batch + (k, n)).reshape(nb, k, n)
+            res = np.empty((nb, m, n), np.int32)
             stats = JobStats()
             for i in range(aa.shape[0]):
                 res[i] = self.gemm(aa[i], bb[i], bias)
