@@ -39,9 +39,9 @@ def test_fpga_matmul_512_int8(benchmark):
     rng = np.random.default_rng()
     a = rng.integers(-128, 128, (N, N), dtype=np.int8)
     b = rng.integers(-128, 128, (N, N), dtype=np.int8)
-    fpga.driver(fpga.config_for("int8"))  # build outside the timing
+    drv = fpga.driver_for(fpga.config_for("matmul"))  # build outside the timing
     out = benchmark.pedantic(lambda: la.matmul(a, b, backend="fpga"), rounds=3, iterations=1)
-    cycles = fpga.driver().last.cycles
+    cycles = drv.last.cycles
     benchmark.extra_info.update(core_cycles=cycles,
                                 sim_cycles_per_s=cycles / benchmark.stats.stats.mean)
     np.testing.assert_array_equal(out, la.matmul(a, b, backend="cpu"))
@@ -49,9 +49,9 @@ def test_fpga_matmul_512_int8(benchmark):
 
 def measure(rounds: int = 3) -> dict:
     _setup()
-    cfg = fpga.config_for("int8")
+    cfg = fpga.config_for("matmul")
     t0 = time.perf_counter()
-    drv = fpga.driver(cfg)
+    drv = fpga.driver_for(cfg)
     ready_s = time.perf_counter() - t0
     info = json.loads((drv.device.model_path.parent / "build.json").read_text())
     rng = np.random.default_rng()
@@ -81,11 +81,9 @@ def measure_cocotb(m=64, n=64, k=64) -> dict:
     out = Path(tempfile.mkdtemp()) / "cocotb.json"
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])
-    runner, bdir = harness.build("verilator", 16, 16, "int8")
     env = {"LEPTON_BENCH_MNK": f"{m},{n},{k}", "LEPTON_BENCH_OUT": str(out)}
-    os.environ.update(env)
-    runner.test(test_module="bench_fpga_cocotb_tb", hdl_toplevel=harness.TOP, build_dir=bdir,
-                test_dir=bdir, timescale=("1ns", "1ps"), extra_env=env)
+    harness.run("verilator", harness.MatmulConfig(16, 16, "int8"), env=env,
+                test_module="bench_fpga_cocotb_tb")
     res = json.loads(out.read_text())
     res["sim_cycles_per_s"] = round(res["core_cycles"] / res["wall_s"])
     return res

@@ -15,7 +15,8 @@ from cocotb.triggers import ClockCycles
 from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamFrame,
                            AxiStreamSink, AxiStreamSource)
 
-from lepton_accel.hdl import regmap
+from lepton_accel.hdl import matmul_regmap as regmap
+from lepton_accel.reference import matmul_ref
 
 
 @cocotb.test()
@@ -49,7 +50,7 @@ async def one_job(dut):
     out = [bytes((await sink.recv()).tdata) for _ in frames["a"]]
     wall = time.perf_counter() - t0
     got = regmap.unpack_c(out, m, n, rows=rows, cols=cols)
-    assert np.array_equal(got, regmap.reference(a, b))
+    assert np.array_equal(got, matmul_ref(a, b))
     lo = await axil.read_dword(regmap.REG["CYCLES_LO"].offset)
     with open(os.environ["LEPTON_BENCH_OUT"], "w") as f:
         json.dump({"m": m, "n": n, "k": k, "rows": rows, "cols": cols, "wall_s": wall,

@@ -63,9 +63,10 @@ def main(argv=None) -> int:
     for kind, layers in runs:
         need = max(L["x"][1] * L["x"][2] * L["x"][3] for L in layers)
         depth = 1 << (ceil(need / xl) - 1).bit_length()
-        out = harness.conv_build_dir("verilator", R, C, "int8", None, depth) / f"util_{kind}.json"
+        cfg = harness.Conv2dConfig(R, C, "int8", depth=depth)
+        out = harness.build_dir("verilator", cfg) / f"util_{kind}.json"
         t = time.time()
-        harness.run_conv("verilator", R, C, "int8", depth=depth, name=f"util_{kind}",
+        harness.run("verilator", cfg, name=f"util_{kind}",
                          testcase=["test_cycle_count"],
                          env={"LEPTON_UTIL_LAYERS": json.dumps(layers),
                               "LEPTON_UTIL_OUT": str(out)})

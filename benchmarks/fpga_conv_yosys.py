@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fpga_yosys import load_results, run_yosys, save_results, yosys_version  # noqa: E402
 
 from lepton_accel.hdl import conv_regmap as cr  # noqa: E402
-from lepton_accel.hdl.conv import generate_verilog  # noqa: E402
+from lepton_accel.hdl.conv_top import generate_verilog  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fpga_conv_yosys.json"
 SCRIPT = "read_verilog {src}; synth_xilinx -family xcup -flatten -top lepton_conv2d; stat"

@@ -4,7 +4,7 @@
 
 Runs square jobs M = N = K = size on a Verilator build through the cocotb testbench
 (inputs at full rate, output always ready), reads CYCLES, checks the result bit-exact
-and that CYCLES equals regmap.expected_cycles, and writes
+and that CYCLES equals matmul_regmap.expected_cycles, and writes
 utilisation = M*N*K / (R*C*CYCLES) to benchmarks/results/fpga_matmul_util.json.
 """
 
@@ -36,10 +36,10 @@ def main(argv=None) -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 1
-    bdir = harness.build_dir("verilator", args.rows, args.cols, args.dtype)
-    tmp = bdir / "util_bench.json"
+    cfg = harness.MatmulConfig(args.rows, args.cols, args.dtype)
+    tmp = harness.build_dir("verilator", cfg) / "util_bench.json"
     t = time.time()
-    harness.run("verilator", args.rows, args.cols, args.dtype, name="util_bench",
+    harness.run("verilator", cfg, name="util_bench",
                 testcase=["test_cycle_count"],
                 env={"LEPTON_UTIL_SIZES": json.dumps([[s, s, s] for s in args.sizes]),
                      "LEPTON_UTIL_OUT": str(tmp)})

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lepton_accel.hdl.matmul import generate_verilog
+from lepton_accel.hdl.matmul_top import generate_verilog
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fpga_yosys.json"
 SCRIPT = "read_verilog {src}; synth_xilinx -family xcup -flatten -top lepton_matmul; stat"

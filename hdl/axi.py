@@ -2,11 +2,17 @@
 glue both cores share (stream ports to the core, the common register behaviour)."""
 
 from amaranth import Const, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXIStreamSignature", "AXILiteSignature", "AXILiteTarget", "connect_streams",
-           "CoreRegisters"]
+__all__ = ["AXIStreamSignature", "AXILiteSignature", "AXILiteTarget", "beat_layout",
+           "connect_streams", "CoreRegisters"]
+
+
+def beat_layout(width: int) -> data.StructLayout:
+    """Payload of every core stream (amaranth.lib.stream): a packed beat and its packet
+    boundary; :func:`connect_streams` maps it onto an AXI4-Stream port."""
+    return data.StructLayout({"data": width, "last": 1})
 
 
 class AXIStreamSignature(wiring.Signature):

@@ -8,16 +8,17 @@ import json
 import sys
 from pathlib import Path
 
-from . import regmap
+from .regmap_common import DTYPES
 
 __all__ = ["add_commands", "generate_matmul", "generate_conv2d", "main"]
 
 
 def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None = None) -> dict:
     """Write ``<name>.v`` and ``<name>.json`` into out_dir; return the paths."""
-    from .matmul import generate_verilog
+    from . import matmul_regmap
+    from .matmul_top import generate_verilog
 
-    desc = regmap.describe(rows, cols, dtype)  # validates the configuration
+    desc = matmul_regmap.describe(rows, cols, dtype)  # validates the configuration
     name = name or f"lepton_matmul_r{rows}c{cols}_{dtype}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,7 +34,7 @@ def generate_conv2d(rows: int, cols: int, dtype: str, out_dir, name: str | None 
                     x_lanes: int | None = None, depth: int = 1024) -> dict:
     """Write the conv2d core's ``<name>.v`` and ``<name>.json``; return the paths."""
     from . import conv_regmap
-    from .conv import generate_verilog
+    from .conv_top import generate_verilog
 
     desc = conv_regmap.describe(rows, cols, dtype, x_lanes, depth)  # validates
     x_lanes = desc["config"]["x_lanes"]
@@ -48,13 +49,10 @@ def generate_conv2d(rows: int, cols: int, dtype: str, out_dir, name: str | None 
     return {"verilog": str(v_path), "json": str(j_path)}
 
 
-def _cmd_generate_matmul(args) -> int:
+def _generate(write) -> int:
+    """Run one core's generator, turning configuration and toolchain errors into a line."""
     try:
-        if args.core == "conv2d":
-            paths = generate_conv2d(args.rows, args.cols, args.dtype, args.output, args.name,
-                                    args.x_lanes, args.depth)
-        else:
-            paths = generate_matmul(args.rows, args.cols, args.dtype, args.output, args.name)
+        paths = write()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -72,6 +70,16 @@ def _cmd_generate_matmul(args) -> int:
     return 0
 
 
+def _cmd_matmul(args) -> int:
+    return _generate(lambda: generate_matmul(args.rows, args.cols, args.dtype, args.output,
+                                             args.name))
+
+
+def _cmd_conv2d(args) -> int:
+    return _generate(lambda: generate_conv2d(args.rows, args.cols, args.dtype, args.output,
+                                             args.name, args.x_lanes, args.depth))
+
+
 def add_commands(subparsers) -> argparse.ArgumentParser:
     """Add the ``hdl`` command tree to an argparse subparsers object."""
     hdl = subparsers.add_parser("hdl", help="generate FPGA cores (Verilog + JSON)")
@@ -81,23 +89,23 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
     mm = gen_sub.add_parser("matmul", help="systolic int8/int16 matmul core")
     mm.add_argument("--rows", type=int, default=16, help="array rows R (default 16)")
     mm.add_argument("--cols", type=int, default=16, help="array columns C (default 16)")
-    mm.add_argument("--dtype", choices=sorted(regmap.DTYPES), default="int8")
+    mm.add_argument("--dtype", choices=sorted(DTYPES), default="int8")
     mm.add_argument("-o", "--output", required=True, help="output directory")
     mm.add_argument("--name", default=None, help="top module name")
-    mm.set_defaults(func=_cmd_generate_matmul)
+    mm.set_defaults(func=_cmd_matmul)
     cv = gen_sub.add_parser("conv2d", help="int8/int16 conv2d core (hardware im2col)")
     cv.add_argument("--rows", type=int, default=16,
                     help="array rows R = output pixels per tile (default 16)")
     cv.add_argument("--cols", type=int, default=16,
                     help="array columns C = output channels per tile (default 16)")
-    cv.add_argument("--dtype", choices=sorted(regmap.DTYPES), default="int8")
+    cv.add_argument("--dtype", choices=sorted(DTYPES), default="int8")
     cv.add_argument("--x-lanes", type=int, default=None,
                     help="image elements per x beat, a power of two (default: >= rows)")
     cv.add_argument("--depth", type=int, default=1024,
                     help="image memory words per row copy (capacity x_lanes*depth)")
     cv.add_argument("-o", "--output", required=True, help="output directory")
     cv.add_argument("--name", default=None, help="top module name")
-    cv.set_defaults(func=_cmd_generate_matmul)
+    cv.set_defaults(func=_cmd_conv2d)
     return hdl
 
 

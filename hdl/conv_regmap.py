@@ -1,11 +1,12 @@
 """Register map, stream formats and host protocol of the conv2d core.
 
 The single description of the conv core's interface, read by the Amaranth design
-(``conv.py``), the cocotb testbenches and the host driver. Nothing here imports Amaranth.
+(``conv_core.py``, ``conv_top.py``), the cocotb testbenches and the host driver. Nothing
+here imports Amaranth.
 
 The core computes one NHWC int8/int16 convolution job with PyTorch's meaning of stride,
 padding, dilation and groups; weights are (OC, Cg, KH, KW); accumulation wraps modulo
-2**32 as in the matmul core (:mod:`.regmap`); the records, dtype table, field helpers and
+2**32 as in the matmul core (:mod:`.matmul_regmap`); the records, dtype table, field helpers and
 common registers both maps build on are in :mod:`.regmap_common`.
 
 Host protocol of one job (registers first, then CTRL.START, then the streams):
@@ -51,8 +52,8 @@ __all__ = [
     "ACC_WIDTH", "DTYPES", "DTYPE_CODES", "REGISTERS", "REG", "STREAMS", "PORT_PREFIX",
     "PORT_SEPARATOR", "MIN_SIDE", "MAX_SIDE", "ConvJob", "default_x_lanes", "stream_widths",
     "config_word", "field_value", "field_mask", "describe", "tile_order", "register_values",
-    "pack_x", "pack_b", "pack_bias", "pack_job", "unpack_c", "reference", "expected_cycles",
-    "useful_macs", "im2col_reference",
+    "pack_x", "pack_b", "pack_bias", "pack_job", "unpack_c", "expected_cycles",
+    "useful_macs", "check_config",
 ]
 
 #: Value of the ID register: ASCII "LCNV" (lepton conv core).
@@ -136,7 +137,7 @@ def default_x_lanes(rows: int) -> int:
     return 1 << max(0, (rows - 1).bit_length())
 
 
-def _check_config(rows, cols, dtype, x_lanes, depth):
+def check_config(rows, cols, dtype, x_lanes, depth):
     common.check_sides(rows, cols, dtype)
     if x_lanes < 1 or x_lanes & (x_lanes - 1) or x_lanes > 64:
         raise ValueError(f"x_lanes must be a power of two in [1, 64], not {x_lanes}")
@@ -160,7 +161,7 @@ def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
              depth: int = 1024) -> dict:
     """JSON-ready description of a configuration and its register map."""
     x_lanes = x_lanes or default_x_lanes(rows)
-    _check_config(rows, cols, dtype, x_lanes, depth)
+    check_config(rows, cols, dtype, x_lanes, depth)
     widths = stream_widths(rows, cols, dtype, x_lanes)
     lanes = {"x": x_lanes, "b": cols, "bias": cols, "c": cols}
     return {
@@ -336,53 +337,6 @@ def unpack_c(frames, job: ConvJob, *, rows: int, cols: int) -> np.ndarray:
             lo = g * job.ocg + oc0
             out[n, p0:p0 + h, lo:lo + wdt] = blk[:, :wdt]
     return out.reshape(job.n, job.oh, job.ow, job.oc)
-
-
-def im2col_reference(x, w, bias, job: ConvJob) -> np.ndarray:
-    """Independent NumPy model (explicit im2col + int64 GEMM, wrapped to int32), NHWC."""
-    x = np.asarray(x).astype(np.int64)
-    (pt, pb), (pl, pr) = job.pad
-    xp = np.pad(x, ((0, 0), (pt, pb + job.h), (pl, pr + job.w), (0, 0)))
-    sh, sw = job.stride
-    dh, dw = job.dilation
-    out = np.zeros((job.n, job.oh, job.ow, job.oc), np.int64)
-    wt = np.asarray(w).astype(np.int64)
-    for g in range(job.groups):
-        cols = []
-        for kh in range(job.kh):
-            for kw in range(job.kw):
-                y0, x0 = kh * dh, kw * dw
-                cols.append(xp[:, y0:y0 + sh * (job.oh - 1) + 1:sh,
-                               x0:x0 + sw * (job.ow - 1) + 1:sw,
-                               g * job.cg:(g + 1) * job.cg])
-        a = np.concatenate(cols, axis=-1)  # (N, OH, OW, KH*KW*CG), (kh, kw, c) order
-        wg = wt[g * job.ocg:(g + 1) * job.ocg].transpose(0, 2, 3, 1).reshape(job.ocg, -1)
-        out[..., g * job.ocg:(g + 1) * job.ocg] = a @ wg.T
-    if bias is not None:
-        out = out + np.asarray(bias).astype(np.int64)
-    return common.wrap_int32(out)
-
-
-def reference(x, w, bias, job: ConvJob) -> np.ndarray:
-    """Bit-exact model of the core (NHWC int32): the package's exact conv2d reference
-    (``lepton_accel.reference.conv2d_ref``, int64) wrapped to int32 for int8 operands;
-    the API has neither int16 conv2d nor asymmetric or over-wide padding, so those jobs use
-    :func:`im2col_reference`."""
-    x, w = np.asarray(x), np.asarray(w)
-    (pt, pb), (pl, pr) = job.pad
-    if x.dtype != np.int8 or w.dtype != np.int8 or pt != pb or pl != pr:
-        return im2col_reference(x, w, bias, job)
-    from lepton_accel.reference import conv2d_ref
-
-    try:
-        out = conv2d_ref(x, w, None, stride=job.stride, padding=(pt, pl),
-                         dilation=job.dilation, groups=job.groups, layout="NHWC")
-    except ValueError:  # padding beyond what the API allows (the core takes any)
-        return im2col_reference(x, w, bias, job)
-    out = np.asarray(out).astype(np.int64)
-    if bias is not None:
-        out = out + np.asarray(bias).astype(np.int64)
-    return common.wrap_int32(out)
 
 
 def useful_macs(job: ConvJob) -> int:

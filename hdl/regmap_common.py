@@ -1,6 +1,6 @@
 """Register-map infrastructure shared by the cores' register maps.
 
-:mod:`.regmap` (matmul core) and :mod:`.conv_regmap` (conv2d core) each stay the single
+:mod:`.matmul_regmap` (matmul core) and :mod:`.conv_regmap` (conv2d core) each stay the single
 description of their own registers and streams; this module holds what both build on:
 the Field / Register / StreamFormat records, the field helpers, the AXI4-Lite and
 dtype conventions, the common registers (ID, VERSION, CONFIG, CTRL, STATUS, ERROR and
@@ -19,7 +19,6 @@ __all__ = [
     "find_field", "field_mask", "field_value", "id_register", "version_register",
     "config_register", "ctrl_register", "status_register", "error_register",
     "cycle_registers", "check_sides", "describe_interface", "lane_dtype", "check_int",
-    "wrap_int32",
 ]
 
 #: Byte-address width of the AXI4-Lite window (64 registers).
@@ -188,8 +187,3 @@ def check_int(x, dtype: str, what: str):
     if x.size and (x.min() < info.min or x.max() > info.max):
         raise ValueError(f"{what} has values outside {dtype}")
     return x
-
-
-def wrap_int32(acc) -> np.ndarray:
-    """int64 sums wrapped modulo 2**32 to int32, as the accumulators do."""
-    return (acc & 0xFFFFFFFF).astype(np.uint32).view(np.int32)

@@ -1,9 +1,10 @@
 """cocotb testbench of the conv2d core (AXIConv2d), run through sim/test_conv_sim.py.
 
-Bus models come from cocotbext-axi; the scoreboard is conv_regmap.reference (the
-package's exact conv2d reference, wrapped to int32). The array size, dtype, image lanes
-and capacity are read from the core's registers. Randomness comes from cocotb's seed
-(logged at start, fresh each run; COCOTB_RANDOM_SEED reproduces a run).
+Bus models come from cocotbext-axi; the scoreboard is the package's oracle,
+``lepton_accel.reference.conv2d_ref`` (exact, int32 wrap-around), compared bit for bit
+(:func:`oracle`). The array size, dtype, image lanes and capacity are read from the
+core's registers. Randomness comes from cocotb's seed (logged at start, fresh each run;
+COCOTB_RANDOM_SEED reproduces a run).
 """
 
 import json
@@ -17,6 +18,7 @@ from cocotbext.axi import AxiStreamFrame
 from tb_common import AxiTB, check_coverage, write_results
 
 from lepton_accel.hdl import conv_regmap as cr
+from lepton_accel.reference import conv2d_ref
 
 REG = cr.REG
 
@@ -127,9 +129,9 @@ class TB(AxiTB):
         ntiles = await self.submit(x, w, bias, job, x_tlast)
         got = await self.collect(job, ntiles, self.timeout_for(job))
         await self.wait_done()
-        expect = cr.reference(x, w, bias, job)
+        expect = oracle(x, w, bias, job)
         cycles = await self.check_job(got, expect, ntiles, f"{job} bias={bias is not None}")
-        exact = _exact(x, w, bias, job)
+        exact = oracle(x, w, bias, job, unwrapped=True)
         sample_job(dict(job=job, rows=self.rows, cols=self.cols, bias=bias is not None,
                         extremes=extremes, wraps=bool((exact != expect).any()),
                         pauses=self.paused))
@@ -174,24 +176,19 @@ class TB(AxiTB):
         raise AssertionError("no random job found")
 
 
-def _exact(x, w, bias, job):
-    """Unwrapped int64 result (to see whether a job wrapped)."""
-    x = np.asarray(x).astype(np.int64)
+def oracle(x, w, bias, job, unwrapped=False):
+    """The oracle's answer for an NHWC job. The core takes any padding (the API at most
+    the dilated kernel extent - 1 per side, and the same on both sides), so the zero
+    padding is made explicit and the convolution asked for without padding.
+    ``unwrapped``: the same sums in float64 (exact below 2**53), to see whether a job
+    wrapped."""
     (pt, pb), (pl, pr) = job.pad
-    xp = np.pad(x, ((0, 0), (pt, pb + job.h), (pl, pr + job.w), (0, 0)))
-    out = np.zeros((job.n, job.oh, job.ow, job.oc), np.int64)
-    wt = np.asarray(w).astype(np.int64)
-    sh, sw = job.stride
-    dh, dw = job.dilation
-    for g in range(job.groups):
-        for kh in range(job.kh):
-            for kw in range(job.kw):
-                patch = xp[:, kh * dh:kh * dh + sh * (job.oh - 1) + 1:sh,
-                           kw * dw:kw * dw + sw * (job.ow - 1) + 1:sw, g * job.cg:(g + 1) * job.cg]
-                out[..., g * job.ocg:(g + 1) * job.ocg] += patch @ wt[g * job.ocg:(g + 1) * job.ocg, :, kh, kw].T
-    if bias is not None:
-        out = out + np.asarray(bias).astype(np.int64)
-    return out
+    xp = np.pad(np.asarray(x), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    w = np.asarray(w)
+    if unwrapped:
+        xp, w = xp.astype(np.float32), w.astype(np.float32)
+    return conv2d_ref(xp, w, bias, stride=job.stride, dilation=job.dilation,
+                      groups=job.groups, layout="NHWC")
 
 
 def edge_jobs(R, C, capacity):

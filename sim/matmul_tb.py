@@ -1,9 +1,10 @@
 """cocotb testbench of the matmul core (AXIMatmul), run through sim/test_matmul_sim.py.
 
-Bus models come from cocotbext-axi; the scoreboard is regmap.reference (NumPy,
-bit-exact). The array size and dtype are read from the core's CONFIG register, so the
-same tests run on every build. Randomness comes from cocotb's seed (logged at start,
-fresh each run; COCOTB_RANDOM_SEED reproduces a run).
+Bus models come from cocotbext-axi; the scoreboard is the package's oracle,
+``lepton_accel.reference.matmul_ref`` (exact, int32 wrap-around), compared bit for bit.
+The array size and dtype are read from the core's CONFIG register, so the same tests
+run on every build. Randomness comes from cocotb's seed (logged at start, fresh each
+run; COCOTB_RANDOM_SEED reproduces a run).
 """
 
 import json
@@ -16,7 +17,8 @@ from cocotb_coverage import coverage
 from cocotbext.axi import AxiStreamFrame
 from tb_common import AxiTB, check_coverage, write_results
 
-from lepton_accel.hdl import regmap
+from lepton_accel.hdl import matmul_regmap as regmap
+from lepton_accel.reference import matmul_ref
 
 REG = regmap.REG
 
@@ -78,6 +80,11 @@ class TB(AxiTB):
         x.flat[self.rng.integers(x.size)] = info.min if self.rng.random() < 0.5 else info.max
         return x.astype(np.int64)
 
+    def reference(self, a, b, bias=None):
+        """The oracle's answer for the core's operands (int64 arrays of lane values)."""
+        lane = np.int8 if self.dtype == "int8" else np.int16
+        return matmul_ref(a.astype(lane), b.astype(lane), bias)
+
     def rand_bias(self, n, extremes=False):
         if extremes:
             return self.rng.choice(np.array([2**31 - 1, -2**31, 2**31 - 2, -1]), size=n)
@@ -124,8 +131,9 @@ class TB(AxiTB):
         ntiles = await self.submit(a, b, bias, tlast_per_tile)
         got = await self.collect(a, b, ntiles, self.timeout_for(m, n, k, self.paused))
         await self.wait_done()
-        expect = regmap.reference(a, b, bias)
-        wide = a.astype(np.int64) @ b.astype(np.int64)
+        expect = self.reference(a, b, bias)
+        # the same sums in float64, unwrapped (exact: |sum| < 2**53), to see a wrap
+        wide = matmul_ref(a.astype(np.float32), b.astype(np.float32))
         if bias is not None:
             wide = wide + bias[None, :]
         cycles = await self.check_job(got, expect, ntiles,
@@ -279,7 +287,7 @@ async def test_status_while_busy(dut):
             await tb.write("CTRL", regmap.field_mask("CTRL", "START"))
             refused = True
     got = await collector
-    np.testing.assert_array_equal(got, regmap.reference(a, b))
+    np.testing.assert_array_equal(got, tb.reference(a, b))
     assert seen_busy >= 3, "status was not read while busy"
     assert refused
     st = await tb.read("STATUS")

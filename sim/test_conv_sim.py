@@ -10,6 +10,7 @@ import json
 import pytest
 
 import harness
+from harness import Conv2dConfig
 
 pytestmark = pytest.mark.sim
 
@@ -42,10 +43,14 @@ def _ids(cfg):
     return f"{sim}-{r}x{c}-{dt}-xl{xl or 'auto'}-d{d}"
 
 
+def _config(cfg):
+    _, rows, cols, dtype, xl, depth = cfg
+    return Conv2dConfig(rows, cols, dtype, x_lanes=xl or 0, depth=depth)
+
+
 def _run(cfg, name, **kw):
-    sim, rows, cols, dtype, xl, depth = cfg
-    _need(sim)
-    return harness.run_conv(sim, rows, cols, dtype, x_lanes=xl, depth=depth, name=name, **kw)
+    _need(cfg[0])
+    return harness.run(cfg[0], _config(cfg), name=name, **kw)
 
 
 @pytest.mark.parametrize("cfg", FAST, ids=_ids)
@@ -72,7 +77,7 @@ def utilisation(layers, name, depth):
     """Run layers through test_cycle_count on a 16x16 int8 core; return its results."""
     _need("verilator")
     cfg = ("verilator", 16, 16, "int8", None, depth)
-    out = harness.conv_build_dir(*cfg) / f"util_{name}.json"
+    out = harness.build_dir("verilator", _config(cfg)) / f"util_{name}.json"
     _run(cfg, name, testcase=["test_cycle_count"],
          env={"LEPTON_UTIL_LAYERS": json.dumps(layers), "LEPTON_UTIL_OUT": str(out)})
     return json.loads(out.read_text())

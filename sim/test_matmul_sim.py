@@ -10,6 +10,7 @@ import json
 import pytest
 
 import harness
+from harness import MatmulConfig
 
 pytestmark = pytest.mark.sim
 
@@ -49,7 +50,7 @@ def _ids(cfg):
 def test_matmul(cfg):
     sim, rows, cols, dtype = cfg
     _need(sim)
-    _, bdir = harness.run(sim, rows, cols, dtype, name="default",
+    _, bdir = harness.run(sim, MatmulConfig(rows, cols, dtype), name="default",
                           env={"LEPTON_COVERAGE_REQUIRE": ALL_POINTS})
     cov = _coverage(bdir, "default")
     assert all(v == 100 for v in cov.values()), cov
@@ -61,7 +62,7 @@ def test_matmul(cfg):
 def test_matmul_long_random(cfg):
     sim, rows, cols, dtype = cfg
     _need(sim)
-    _, bdir = harness.run(sim, rows, cols, dtype, name="long",
+    _, bdir = harness.run(sim, MatmulConfig(rows, cols, dtype), name="long",
                           testcase=["test_random_jobs", "test_coverage_report"],
                           env={"LEPTON_JOBS": "60", "LEPTON_BIG": "1",
                                "LEPTON_COVERAGE_REQUIRE": ALL_POINTS})
@@ -69,8 +70,9 @@ def test_matmul_long_random(cfg):
 
 def _utilisation(sizes, name):
     _need("verilator")
-    out = harness.build_dir("verilator", 16, 16, "int8") / f"util_{name}.json"
-    harness.run("verilator", 16, 16, "int8", name=name,
+    cfg = MatmulConfig(16, 16, "int8")
+    out = harness.build_dir("verilator", cfg) / f"util_{name}.json"
+    harness.run("verilator", cfg, name=name,
                 testcase=["test_cycle_count"],
                 env={"LEPTON_UTIL_SIZES": json.dumps(sizes), "LEPTON_UTIL_OUT": str(out)})
     return json.loads(out.read_text())
@@ -78,7 +80,7 @@ def _utilisation(sizes, name):
 
 def test_utilisation_64():
     (r,) = _utilisation([[64, 64, 64]], "u64")
-    # the testbench already checked CYCLES against regmap.expected_cycles
+    # the testbench already checked CYCLES against matmul_regmap.expected_cycles
     assert r["utilisation"] >= 0.95, r
 
 

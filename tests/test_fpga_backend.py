@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.sim
 
-from lepton_accel.fpga.build import toolchain_missing  # noqa: E402
+from lepton_accel.fpga.toolchain import toolchain_missing  # noqa: E402
 
 _missing = toolchain_missing()
 if _missing:
@@ -19,17 +19,14 @@ if _missing:
 import lepton_accel as la  # noqa: E402
 from lepton_accel import fpga  # noqa: E402
 from lepton_accel.fpga import build  # noqa: E402
-from lepton_accel.hdl import regmap  # noqa: E402
+from lepton_accel.hdl import matmul_regmap as regmap  # noqa: E402
 from lepton_accel.perf import MODEL  # noqa: E402
+from lepton_accel.reference import matmul_ref  # noqa: E402
 from test_fpga_support import SIZE, ints, small_core  # noqa: E402,F401
 
 
 def ref(a, b, bias=None, relu=False):
-    acc = np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64))
-    if bias is not None:
-        acc = acc + np.asarray(bias, np.int64)
-    out = (acc & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
-    return np.maximum(out, 0) if relu else out
+    return matmul_ref(a, b, bias, "relu" if relu else None)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (4, 4, 4), (7, 13, 5), (13, 1, 11),
@@ -88,16 +85,14 @@ def test_int16_native(rng):
     np.testing.assert_array_equal(la.matmul(a, b, backend="fpga"), ref(a, b))
     # int8 operands also run on the int16 core
     a8, b8 = ints(rng, (5, 6)), ints(rng, (6, 4))
-    np.testing.assert_array_equal(fpga.matmul(a8, b8, config=fpga.config_for("int16")),
+    np.testing.assert_array_equal(fpga.matmul(a8, b8, config=fpga.config_for("matmul", "int16")),
                                   ref(a8, b8))
 
 
 def test_k_split_and_small_jobs(rng):
     """Jobs split along K and M (tiny job size) give the same exact result."""
-    from lepton_accel.fpga.driver import MatmulDriver
-
-    drv = fpga.driver()
-    small = MatmulDriver(drv.device, max_job_bytes=256)
+    drv = fpga.driver_for(fpga.config_for("matmul"))
+    small = fpga.MatmulDriver(drv.device, max_job_bytes=256)
     a, b = ints(rng, (23, 19)), ints(rng, (19, 9))
     bias = rng.integers(-10**9, 10**9, 9).astype(np.int32)
     np.testing.assert_array_equal(small.gemm(a, b, bias), ref(a, b, bias))
@@ -106,12 +101,9 @@ def test_k_split_and_small_jobs(rng):
 
 def test_backpressure(rng):
     """Random pauses on every stream: same result, more cycles."""
-    from lepton_accel.fpga.driver import MatmulDriver
-    from lepton_accel.fpga.verilator_device import VerilatorDevice
-
-    dev = VerilatorDevice(fpga.config_for("int8"), pause_in=0.3, pause_out=0.4,
-                          seed=int(rng.integers(1, 2**31)), quiet=True)
-    drv = MatmulDriver(dev)
+    dev = fpga.VerilatorDevice(fpga.config_for("matmul"), pause_in=0.3, pause_out=0.4,
+                               seed=int(rng.integers(1, 2**31)), quiet=True)
+    drv = fpga.MatmulDriver(dev)
     a, b = ints(rng, (11, 14)), ints(rng, (14, 9))
     bias = rng.integers(-1000, 1000, 9).astype(np.int32)
     np.testing.assert_array_equal(drv.gemm(a, b, bias), ref(a, b, bias))
@@ -123,9 +115,9 @@ def test_cycles_recorded_and_match_model(rng):
     a, b = ints(rng, (12, 20)), ints(rng, (20, 8))
     la.matmul(a, b, backend="fpga")
     cyc = MODEL._fpga_cycles[(SIZE[0], SIZE[1], "int8", (12, 8, 20))]
-    # full rate: the core's counter equals the protocol's formula, +1 for the START write
-    exp = regmap.expected_cycles(12, 8, 20, *SIZE)
-    assert cyc == exp + 1
+    # full rate (START written while the streams are presented): the core's counter
+    # equals the protocol's formula
+    assert cyc == regmap.expected_cycles(12, 8, 20, *SIZE)
     # the perf model now estimates an F2-clocked core of this size from those cycles
     assert "fpga" in {b["name"] for b in la.backends()}
     from lepton_accel.backends import REGISTRY
@@ -199,7 +191,7 @@ def test_conv2d_on_the_conv_core(rng):
 
 
 def test_device_registers_and_errors():
-    drv = fpga.driver()
+    drv = fpga.driver_for(fpga.config_for("matmul"))
     dev = drv.device
     assert dev.read("ID") == regmap.CORE_ID
     assert dev.read("CONFIG") == regmap.config_word(*SIZE, "int8")
@@ -212,7 +204,11 @@ def test_device_registers_and_errors():
     dev.idle_limit = 200
     try:
         with pytest.raises(fpga.DeviceTimeout):
-            dev.stream(b"", b"", None, k=3, c_beats=4)
+            dev.stream({}, 4)
+        with pytest.raises(ValueError, match="no input stream 'x'"):
+            dev.stream({"x": fpga.InStream(b"\0" * 4)}, 4)
+        with pytest.raises(ValueError, match="whole number"):
+            dev.stream({"a": fpga.InStream(b"\0" * 3, 1)}, 4)
     finally:
         dev.idle_limit = old
         dev.reset()
@@ -223,7 +219,7 @@ def test_device_registers_and_errors():
 
 def test_cache_hit_and_rebuild_on_rtl_change(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("LEPTON_ACCEL_CACHE", str(tmp_path))
-    cfg = build.CoreConfig(2, 2, "int8")
+    cfg = fpga.MatmulConfig(2, 2, "int8")
     lib, built = build.build_model(cfg)
     assert built and lib.exists() and str(lib).startswith(str(tmp_path))
     assert "building the Verilator model" in capfd.readouterr().err
@@ -234,16 +230,13 @@ def test_cache_hit_and_rebuild_on_rtl_change(tmp_path, monkeypatch, capfd):
 
     def changed(c):
         src = real(c)
-        src[f"{build.TOP}.v"] += "\n// changed RTL\n"
+        src[f"{c.top}.v"] += "\n// changed RTL\n"
         return src
 
     monkeypatch.setattr(build, "generate_sources", changed)
     lib3, built3 = build.build_model(cfg, quiet=True)
     assert built3 and lib3 != lib and lib3.exists()
-    from lepton_accel.fpga.driver import MatmulDriver
-    from lepton_accel.fpga.verilator_device import VerilatorDevice
-
-    drv = MatmulDriver(VerilatorDevice(cfg, quiet=True))
+    drv = fpga.MatmulDriver(fpga.VerilatorDevice(cfg, quiet=True))
     a = np.array([[1, -2, 3]], np.int8)
     np.testing.assert_array_equal(drv.gemm(a, a.T.copy()), [[14]])
 
@@ -260,24 +253,21 @@ def test_zero_size_matmul_like_the_cpu(rng, a_shape, b_shape, with_bias):
     a, b = ints(rng, a_shape), ints(rng, b_shape)
     n = b_shape[-1] if len(b_shape) >= 2 else None
     bias = rng.integers(-2**31, 2**31, n).astype(np.int32) if with_bias and n else None
-    dev = fpga.driver(fpga.config_for("int8")).device
-    before = dev.sim_cycles
+    dev = fpga.driver_for(fpga.config_for("matmul")).device
+    before = dev.clock_cycles
     out = la.matmul(a, b, bias=bias, activation="relu" if with_bias else None, backend="fpga")
     expect = la.matmul(a, b, bias=bias, activation="relu" if with_bias else None, backend="cpu")
     assert out.shape == expect.shape and out.dtype == np.int32
     np.testing.assert_array_equal(out, expect)
-    assert dev.sim_cycles == before
+    assert dev.clock_cycles == before
 
 
 def test_a_failed_job_does_not_poison_the_next(rng):
     """A job the device gives up on (no handshake for idle_limit cycles) resets the core:
     the next job on the same device is exact."""
-    from lepton_accel.fpga.driver import MatmulDriver
-    from lepton_accel.fpga.verilator_device import VerilatorDevice
-
-    dev = VerilatorDevice(fpga.config_for("int8"), pause_in=0.95, idle_limit=2,
-                          seed=int(rng.integers(1, 2**31)), quiet=True)
-    drv = MatmulDriver(dev)
+    dev = fpga.VerilatorDevice(fpga.config_for("matmul"), pause_in=0.95, idle_limit=2,
+                               seed=int(rng.integers(1, 2**31)), quiet=True)
+    drv = fpga.MatmulDriver(dev)
     a, b = ints(rng, (13, 40)), ints(rng, (40, 11))
     with pytest.raises(fpga.DeviceError):
         drv.gemm(a, b)

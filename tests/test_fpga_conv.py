@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.sim
 
-from lepton_accel.fpga.build import toolchain_missing  # noqa: E402
+from lepton_accel.fpga.toolchain import toolchain_missing  # noqa: E402
 
 _missing = toolchain_missing()
 if _missing:
@@ -16,23 +16,40 @@ if _missing:
 
 import lepton_accel as la  # noqa: E402
 from lepton_accel import fpga  # noqa: E402
-from lepton_accel.fpga import conv as fconv  # noqa: E402
+from lepton_accel.api import execute  # noqa: E402
 from lepton_accel.fpga.conv_driver import ConvUnsupported, job_of_spec, row_bands  # noqa: E402
 from lepton_accel.hdl import conv_regmap as cr  # noqa: E402
 from lepton_accel.perf import MODEL  # noqa: E402
 from lepton_accel.perf.model import fpga_cycle_key  # noqa: E402
+from lepton_accel.reference import conv2d_ref  # noqa: E402
 from test_fpga_support import DEPTH, SIZE, ints, small_core  # noqa: E402,F401
 
 CAPACITY = 4 * DEPTH
 
 
-def check(x, w, bias=None, **kw):
-    """fpga conv2d == the cpu backend (int8 API path) == conv_regmap.reference."""
+def conv_driver(dtype="int8"):
+    return fpga.driver_for(fpga.config_for("conv2d", dtype))
+
+
+def run_fpga(x, w, bias=None, **kw):
+    """conv2d on the fpga backend through the API's execute: (output, RunStats)."""
+    spec = la.conv2d_spec(x.shape, x.dtype.name, w.shape, w.dtype.name,
+                          bias_shape=None if bias is None else bias.shape,
+                          bias_dtype=None if bias is None else "int32", **kw)
+    return execute(spec, [x, w] + ([bias] if bias is not None else []), "fpga")
+
+
+def check(x, w, bias=None, route="conv2d", **kw):
+    """fpga conv2d == the oracle == the cpu backend, on the core ``route`` names; returns
+    (output, the run's route)."""
     out = la.conv2d(x, w, bias=bias, backend="fpga", **kw)
     assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, conv2d_ref(x, w, bias, **kw))
     np.testing.assert_array_equal(out, la.conv2d(x, w, bias=bias, backend="cpu", **kw))
-    assert fconv.LAST_ROUTE["core"] == "conv2d", fconv.LAST_ROUTE
-    return out
+    again, stats = run_fpga(x, w, bias, **kw)
+    np.testing.assert_array_equal(again, out)
+    assert stats.extra["route"]["core"] == route, stats.extra
+    return out, stats.extra["route"]
 
 
 CASES = [
@@ -62,9 +79,9 @@ def test_extremes_bias_wrap_relu(rng):
     w = np.full((5, 4, 3, 3), -128, np.int8)
     w[0] = 127
     bias = np.full(5, 2**31 - 1000, np.int64).astype(np.int32)
-    out = check(x, w, bias, padding=1)
+    out, _ = check(x, w, bias, padding=1)
     assert (out < 0).any()                    # the bias add wrapped
-    out = check(x, w, bias, padding=1, activation="relu")
+    out, _ = check(x, w, bias, padding=1, activation="relu")
     assert (out == 0).any() and (out > 0).any()
     b2 = rng.integers(-2**31, 2**31, 5).astype(np.int32)
     check(ints(rng, (2, 4, 6, 5)), ints(rng, (5, 4, 3, 3)), b2, padding=1, activation="relu")
@@ -74,16 +91,16 @@ def test_row_bands(rng):
     # 3 x 13 x 11 = 429 elements > 256: bands of output rows (pad 1 top/bottom, stride 1)
     x, w = ints(rng, (2, 3, 13, 11)), ints(rng, (5, 3, 3, 3))
     bias = rng.integers(-2**20, 2**20, 5).astype(np.int32)
-    check(x, w, bias, padding=1, activation="relu")
-    assert fconv.LAST_ROUTE["bands"] > 1
-    drv = fpga.conv_driver()
-    assert drv.capacity == CAPACITY and drv.last.bands == fconv.LAST_ROUTE["bands"]
+    _, route = check(x, w, bias, padding=1, activation="relu")
+    assert route["bands"] > 1 and route["reason"] == ""
+    drv = conv_driver()
+    assert drv.capacity == CAPACITY and drv.last.bands == route["bands"]
     assert all(j.h * j.w * j.c <= CAPACITY for j, _ in drv.last.job_cycles)
     # stride 2, dilation 2, NHWC, and bands of a grouped conv
     xn = np.ascontiguousarray(ints(rng, (1, 4, 17, 9)).transpose(0, 2, 3, 1))
-    check(xn, ints(rng, (6, 2, 3, 3)), layout="NHWC", stride=2, dilation=2, padding=2,
-          groups=2)
-    assert fconv.LAST_ROUTE["bands"] > 1
+    _, route = check(xn, ints(rng, (6, 2, 3, 3)), layout="NHWC", stride=2, dilation=2,
+                     padding=2, groups=2)
+    assert route["bands"] > 1
 
 
 def test_band_split_covers_every_row():
@@ -99,10 +116,12 @@ def test_band_split_covers_every_row():
 def test_fallback_to_matmul_core_when_a_row_does_not_fit(rng):
     # one output row needs 3 input rows of 40 x 4 = 480 elements > 256
     x, w = ints(rng, (1, 4, 5, 40)), ints(rng, (3, 4, 3, 3))
-    out = la.conv2d(x, w, padding=1, backend="fpga")
-    np.testing.assert_array_equal(out, la.conv2d(x, w, padding=1, backend="cpu"))
-    assert fconv.LAST_ROUTE["core"] == "matmul"
-    assert "image memory" in fconv.LAST_ROUTE["reason"]
+    bias = rng.integers(-2**31, 2**31, 3).astype(np.int32)
+    _, route = check(x, w, bias, route="matmul", padding=1, activation="relu")
+    assert "image memory" in route["reason"] and route["bands"] == 0
+    # the matmul core's cycles are recorded per GEMM, not as the whole convolution
+    _, stats = run_fpga(x, w, bias, padding=1, activation="relu")
+    assert stats.extra["whole_op"] is False and stats.cycles > 0
 
 
 def test_cycles_recorded_equal_model(rng):
@@ -112,7 +131,7 @@ def test_cycles_recorded_equal_model(rng):
         check(x, w, **kw)
         spec = la.conv2d_spec(xs, "int8", ws, "int8", **kw)
         job = job_of_spec(spec)
-        drv = fpga.conv_driver()
+        drv = conv_driver()
         assert drv.last.jobs == 1
         expect = cr.expected_cycles(job, *SIZE, drv.x_lanes)
         cyc = MODEL._fpga_cycles[(*SIZE, "int8", fpga_cycle_key(spec))]
@@ -122,7 +141,7 @@ def test_cycles_recorded_equal_model(rng):
     # banded: the recorded cycles are the sum of the band jobs' CYCLES, each as modelled
     x, w = ints(rng, (1, 3, 13, 11)), ints(rng, (5, 3, 3, 3))
     check(x, w, padding=1)
-    drv = fpga.conv_driver()
+    drv = conv_driver()
     assert drv.last.jobs > 1
     assert [c for _, c in drv.last.job_cycles] == \
         [cr.expected_cycles(j, *SIZE, drv.x_lanes) for j, _ in drv.last.job_cycles]
@@ -140,14 +159,15 @@ def test_int16_on_the_int16_core(rng):
     x, w = ints(rng, (1, 3, 5, 6), "int16"), ints(rng, (4, 3, 3, 3), "int16")
     bias = rng.integers(-2**31, 2**31, 4).astype(np.int32)
     out = fpga.conv2d(x, w, bias=bias, padding=1, activation="relu")
-    job = cr.ConvJob.make((1, 5, 6, 3), w.shape, padding=1)
-    ref = cr.reference(x.transpose(0, 2, 3, 1), w, bias, job).transpose(0, 3, 1, 2)
-    np.testing.assert_array_equal(out, np.maximum(ref, 0))
-    assert fpga.conv_driver(fpga.conv_config_for("int16")).dtype == "int16"
+    np.testing.assert_array_equal(out, conv2d_ref(x, w, bias, padding=1, activation="relu"))
+    assert conv_driver("int16").dtype == "int16"
+    # and through the API (int16 conv2d is an API op too)
+    np.testing.assert_array_equal(
+        la.conv2d(x, w, bias=bias, padding=1, activation="relu", backend="fpga"), out)
 
 
 def test_simulator_timeout_raises():
-    drv = fpga.conv_driver()
+    drv = conv_driver()
     dev = drv.device
     job = cr.ConvJob.make((1, 4, 4, 4), (4, 4, 3, 3), padding=1)
     for name, value in cr.register_values(job).items():
@@ -158,8 +178,8 @@ def test_simulator_timeout_raises():
         # the image is sent, the weights never come: the harness gives up, no hang
         x = cr.pack_x(np.ones((1, 4, 4, 4), np.int8), dtype="int8", x_lanes=drv.x_lanes)[0]
         with pytest.raises(fpga.DeviceTimeout, match="no stream handshake"):
-            dev.conv_stream(x, b"", None, x_frame=len(x) // drv.x_lanes, b_frame=job.k,
-                            c_beats=16, start=cr.field_mask("CTRL", "START"))
+            dev.stream({"x": fpga.InStream(x, len(x) // drv.x_lanes)}, 16,
+                       ctrl=cr.field_mask("CTRL", "START"))
     finally:
         dev.idle_limit = old
         dev.reset()
@@ -175,31 +195,27 @@ def test_zero_channels_like_the_cpu_and_no_poison(rng, xs, ws, with_bias):
     call is not affected."""
     x, w = ints(rng, xs), ints(rng, ws)
     bias = rng.integers(-2**31, 2**31, ws[0]).astype(np.int32) if with_bias else None
-    dev = fpga.conv_driver().device
-    before = dev.sim_cycles
+    dev = conv_driver().device
+    before = dev.clock_cycles
     for act in (None, "relu"):
         out = la.conv2d(x, w, bias=bias, padding=1, activation=act, backend="fpga")
         expect = la.conv2d(x, w, bias=bias, padding=1, activation=act, backend="cpu")
         assert out.shape == expect.shape and out.dtype == np.int32
         np.testing.assert_array_equal(out, expect)
-    assert dev.sim_cycles == before
+    assert dev.clock_cycles == before
     check(ints(rng, (1, 3, 5, 5)), ints(rng, (2, 3, 3, 3)))
 
 
 def test_a_failed_job_does_not_poison_the_next(rng):
     """A conv job the device gives up on resets the core: the next job is exact."""
-    from lepton_accel.fpga.conv_driver import ConvDriver
-    from lepton_accel.fpga.verilator_device import VerilatorDevice
-
-    dev = VerilatorDevice(fpga.conv_config_for("int8"), pause_in=0.95, idle_limit=2,
-                          seed=int(rng.integers(1, 2**31)), quiet=True)
-    drv = ConvDriver(dev)
+    dev = fpga.VerilatorDevice(fpga.config_for("conv2d"), pause_in=0.95, idle_limit=2,
+                               seed=int(rng.integers(1, 2**31)), quiet=True)
+    drv = fpga.ConvDriver(dev)
     x, w = ints(rng, (1, 5, 6, 7)), ints(rng, (6, 5, 3, 3))
     spec = la.conv2d_spec(x.shape, "int8", w.shape, "int8", padding=1)
     with pytest.raises(fpga.DeviceError):
         drv.run(spec, x, w)
     dev.pause_in, dev.idle_limit = 0.0, 10_000
     for _ in range(2):
-        np.testing.assert_array_equal(drv.run(spec, x, w),
-                                      la.conv2d(x, w, padding=1, backend="cpu"))
+        np.testing.assert_array_equal(drv.run(spec, x, w).out, conv2d_ref(x, w, padding=1))
     dev.close()

@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.sim
 
-from lepton_accel.fpga.build import toolchain_missing  # noqa: E402
+from lepton_accel.fpga.toolchain import toolchain_missing  # noqa: E402
 
 _missing = toolchain_missing()
 if _missing:
@@ -25,13 +25,8 @@ DEPTH = 64
 
 @pytest.fixture(autouse=True)
 def small_core():
-    old, was, depth = fpga.core_size(), fpga.enabled(), fpga._conv_depth
-    fpga.configure(*SIZE, conv_depth=DEPTH)
-    fpga.enable()
-    yield
-    fpga.configure(*old)
-    fpga._conv_depth = depth
-    fpga.enable(was)
+    with fpga.configured(*SIZE, conv_depth=DEPTH, enabled=True):
+        yield
 
 
 def ints(rng, shape, dtype="int8"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lepton_accel.hdl import conv_regmap as cr
-from lepton_accel.reference import conv2d_ref
+from lepton_accel.ops import conv2d_spec
 
 
 def test_importable_without_amaranth():
@@ -42,17 +42,17 @@ def test_config_word_round_trip():
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [
     (1, 0, 1, 1), (2, 3, 1, 1), ((2, 1), (1, 2), (2, 1), 2), (1, 1, 1, 6)])
-def test_im2col_model_matches_package_reference(stride, padding, dilation, groups):
-    rng = np.random.default_rng()
-    x = rng.integers(-128, 128, (2, 9, 11, 6)).astype(np.int8)
+def test_job_geometry_matches_the_op(stride, padding, dilation, groups):
+    """ConvJob's output size and K agree with the conv2d op's definition."""
+    x_shape = (2, 9, 11, 6)
     kh = 7 if padding == 3 else 3
-    w = rng.integers(-128, 128, (6, 6 // groups, kh, kh)).astype(np.int8)
-    job = cr.ConvJob.make(x.shape, w.shape, stride, padding, dilation, groups)
-    ref = conv2d_ref(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                     layout="NHWC")
-    np.testing.assert_array_equal(cr.im2col_reference(x, w, None, job),
-                                  np.asarray(ref).astype(np.int32))
-    assert cr.reference(x, w, None, job).shape == (2, job.oh, job.ow, 6)
+    w_shape = (12, 6 // groups, kh, kh)
+    job = cr.ConvJob.make(x_shape, w_shape, stride, padding, dilation, groups)
+    spec = conv2d_spec(x_shape, "int8", w_shape, "int8", stride=stride, padding=padding,
+                       dilation=dilation, groups=groups, layout="NHWC")
+    assert spec.out_shape == (2, job.oh, job.ow, 12)
+    assert job.k == w_shape[1] * kh * kh and job.ocg == 12 // groups
+    assert spec.params.padding == job.pad
 
 
 def test_pack_unpack_round_trip_and_tile_order():

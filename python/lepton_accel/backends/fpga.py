@@ -6,7 +6,7 @@ each core's Verilog. matmul runs natively on int8 operands (int32 result, wrap-a
 bias and ReLU as the dtype rules say) on the matmul core; conv2d runs on the conv2d core
 (image memory + hardware im2col; row bands for images larger than its memory) and falls
 back to host im2col on the matmul core only when the conv core cannot take the
-convolution (``lepton_accel.fpga.conv.LAST_ROUTE`` says which ran and why).
+convolution (the run's ``RunStats.extra["route"]`` says which core ran and why).
 Float operands are not quantized implicitly: this backend declines them, and
 ``lepton_accel.fpga.matmul(..., quantize=...)`` runs them with an explicit choice.
 
@@ -16,14 +16,16 @@ simulation: its estimate adds the measured simulation time per cycle (and the mo
 build when it is not cached yet), so auto-dispatch does not pick it over the CPU for
 ordinary calls. The scheduler's plans for F1/F2 parts use the device specs in
 :mod:`lepton_accel.perf.devices` and the recorded cycle counts, never simulation time.
+
+Runs write no global state: each returns its ``RunStats`` (the cores' cycles,
+``sim_s_per_cycle``, ``extra={"core": (rows, cols), "whole_op": bool, "route": {...}}``)
+and the caller records them (``perf.MODEL.observe``).
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
-
-import numpy as np
 
 from ..arrays import ArrayView, to_caller_kind
 from ..ops import OpSpec
@@ -37,6 +39,8 @@ TARGET_PART = "VU47P"
 DEFAULT_SIM_S_PER_CYCLE = 3e-6
 #: Expected seconds to build a model that is not in the cache.
 BUILD_S = 60.0
+#: Simulated cycles a run needs before its wall time says something about the speed.
+MIN_SIM_CYCLES = 10_000
 
 
 class FpgaBackend(Backend):
@@ -44,17 +48,18 @@ class FpgaBackend(Backend):
 
     def __init__(self):
         self._avail: tuple[bool, str] | None = None
+        self._devices: dict = {}     # core size -> the DeviceSpec this device stands for
 
     # ---- protocol ------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
-        from .. import fpga
+        from ..fpga import session
 
-        if not fpga.enabled():
+        if not session.enabled():
             return False, ("the simulated FPGA device is switched off "
                            "(LEPTON_ACCEL_FPGA=off or lepton_accel.fpga.enable(False))")
         if self._avail is None:
             try:
-                from ..fpga.build import toolchain_missing
+                from ..fpga.toolchain import toolchain_missing
 
                 why = toolchain_missing()
             except Exception as e:  # hdl package or amaranth broken
@@ -63,8 +68,8 @@ class FpgaBackend(Backend):
         return self._avail
 
     def token(self):
-        fpga = sys.modules.get("lepton_accel.fpga")  # not imported yet: nothing configured
-        return fpga.state_token() if fpga is not None else 0
+        session = sys.modules.get("lepton_accel.fpga.session")  # not loaded: nothing set
+        return session.state_token() if session is not None else 0
 
     def supports(self, spec: OpSpec, operands: list[ArrayView] | None = None) -> tuple[bool, str]:
         if spec.op not in self.kernels:
@@ -82,69 +87,71 @@ class FpgaBackend(Backend):
             return False, f"out_dtype {spec.out_dtype} is not supported (int32)"
         return True, ""
 
-    def _device_spec(self, dtype: str):
-        from ..fpga import core_size
+    def _device_spec(self):
+        from ..fpga import session
 
-        rows, cols = core_size()
-        return with_overrides(DEVICES[TARGET_PART], name=f"{TARGET_PART}-sim-{rows}x{cols}",
-                              core_rows=rows, core_cols=cols)
+        size = session.core_size()
+        dev = self._devices.get(size)
+        if dev is None:
+            rows, cols = size
+            dev = with_overrides(DEVICES[TARGET_PART], name=f"{TARGET_PART}-sim-{rows}x{cols}",
+                                 core_rows=rows, core_cols=cols)
+            self._devices[size] = dev
+        return dev
 
     def core_cycles(self, spec: OpSpec) -> float:
         """Core cycles the perf model expects for spec (measured if recorded)."""
-        dev = self._device_spec(spec.dtype)
+        dev = self._device_spec()
         est = MODEL.estimate(spec, dev, data_on_host=True)
         return est.compute_s * dev.clock_hz
 
     def estimate(self, spec: OpSpec, operands=None) -> float:
         """Seconds on *this* device: the simulated core, so simulation time per cycle
         (plus a model build when none is cached) on top of the part's own time."""
-        from .. import fpga
+        from ..fpga import session
+        from ..fpga.kinds import kind_for_op
 
-        dev = self._device_spec(spec.dtype)
+        dev = self._device_spec()
         est = MODEL.estimate(spec, dev, data_on_host=True)
         if not math.isfinite(est.total_s):
             return math.inf
         cycles = est.compute_s * dev.clock_hz
         total = est.total_s + cycles * MODEL.sim_s_per_cycle(dev.name, DEFAULT_SIM_S_PER_CYCLE)
         try:
-            cfg = (fpga.conv_config_for(spec.dtype) if spec.op == "conv2d"
-                   else fpga.config_for(spec.dtype))
-            if not fpga.is_ready(cfg):
+            if not session.is_ready(session.config_for(kind_for_op(spec.op).kind, spec.dtype)):
                 total += BUILD_S
         except Exception:
             total += BUILD_S
         return total
 
-    def _run(self, spec: OpSpec, operands: list[ArrayView]):
-        from .. import fpga
+    # ---- kernels -------------------------------------------------------------------
+    def _matmul(self, spec: OpSpec, operands: list[ArrayView]):
+        from ..fpga import session
 
         arrays = [v.host for v in operands]
-        bias = arrays[2] if spec.bias else None
         t0 = time.perf_counter()
-        whole_conv = False
-        if spec.op == "matmul":
-            drv = fpga.driver(fpga.config_for(spec.dtype))
-            sim0 = getattr(drv.device, "sim_cycles", None)
-            out = drv.matmul(arrays[0], arrays[1], bias, activation=spec.activation)
-            out = np.asarray(out).reshape(spec.out_shape)
-        else:
-            from ..fpga.conv import conv2d_run
+        drv = session.driver_for(session.config_for("matmul", spec.dtype))
+        run = drv.run(spec, arrays[0], arrays[1], arrays[2] if spec.bias else None)
+        return self._result(spec, operands, run, time.perf_counter() - t0)
 
-            drv = fpga.driver(fpga.conv_config_for(spec.dtype))
-            sim0 = getattr(drv.device, "sim_cycles", None)
-            out, ran = conv2d_run(spec, arrays[0], arrays[1], bias, spec.dtype)
-            whole_conv = ran is drv and isinstance(drv, fpga.ConvDriver)
-            if ran is not drv:   # the matmul-core fallback ran: its own clock
-                drv, sim0 = ran, None
-        wall = time.perf_counter() - t0
-        stats = RunStats("fpga", wall, self._device_spec(spec.dtype).name, simulated=True,
-                         extra={"core": (drv.rows, drv.cols), "whole_op": whole_conv})
-        if drv.last.jobs:
-            stats.cycles = int(drv.last.cycles)
-        if sim0 is not None:
-            simulated = drv.device.sim_cycles - sim0
-            if simulated > 10_000:
-                stats.sim_s_per_cycle = wall / simulated
-        return to_caller_kind(out, operands[0].origin), stats
+    def _conv2d(self, spec: OpSpec, operands: list[ArrayView]):
+        from ..fpga.conv import conv2d_run
 
-    kernels = {"matmul": _run, "conv2d": _run}
+        arrays = [v.host for v in operands]
+        t0 = time.perf_counter()
+        run = conv2d_run(spec, arrays[0], arrays[1], arrays[2] if spec.bias else None)
+        return self._result(spec, operands, run, time.perf_counter() - t0)
+
+    def _result(self, spec: OpSpec, operands: list[ArrayView], run, wall: float):
+        """The output in the caller's kind of array and the run's RunStats."""
+        st = run.stats
+        stats = RunStats("fpga", wall, self._device_spec().name, simulated=True,
+                         extra={"core": run.array, "whole_op": run.whole_op,
+                                "route": run.route})
+        if st.jobs:
+            stats.cycles = int(st.cycles)
+        if st.device_cycles is not None and st.device_cycles > MIN_SIM_CYCLES:
+            stats.sim_s_per_cycle = wall / st.device_cycles
+        return to_caller_kind(run.out, operands[0].origin), stats
+
+    kernels = {"matmul": _matmul, "conv2d": _conv2d}

@@ -5,50 +5,59 @@
 larger than the core's memory). Only when the core cannot take the convolution at all
 (:class:`.conv_driver.ConvUnsupported`: a size beyond its registers, or a single output
 row whose input rows exceed the image memory) does it fall back to
-:func:`conv2d_spec_run`, host-side im2col and one GEMM per group on the matmul core,
-and says so in :data:`LAST_ROUTE`. Bias and ReLU follow the integer rules (int32
-wrap-around, ReLU after the wrapped bias add) on both paths.
+:func:`conv2d_on_matmul_core`, host-side im2col and one GEMM per group on the matmul
+core; the :class:`~.driver_base.CoreRun` it returns says which core ran and why. Bias and
+ReLU follow the integer rules (int32 wrap-around, ReLU after the wrapped bias add) on
+both paths.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backends.cpu import im2col_windows
 from ..ops import OpSpec, conv2d_spec
-from .conv_driver import ConvDriver, ConvUnsupported
-from .driver import MatmulDriver
+from .conv_driver import ConvUnsupported
+from .driver_base import CoreRun
+from .matmul_driver import MatmulDriver
 
-__all__ = ["conv2d_run", "conv2d_spec_run", "conv2d", "LAST_ROUTE"]
-
-#: How the last :func:`conv2d_run` ran: {"core": "conv2d" | "matmul", "reason": str}.
-LAST_ROUTE: dict = {}
+__all__ = ["conv2d_run", "conv2d_on_matmul_core", "im2col_windows", "conv2d"]
 
 
-def conv2d_run(spec: OpSpec, x, w, bias, dtype: str = "int8",
-               config=None) -> tuple[np.ndarray, MatmulDriver | ConvDriver]:
-    """Run a validated conv2d spec on the conv2d core (or, if it cannot take it, by host
-    im2col on the matmul core); returns (int32 in x's layout, the driver that ran it)."""
-    from . import config_for, conv_config_for, driver
+def conv2d_run(spec: OpSpec, x, w, bias=None, dtype: str | None = None,
+               config=None) -> CoreRun:
+    """Run a validated conv2d spec on the conv2d core of the session (or ``config``), or,
+    if it cannot take it, by host im2col on the matmul core; the output is int32 in x's
+    layout."""
+    from .session import config_for, driver_for
 
-    drv = driver(config or conv_config_for(dtype))
+    dtype = dtype or spec.dtype
     try:
-        out = drv.run(spec, x, w, bias)
-        LAST_ROUTE.clear()
-        LAST_ROUTE.update(core="conv2d", reason="", bands=drv.last.bands)
-        return out, drv
+        return driver_for(config or config_for("conv2d", dtype)).run(spec, x, w, bias)
     except ConvUnsupported as e:
-        reason = str(e)
-    mdrv = driver(config_for(dtype))
-    out = conv2d_spec_run(mdrv, spec, x, w, bias)
-    LAST_ROUTE.clear()
-    LAST_ROUTE.update(core="matmul", reason=f"host im2col on the matmul core: {reason}",
-                      bands=0)
-    return out, mdrv
+        reason = f"host im2col on the matmul core: {e}"
+    mdrv = driver_for(config_for("matmul", dtype))
+    run = mdrv.measure(lambda: conv2d_on_matmul_core(mdrv, spec, x, w, bias))
+    run.reason = reason
+    return run
 
 
-def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
-    """Host im2col + one GEMM per group on the matmul core (the fallback path);
-    returns int32 in x's layout."""
+def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
+    """(N, H, W, C) -> the strided windows (N, OH, OW, C, KH, KW) of spec's convolution
+    (a view; only padding copies)."""
+    p = spec.params
+    (pt, pb), (pl, pr) = p.padding
+    if pt or pb or pl or pr:
+        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    _, _, kh, kw = spec.shapes[1]
+    (dh, dw), (sh, sw) = p.dilation, p.stride
+    win = np.lib.stride_tricks.sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
+                                                    axis=(1, 2))
+    oh, ow = p.spatial(spec.out_shape)
+    return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
+
+
+def conv2d_on_matmul_core(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
+    """Host im2col + one GEMM per group on the matmul core (the fallback path); returns
+    int32 in x's layout and leaves the summed counters in ``drv.last``."""
     nchw = spec.params.layout == "NCHW"
     x_nhwc = np.asarray(x).transpose(0, 2, 3, 1) if nchw else np.asarray(x)
     w = np.asarray(w)
@@ -60,14 +69,17 @@ def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
     cols = win.reshape(n * oh * ow, g, cg * kh * kw)
     wg = w.reshape(g, ocg, cg * kh * kw)
     out = np.empty((n * oh * ow, oc), np.int32)
-    cycles = jobs = 0
-    for gi in range(g):
-        b = None if bias is None else np.asarray(bias)[gi * ocg:(gi + 1) * ocg]
-        out[:, gi * ocg:(gi + 1) * ocg] = drv.gemm(np.ascontiguousarray(cols[:, gi, :]),
-                                                    np.ascontiguousarray(wg[gi].T), b)
-        cycles += drv.last.cycles
-        jobs += drv.last.jobs
-    drv.last.cycles, drv.last.jobs = cycles, jobs
+    with drv.lock:
+        total = type(drv.last)()
+        for gi in range(g):
+            b = None if bias is None else np.asarray(bias)[gi * ocg:(gi + 1) * ocg]
+            out[:, gi * ocg:(gi + 1) * ocg] = drv.gemm(np.ascontiguousarray(cols[:, gi, :]),
+                                                        np.ascontiguousarray(wg[gi].T), b)
+            total.cycles += drv.last.cycles
+            total.jobs += drv.last.jobs
+            total.stall_in += drv.last.stall_in
+            total.stall_out += drv.last.stall_out
+        drv.last = total
     if spec.activation == "relu":
         np.maximum(out, 0, out=out)
     out = out.reshape(n, oh, ow, oc)
@@ -77,7 +89,7 @@ def conv2d_spec_run(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:
 def conv2d(x, w, *, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
            activation=None, config=None) -> np.ndarray:
     """Integer conv2d (PyTorch's parameters) on the simulated conv2d core; ``config``
-    names a conv2d core configuration (default: :func:`lepton_accel.fpga.conv_config_for`)."""
+    names a conv2d core configuration (default: the session's, ``config_for("conv2d")``)."""
     x, w = np.asarray(x), np.asarray(w)
     for name, v in (("x", x), ("w", w)):
         if v.dtype.kind != "i":
@@ -89,4 +101,4 @@ def conv2d(x, w, *, bias=None, stride=1, padding=0, dilation=1, groups=1, layout
                        stride=stride, padding=padding, dilation=dilation, groups=groups,
                        layout=layout, activation=activation)
     dt = "int16" if "int16" in (x.dtype.name, w.dtype.name) else "int8"
-    return conv2d_run(spec, x, w, bias, dt, config)[0]
+    return conv2d_run(spec, x, w, bias, dt, config).out

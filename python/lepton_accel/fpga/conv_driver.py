@@ -5,7 +5,8 @@ host protocol of :mod:`lepton_accel.hdl.conv_regmap` (the core's single source o
 it checks ID, VERSION and CONFIG, reads CAPACITY, writes the job registers from
 ``conv_regmap.register_values``, starts the job while the streams are presented, sends
 the frames packed by ``conv_regmap.pack_job`` (weights and bias once per image) and
-assembles the output with ``conv_regmap.unpack_c``.
+assembles the output with ``conv_regmap.unpack_c``. Convolutions with no output element
+or no input channel (N, OC or C = 0) give their result without a job.
 
 Images larger than the core's image memory (H*W*C > CAPACITY) run in bands of output
 rows: each band is an ordinary job on the input rows it reads, with PAD_T = the rows of
@@ -15,7 +16,7 @@ into several jobs when the N register or ``max_job_bytes`` of packed streams req
 
 Arithmetic: int8 operands (int8 core; int8 or int16 on an int16 core) are multiplied
 exactly, accumulated in int32 with wrap-around, the int32 bias added with wrap-around,
-then ReLU on the wrapped value; the result equals ``conv_regmap.reference`` and
+then ReLU on the wrapped value; the result equals ``lepton_accel.reference`` and
 ``lepton_accel.conv2d(..., backend="cpu")`` bit for bit.
 """
 from __future__ import annotations
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lepton_accel.hdl import conv_regmap as cr
+from lepton_accel.numerics import wrap_int32
 
-from .core_driver import CoreDriver, JobStats, _wrap32
-from .device import DeviceError
+from .device import DeviceError, InStream
+from .driver_base import CoreDriver, CoreRun, JobStats
 
 __all__ = ["ConvDriver", "ConvStats", "ConvUnsupported", "job_of_spec", "row_bands"]
 
@@ -95,6 +97,7 @@ class ConvDriver(CoreDriver):
     core_name = "conv2d"
     what = "conv2d core"
     stats = ConvStats
+    whole_op = True
 
     # ---- identification ------------------------------------------------------------
     def _check_core(self) -> None:
@@ -135,14 +138,14 @@ class ConvDriver(CoreDriver):
         p_all = job.oh * job.ow
         heights = [min(R, p_all - p0) for _, p0, _ in tiles] * job.n
         c_beats = sum(heights)
-        ctrl = self._ctrl_start(bias)
-        x_frame = math.ceil(job.h * job.w * job.c / XL)
+        streams = {"x": InStream(b"".join(frames["x"]), math.ceil(job.h * job.w * job.c / XL)),
+                   "b": InStream(b"".join(frames["b"]) * job.n, job.k)}
+        if bias is not None:
+            streams["bias"] = InStream(b"".join(frames["bias"]) * job.n, 1)
         try:
             for name, value in cr.register_values(job).items():
                 d.write(name, value)
-            res = d.conv_stream(b"".join(frames["x"]), b"".join(frames["b"]) * job.n,
-                                b"".join(frames["bias"]) * job.n if bias is not None else None,
-                                x_frame=x_frame, b_frame=job.k, c_beats=c_beats, start=ctrl)
+            res = d.stream(streams, c_beats, ctrl=self._ctrl_start(bias))
             out = self._finish(res, heights)
             self.last.job_cycles.append((job, self._count()))
         except BaseException:
@@ -162,6 +165,10 @@ class ConvDriver(CoreDriver):
     # ---- any size ------------------------------------------------------------------
     def conv_nhwc(self, x, w, bias, job: cr.ConvJob) -> np.ndarray:
         """(N, OH, OW, OC) int32 of job on NHWC x, weights (OC, CG, KH, KW), int32 bias."""
+        with self.lock:
+            return self._conv_nhwc(x, w, bias, job)
+
+    def _conv_nhwc(self, x, w, bias, job: cr.ConvJob) -> np.ndarray:
         x, w = np.asarray(x), np.asarray(w)
         for name, v in (("x", x), ("w", w)):
             if not self.accepts(v.dtype):
@@ -171,7 +178,7 @@ class ConvDriver(CoreDriver):
                 w.shape != (job.oc, job.cg, job.kh, job.kw):
             raise ValueError(f"operands {x.shape}, {w.shape} do not match the job {job}")
         if bias is not None:
-            bias = _wrap32(bias)
+            bias = wrap_int32(bias)
             if bias.shape != (job.oc,):
                 raise ValueError(f"bias: expected shape ({job.oc},), got {bias.shape}")
         self.last = ConvStats()
@@ -199,15 +206,20 @@ class ConvDriver(CoreDriver):
                 out[n0:n1, oy0:oy0 + band.oh] = self._job(xs, w, bias, sub)
         return out
 
-    def run(self, spec, x, w, bias=None) -> np.ndarray:
+    def run(self, spec, x, w, bias=None) -> CoreRun:
         """A validated conv2d OpSpec on integer operands: int32 in x's layout, bias and
-        ReLU by the integer rules (int32 wrap-around, ReLU after the wrapped bias add)."""
+        ReLU by the integer rules (int32 wrap-around, ReLU after the wrapped bias add),
+        with the run's counters. Raises :class:`ConvUnsupported` (before any job) when
+        the core cannot take it."""
         if spec.activation not in (None, "relu"):
             raise ConvUnsupported(f"activation {spec.activation!r} (None or 'relu')")
+        return self.measure(lambda: self._run_spec(spec, x, w, bias))
+
+    def _run_spec(self, spec, x, w, bias) -> np.ndarray:
         nchw = spec.params.layout == "NCHW"
         x = np.asarray(x)
         x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
-        out = self.conv_nhwc(x_nhwc, w, bias, job_of_spec(spec))
+        out = self._conv_nhwc(x_nhwc, w, bias, job_of_spec(spec))
         if spec.activation == "relu":
             np.maximum(out, 0, out=out)
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out

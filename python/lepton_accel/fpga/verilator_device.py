@@ -1,8 +1,7 @@
-"""A core (matmul or conv2d) as a Verilator model, driven by our C++ harness via ctypes.
+"""A core of any kind as a Verilator model, driven by our C++ harness via ctypes.
 
-Every clock cycle runs in C++ (``harness/matmul_harness.cpp``, ``harness/conv_harness.cpp``
-on ``harness/lx_harness.h``); Python calls in once per register access and once per
-streamed job. Errors in the simulation (no progress within
+Every clock cycle runs in C++ (``harness/lx_harness.cpp``); Python calls in once per
+register access and once per streamed job. Errors in the simulation (no progress within
 the cycle limit, more output than expected, a bus that does not answer) come back as
 :class:`.DeviceError` / :class:`.DeviceTimeout`, never as a hang.
 """
@@ -14,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-import importlib
-
-from .build import CoreConfig, build_model
-from .device import Device, DeviceError, DeviceTimeout, StreamResult
+from .build import build_model
+from .device import Device, DeviceError, DeviceTimeout, InStream, StreamResult
+from .kinds import CoreConfig, MatmulConfig
 
 __all__ = ["VerilatorDevice"]
 
@@ -27,6 +25,13 @@ _LIBS_LOCK = threading.Lock()
 
 _u8p = ctypes.POINTER(ctypes.c_uint8)
 _u64 = ctypes.c_uint64
+
+
+class _LxIn(ctypes.Structure):
+    """``struct LxIn`` of the harness: one input stream of a transfer."""
+
+    _fields_ = [("data", ctypes.c_char_p), ("beats", _u64), ("bytes", ctypes.c_int32),
+                ("frame_beats", _u64)]
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -40,6 +45,8 @@ def _load(path: Path) -> ctypes.CDLL:
         lib.lx_destroy.argtypes = [ctypes.c_void_p]
         lib.lx_cycles.restype = _u64
         lib.lx_cycles.argtypes = [ctypes.c_void_p]
+        lib.lx_inputs.restype = ctypes.c_int
+        lib.lx_inputs.argtypes = []
         lib.lx_port_bytes.restype = ctypes.c_int
         lib.lx_port_bytes.argtypes = [ctypes.c_int]
         lib.lx_reset.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -51,27 +58,10 @@ def _load(path: Path) -> ctypes.CDLL:
         lib.lx_read_reg.argtypes = [ctypes.c_void_p, ctypes.c_uint32, _u64,
                                     ctypes.POINTER(ctypes.c_uint32),
                                     ctypes.POINTER(ctypes.c_uint32)]
-        conv = getattr(lib, "lx_conv_stream", None)
-        if conv is not None:
-            conv.restype = ctypes.c_int64
-            conv.argtypes = [
-                ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32,
-                ctypes.c_char_p, _u64, ctypes.c_int, _u64,
-                ctypes.c_char_p, _u64, ctypes.c_int, _u64,
-                ctypes.c_char_p, _u64, ctypes.c_int,
-                _u8p, _u8p, _u64, ctypes.c_int,
-                ctypes.c_uint32, ctypes.c_uint32, _u64,
-                _u64, _u64, ctypes.POINTER(_u64),
-            ]
-            _LIBS[str(path)] = lib
-            return lib
         lib.lx_stream.restype = ctypes.c_int64
         lib.lx_stream.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_char_p, _u64, ctypes.c_int,
-            ctypes.c_char_p, _u64, ctypes.c_int,
-            _u64,
-            ctypes.c_char_p, _u64, ctypes.c_int,
+            ctypes.c_void_p, ctypes.POINTER(_LxIn), ctypes.c_int,
+            ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32,
             _u8p, _u8p, _u64, ctypes.c_int,
             ctypes.c_uint32, ctypes.c_uint32, _u64,
             _u64, _u64, ctypes.POINTER(_u64),
@@ -81,19 +71,19 @@ def _load(path: Path) -> ctypes.CDLL:
 
 
 class VerilatorDevice(Device):
-    """A simulated core of one configuration (matmul, or conv2d with ``config.kind``).
+    """A simulated core of one configuration (any kind: :mod:`.kinds`).
 
     Parameters
     ----------
     config : CoreConfig
-        Core kind, array size and dtype (conv2d: image lanes and memory depth); the
-        model is built (or taken from the cache) on creation.
+        The core (kind, array size, dtype and the kind's own parameters); the model is
+        built (or taken from the cache) on creation. Default: the 16x16 int8 matmul core.
     idle_limit : int
         Cycles without any stream handshake after which a job is abandoned with
         :class:`DeviceTimeout`.
     pause_in, pause_out : float
-        Probability that a source withholds a beat / the sink drops tready on a cycle
-        (random backpressure for tests; 0 runs at full rate).
+        Probability that a source holds back its next beat / the sink drops tready on a
+        cycle (random backpressure for tests; 0 runs at full rate).
     """
 
     kind = "verilator"
@@ -102,8 +92,9 @@ class VerilatorDevice(Device):
     def __init__(self, config: CoreConfig | None = None, *, idle_limit: int = 10_000,
                  pause_in: float = 0.0, pause_out: float = 0.0, seed: int = 1,
                  quiet: bool = False):
-        self.config = config or CoreConfig()
-        self.regmap = importlib.import_module(self.config.core.regmap)
+        self.config = config or MatmulConfig()
+        self.regmap = self.config.regmap
+        self._set_streams(self.config.streams())
         self.model_path, self.built_now = build_model(self.config, quiet=quiet)
         self._lib = _load(self.model_path)
         self._h = self._lib.lx_create()
@@ -113,14 +104,10 @@ class VerilatorDevice(Device):
         self.pause_in, self.pause_out = pause_in, pause_out
         self._seed = int(seed)
         self._lock = threading.Lock()
-        cfg = self.config
-        if cfg.kind == "conv2d":
-            widths = self.regmap.stream_widths(cfg.rows, cfg.cols, cfg.dtype, cfg.x_lanes)
-        else:
-            widths = self.regmap.stream_widths(cfg.rows, cfg.cols, cfg.dtype)
-        self.beat_bytes = {name: w // 8 for name, w in widths.items()}
-        self._in0 = "x" if cfg.kind == "conv2d" else "a"
-        for i, name in enumerate((self._in0, "b", "bias", "c")):
+        if self._lib.lx_inputs() != len(self.inputs):
+            raise DeviceError(f"model has {self._lib.lx_inputs()} input streams, the register "
+                              f"map says {len(self.inputs)}")
+        for i, name in enumerate(self.inputs + (self.output,)):
             have = self._lib.lx_port_bytes(i)
             if have < self.beat_bytes[name]:
                 raise DeviceError(f"model port {name} holds {have} bytes, the register map "
@@ -144,7 +131,7 @@ class VerilatorDevice(Device):
             pass
 
     @property
-    def sim_cycles(self) -> int:
+    def clock_cycles(self) -> int:
         """Clock cycles simulated since the model was created."""
         return int(self._lib.lx_cycles(self._h))
 
@@ -175,69 +162,32 @@ class VerilatorDevice(Device):
             self._lib.lx_step(self._h, cycles)
 
     # ---- streams -------------------------------------------------------------------
-    def _raise(self, rc: int, got: int, c_beats: int):
-        what = _ERRORS.get(-rc, f"error {-rc}")
-        msg = f"simulated core: {what} after {got} of {c_beats} output beats"
-        if -rc == 1:
-            raise DeviceTimeout(msg + f" (no stream handshake for {self.idle_limit} cycles)")
-        raise DeviceError(msg)
-
-    def conv_stream(self, x: bytes, b: bytes, bias: bytes | None, *, x_frame: int,
-                    b_frame: int, c_beats: int, start: int | None = None) -> StreamResult:
-        """conv2d core: write CTRL=start (if given) while presenting the streams, send the
-        images on x (tlast every x_frame beats), the weight tiles on b (tlast every
-        b_frame beats) and the bias beats, and receive c_beats output beats."""
-        if self.config.kind != "conv2d":
-            raise DeviceError(f"conv_stream needs a conv2d core, this is {self.config.tag}")
+    def _transfer(self, inputs: list[InStream], out_beats: int,
+                  ctrl: int | None) -> StreamResult:
         bb = self.beat_bytes
-        bias = bias or b""
-        for name, data in (("x", x), ("b", b), ("bias", bias)):
-            if len(data) % bb[name]:
-                raise ValueError(f"{name}: {len(data)} bytes is not a whole number of "
-                                 f"{bb[name]}-byte beats")
-        c = np.empty(c_beats * bb["c"], dtype=np.uint8)
-        c_last = np.zeros(c_beats, dtype=np.uint8)
+        ins = (_LxIn * len(inputs))()
+        for slot, name, s in zip(ins, self.inputs, inputs):
+            slot.data = s.data
+            slot.beats = len(s.data) // bb[name]
+            slot.bytes = bb[name]
+            slot.frame_beats = s.frame
+        out_bytes = bb[self.output]
+        out = np.empty(out_beats * out_bytes, dtype=np.uint8)
+        out_last = np.zeros(out_beats, dtype=np.uint8)
         got = _u64(0)
         self._seed += 1
-        ctrl = self.regmap.REG["CTRL"].offset
-        with self._lock:
-            rc = self._lib.lx_conv_stream(
-                self._h, start is not None, ctrl, 0 if start is None else start,
-                x, len(x) // bb["x"], bb["x"], max(1, x_frame),
-                b, len(b) // bb["b"], bb["b"], max(1, b_frame),
-                bias, len(bias) // bb["bias"], bb["bias"],
-                c.ctypes.data_as(_u8p), c_last.ctypes.data_as(_u8p), c_beats, bb["c"],
-                int(round(self.pause_in * 1000)), int(round(self.pause_out * 1000)),
-                self._seed, self.idle_limit, 4, ctypes.byref(got))
-        if rc < 0:
-            self._raise(rc, got.value, c_beats)
-        return StreamResult(c.tobytes(), c_last, int(rc))
-
-    def stream(self, a: bytes, b: bytes, bias: bytes | None, *, k: int,
-               c_beats: int) -> StreamResult:
-        if self.config.kind != "matmul":
-            raise DeviceError(f"stream is the matmul core's transfer; use conv_stream on "
-                              f"{self.config.tag}")
-        bb = self.beat_bytes
-        for name, data in (("a", a), ("b", b), ("bias", bias or b"")):
-            if len(data) % bb[name]:
-                raise ValueError(f"{name}: {len(data)} bytes is not a whole number of "
-                                 f"{bb[name]}-byte beats")
-        bias = bias or b""
-        c = np.empty(c_beats * bb["c"], dtype=np.uint8)
-        c_last = np.zeros(c_beats, dtype=np.uint8)
-        got = _u64(0)
-        self._seed += 1
+        ctrl_offset = self.regmap.REG["CTRL"].offset
         with self._lock:
             rc = self._lib.lx_stream(
-                self._h,
-                a, len(a) // bb["a"], bb["a"],
-                b, len(b) // bb["b"], bb["b"],
-                k,
-                bias, len(bias) // bb["bias"], bb["bias"],
-                c.ctypes.data_as(_u8p), c_last.ctypes.data_as(_u8p), c_beats, bb["c"],
+                self._h, ins, len(inputs), ctrl is not None, ctrl_offset,
+                0 if ctrl is None else ctrl & 0xFFFFFFFF,
+                out.ctypes.data_as(_u8p), out_last.ctypes.data_as(_u8p), out_beats, out_bytes,
                 int(round(self.pause_in * 1000)), int(round(self.pause_out * 1000)),
                 self._seed, self.idle_limit, 4, ctypes.byref(got))
         if rc < 0:
-            self._raise(rc, got.value, c_beats)
-        return StreamResult(c.tobytes(), c_last, int(rc))
+            what = _ERRORS.get(-rc, f"error {-rc}")
+            msg = f"simulated core: {what} after {got.value} of {out_beats} output beats"
+            if -rc == 1:
+                raise DeviceTimeout(msg + f" (no stream handshake for {self.idle_limit} cycles)")
+            raise DeviceError(msg)
+        return StreamResult(out.tobytes(), out_last, int(rc))

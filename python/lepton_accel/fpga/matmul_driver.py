@@ -1,9 +1,10 @@
 """Host driver of the matmul core: tiling, packing, job control, quantization.
 
 The driver speaks to any :class:`.device.Device` and follows the host protocol of
-:mod:`lepton_accel.hdl.regmap` (the core's single source of truth): it checks the core's
-ID, VERSION and CONFIG registers, writes M, N, K and CTRL, streams the frames packed by
-``regmap.pack_job`` and assembles the output with ``regmap.unpack_c``.
+:mod:`lepton_accel.hdl.matmul_regmap` (the core's single source of truth): it checks the
+core's ID, VERSION and CONFIG registers, writes M, N, K, starts the job (CTRL) while the
+frames packed by ``matmul_regmap.pack_job`` are presented and assembles the output with
+``matmul_regmap.unpack_c``.
 
 Shapes: the core takes 1 <= M, N, K < 2**regmap.DIM_BITS per job. Larger operands are
 split into several jobs: K into chunks whose partial results are summed modulo 2**32
@@ -14,7 +15,8 @@ blocks. M is also split so that one job's packed streams stay under ``max_job_by
 Arithmetic: integer operands (int8 on an int8 core; int8 or int16 on an int16 core)
 are multiplied exactly, accumulated in int32 with wrap-around, the int32 bias added with
 wrap-around, and ReLU (if asked for) applied to the wrapped value; the result equals
-``regmap.reference`` bit for bit.
+``lepton_accel.reference`` bit for bit. Zero-size operands (K = 0, an empty batch, M or
+N = 0) give the result without a job.
 
 Floating-point operands are accepted only with an explicit ``quantize=``:
 
@@ -34,10 +36,11 @@ import math
 
 import numpy as np
 
-from lepton_accel.hdl import regmap
+from lepton_accel.hdl import matmul_regmap as regmap
+from lepton_accel.numerics import wrap_int32
 
-from .core_driver import DEFAULT_MAX_JOB_BYTES, CoreDriver, JobStats, _wrap32
-from .device import DeviceError
+from .device import DeviceError, InStream
+from .driver_base import DEFAULT_MAX_JOB_BYTES, CoreDriver, CoreRun, JobStats
 
 __all__ = ["MatmulDriver", "JobStats", "quantize_symmetric", "QUANTIZE_MODES",
            "DEFAULT_MAX_JOB_BYTES"]
@@ -87,15 +90,15 @@ class MatmulDriver(CoreDriver):
         n = b.shape[1]
         frames = regmap.pack_job(a, b, bias, rows=R, cols=C, dtype=self.dtype)
         heights = [min(R, m - r0) for r0, _ in regmap.tile_order(m, n, R, C)]
-        c_beats = sum(heights)
+        streams = {"a": InStream(b"".join(frames["a"]), k),
+                   "b": InStream(b"".join(frames["b"]), k)}
+        if bias is not None:
+            streams["bias"] = InStream(b"".join(frames["bias"]), 1)
         try:
             d.write("M", m)
             d.write("N", n)
             d.write("K", k)
-            d.write("CTRL", self._ctrl_start(bias))
-            res = d.stream(b"".join(frames["a"]), b"".join(frames["b"]),
-                           b"".join(frames["bias"]) if bias is not None else None,
-                           k=k, c_beats=c_beats)
+            res = d.stream(streams, sum(heights), ctrl=self._ctrl_start(bias))
             out = self._finish(res, heights)
             self._count()
         except BaseException:
@@ -115,9 +118,12 @@ class MatmulDriver(CoreDriver):
     def gemm(self, a, b, bias=None) -> np.ndarray:
         """int32 ``a @ b (+ bias)`` with wrap-around, for 2-D integer a (M x K), b (K x N).
 
-        bias: int32 (N,) or None. Bit-exact with ``regmap.reference``.
+        bias: int32 (N,) or None. Bit-exact with ``lepton_accel.reference``.
         """
-        a, b = np.asarray(a), np.asarray(b)
+        with self.lock:
+            return self._gemm(np.asarray(a), np.asarray(b), bias)
+
+    def _gemm(self, a: np.ndarray, b: np.ndarray, bias) -> np.ndarray:
         for name, x in (("a", a), ("b", b)):
             if x.ndim != 2:
                 raise ValueError(f"{name}: expected a 2-D array, got shape {x.shape}")
@@ -129,7 +135,7 @@ class MatmulDriver(CoreDriver):
             raise ValueError(f"b: inner dimensions differ: a is {a.shape}, b is {b.shape}")
         n = b.shape[1]
         if bias is not None:
-            bias = _wrap32(bias)
+            bias = wrap_int32(bias)
             if bias.shape != (n,):
                 raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
         self.last = JobStats()
@@ -156,7 +162,7 @@ class MatmulDriver(CoreDriver):
                         out[m0:m1, n0:n1] = part
                     else:
                         acc[m0:m1, n0:n1] += part
-        return out if acc is None else _wrap32(acc)
+        return out if acc is None else wrap_int32(acc)
 
     def matmul(self, a, b, bias=None, *, activation: str | None = None,
                quantize: str | None = None) -> np.ndarray:
@@ -168,6 +174,17 @@ class MatmulDriver(CoreDriver):
         ``quantize="per_tensor"`` or ``"per_channel"`` (see the module docs) and give
         float32.
         """
+        with self.lock:
+            return self._matmul(a, b, bias, activation, quantize)
+
+    def run(self, spec, a, b, bias=None) -> CoreRun:
+        """A validated matmul OpSpec (``lepton_accel.ops``) on integer operands: the
+        int32 result in ``spec.out_shape`` (bias and ReLU by the integer rules) with the
+        run's counters."""
+        return self.measure(lambda: np.asarray(
+            self._matmul(a, b, bias, spec.activation, None)).reshape(spec.out_shape))
+
+    def _matmul(self, a, b, bias, activation, quantize) -> np.ndarray:
         if activation not in (None, "relu"):
             raise ValueError(f"activation: {activation!r} is not supported on the fpga "
                              "backend; expected None or 'relu'")

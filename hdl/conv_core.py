@@ -3,7 +3,7 @@
 The host loads one NHWC image into on-chip memory; the streamer then generates the
 array's A operand (R output pixels x K = KH*KW*CG taps) from it by address arithmetic,
 with zeros for padding; weights arrive tile by tile on ``b`` as in the matmul core.
-Interface and host protocol: :mod:`.conv_regmap`.
+Interface and host protocol: :mod:`.conv_regmap`; the AXI top level: :mod:`.conv_top`.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -11,18 +11,17 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import conv_regmap as cr
-from .axi import (AXILiteSignature, AXILiteTarget, AXIStreamSignature, CoreRegisters,
-                  connect_streams)
-from .core import beat_layout, drain_output
+from .axi import beat_layout
+from .drain import drain_output
 from .pe import Control
 from .systolic import SystolicArray
 
-__all__ = ["ConvCore", "AXIConv2d", "generate_verilog"]
+__all__ = ["ConvCore", "DIMS", "DIM_REG", "SMALL"]
 
-_DIMS = ("n", "h", "w", "ch", "g", "cg", "ocg", "oh", "ow")
-_DIM_REG = {"n": "N", "h": "H", "w": "W", "ch": "C", "g": "G", "cg": "CG", "ocg": "OCG",
+DIMS = ("n", "h", "w", "ch", "g", "cg", "ocg", "oh", "ow")
+DIM_REG = {"n": "N", "h": "H", "w": "W", "ch": "C", "g": "G", "cg": "CG", "ocg": "OCG",
             "oh": "OH", "ow": "OW"}
-_SMALL = ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl")
+SMALL = ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl")
 
 
 class ConvCore(wiring.Component):
@@ -46,7 +45,7 @@ class ConvCore(wiring.Component):
     def __init__(self, rows: int, cols: int, dtype: str = "int8", x_lanes: int | None = None,
                  depth: int = 1024):
         x_lanes = x_lanes or cr.default_x_lanes(rows)
-        cr._check_config(rows, cols, dtype, x_lanes, depth)
+        cr.check_config(rows, cols, dtype, x_lanes, depth)
         widths = cr.stream_widths(rows, cols, dtype, x_lanes)
         self.rows, self.cols, self.dtype = rows, cols, dtype
         self.x_lanes, self.depth = x_lanes, depth
@@ -74,8 +73,8 @@ class ConvCore(wiring.Component):
             "err_b_last": Out(1),
             "err_bias_last": Out(1),
         }
-        ports.update({d: In(cr.DIM_BITS) for d in _DIMS})
-        ports.update({s: In(cr.SMALL_BITS) for s in _SMALL})
+        ports.update({d: In(cr.DIM_BITS) for d in DIMS})
+        ports.update({s: In(cr.SMALL_BITS) for s in SMALL})
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -91,8 +90,8 @@ class ConvCore(wiring.Component):
         m.submodules.array = array = SystolicArray(R, C, w, aw)
 
         # --- job parameters, latched at start -------------------------------------
-        p = {name: Signal(DB, name=f"{name}_r") for name in _DIMS}
-        p.update({name: Signal(cr.SMALL_BITS, name=f"{name}_r") for name in _SMALL})
+        p = {name: Signal(DB, name=f"{name}_r") for name in DIMS}
+        p.update({name: Signal(cr.SMALL_BITS, name=f"{name}_r") for name in SMALL})
         bias_en = Signal()
         npix = Signal(32)                 # OH*OW
         hwc = Signal(AB + 1)              # H*W*C (checked against the capacity)
@@ -105,7 +104,7 @@ class ConvCore(wiring.Component):
         hwc_full = Signal(3 * DB)
         m.d.comb += hwc_full.eq(self.h * self.w * self.ch)
         zero = Signal()
-        m.d.comb += zero.eq(Cat(*[getattr(self, n) == 0 for n in _DIMS + _SMALL[:6]]).any()
+        m.d.comb += zero.eq(Cat(*[getattr(self, n) == 0 for n in DIMS + SMALL[:6]]).any()
                             | (hwc_full > self.capacity))
         start_ok = Signal()
         m.d.comb += [
@@ -401,74 +400,3 @@ class ConvCore(wiring.Component):
                          wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
                          ac_full.eq(0)]
         return m
-
-
-class AXIConv2d(wiring.Component):
-    """The conv2d core as a shell sees it: AXI4-Lite registers (:data:`.conv_regmap.
-    REGISTERS`), AXI4-Stream ``s_axis_x``, ``s_axis_b``, ``s_axis_bias`` in and
-    ``m_axis_c`` out, ``clk`` and active-high synchronous ``rst``.
-
-    rows, cols: array size (2..32); dtype: ``"int8"`` or ``"int16"``; x_lanes: image
-    lanes per x beat (power of two, default the next power of two >= rows); depth: image
-    memory words per copy (capacity x_lanes*depth elements).
-    """
-
-    def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
-                 x_lanes: int | None = None, depth: int = 1024):
-        x_lanes = x_lanes or cr.default_x_lanes(rows)
-        cr._check_config(rows, cols, dtype, x_lanes, depth)
-        widths = cr.stream_widths(rows, cols, dtype, x_lanes)
-        self.rows, self.cols, self.dtype = rows, cols, dtype
-        self.x_lanes, self.depth = x_lanes, depth
-        P = cr.PORT_PREFIX
-        super().__init__({
-            P["ctrl"]: In(AXILiteSignature(cr.ADDR_WIDTH, cr.DATA_WIDTH)),
-            P["x"]: In(AXIStreamSignature(widths["x"])),
-            P["b"]: In(AXIStreamSignature(widths["b"])),
-            P["bias"]: In(AXIStreamSignature(widths["bias"])),
-            P["c"]: Out(AXIStreamSignature(widths["c"])),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        P = cr.PORT_PREFIX
-        m.submodules.core = core = ConvCore(self.rows, self.cols, self.dtype, self.x_lanes,
-                                            self.depth)
-        m.submodules.axil = axil = AXILiteTarget(cr.ADDR_WIDTH, cr.DATA_WIDTH)
-        wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
-        connect_streams(m, self, core, P, ("x", "b", "bias"), "c")
-
-        regs = CoreRegisters(
-            m, axil, cr, core,
-            config_word=cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes),
-            err_strobes={"START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
-                         "X_LAST": core.err_x_last, "B_LAST": core.err_b_last,
-                         "BIAS_LAST": core.err_bias_last},
-            status_extra={"LOADING": core.loading})
-
-        # rw registers
-        dims = {_DIM_REG[n]: Signal(cr.DIM_BITS, name=f"reg_{n}") for n in _DIMS}
-        packed = {name: Signal(2 * cr.SMALL_BITS, name=f"reg_{name.lower()}")
-                  for name in ("KERNEL", "STRIDE", "DILATION", "PAD")}
-        for n in _DIMS:
-            m.d.comb += getattr(core, n).eq(dims[_DIM_REG[n]])
-        for port_name, reg, f in (("kh", "KERNEL", "K_H"), ("kw", "KERNEL", "K_W"),
-                                  ("sh", "STRIDE", "S_H"), ("sw", "STRIDE", "S_W"),
-                                  ("dh", "DILATION", "D_H"), ("dw", "DILATION", "D_W"),
-                                  ("pt", "PAD", "PAD_T"), ("pl", "PAD", "PAD_L")):
-            fd = regs.field(reg, f)
-            m.d.comb += getattr(core, port_name).eq(packed[reg][fd.lsb:fd.lsb + fd.width])
-        regs.write({**dims, **packed})
-        regs.read({"CAPACITY": Const(self.x_lanes * self.depth, 32), **dims, **packed,
-                   "LOAD_CYCLES": core.load_cycles})
-        return m
-
-
-def generate_verilog(rows: int = 16, cols: int = 16, dtype: str = "int8",
-                     x_lanes: int | None = None, depth: int = 1024,
-                     name: str = "lepton_conv2d") -> str:
-    """Verilog text of one configuration, top module ``name``."""
-    from amaranth.back import verilog
-
-    return verilog.convert(AXIConv2d(rows, cols, dtype, x_lanes, depth), name=name,
-                           emit_src=False)

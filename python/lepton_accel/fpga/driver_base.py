@@ -1,20 +1,25 @@
-"""What the host drivers of both cores share.
+"""What the host drivers of every core share.
 
-:class:`CoreDriver` is the base of :class:`.driver.MatmulDriver` and
+:class:`CoreDriver` is the base of :class:`.matmul_driver.MatmulDriver` and
 :class:`.conv_driver.ConvDriver`: the ID / VERSION / CONFIG checks every core answers the
 same way (each core's register map, ``rmap``, is the source of truth), the CTRL word that
 starts a job, the end-of-job checks (DONE, sticky ERROR flags, BUSY), the split of the
-``c`` stream into tiles with its tlast check, and the job counters.
+output stream into tiles with its tlast check, the reset after a failed job, the job
+counters, and :class:`CoreRun`, what a driver's ``run`` of a validated spec returns.
+
+A driver runs one job at a time: its public calls hold :attr:`CoreDriver.lock` (an
+RLock), so threads sharing a driver queue up instead of interleaving register writes.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .device import Device, DeviceError
 
-__all__ = ["CoreDriver", "JobStats", "DEFAULT_MAX_JOB_BYTES"]
+__all__ = ["CoreDriver", "CoreRun", "JobStats", "DEFAULT_MAX_JOB_BYTES"]
 
 #: Upper bound on one job's packed input streams; bigger jobs are split.
 DEFAULT_MAX_JOB_BYTES = 64 << 20
@@ -22,16 +27,39 @@ DEFAULT_MAX_JOB_BYTES = 64 << 20
 
 @dataclass
 class JobStats:
-    """Counters of the last :meth:`MatmulDriver.gemm` call."""
+    """Counters of one driver call (summed over its jobs)."""
 
     jobs: int = 0
     cycles: int = 0          # sum of the core's CYCLES over the jobs
     stall_in: int = 0
     stall_out: int = 0
+    #: clock cycles the device ran during the call (a simulation's own count; None
+    #: where the device cannot tell)
+    device_cycles: int | None = None
 
 
-def _wrap32(x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+@dataclass
+class CoreRun:
+    """One op on the cores: the output and what it cost.
+
+    ``core`` is the kind of core that ran it and ``array`` its (rows, cols); ``whole_op``
+    says the cycles are those of the whole op on its own core (the conv2d core), not of
+    GEMMs on the matmul core; ``reason`` says why the op did not run on its own core
+    (empty when it did)."""
+
+    out: np.ndarray
+    stats: JobStats
+    core: str
+    array: tuple[int, int]
+    whole_op: bool = False
+    reason: str = ""
+
+    @property
+    def route(self) -> dict:
+        """Which core ran and why: {"core", "reason", "bands"} (bands: the conv2d core's
+        row bands, 0 elsewhere)."""
+        return {"core": self.core, "reason": self.reason,
+                "bands": getattr(self.stats, "bands", 0)}
 
 
 class CoreDriver:
@@ -45,13 +73,19 @@ class CoreDriver:
     what = "core"
     stats = JobStats
 
+    #: whether a run's cycles are its whole op on this core (see :class:`CoreRun`)
+    whole_op = False
+
     def __init__(self, device: Device, *, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
                  poll_limit: int = 1000):
         self.device = device
         self.max_job_bytes = int(max_job_bytes)
         self.poll_limit = poll_limit
+        #: counters of the last call (a call's own are in the CoreRun it returns)
         self.last = self.stats()
-        self._check_core()
+        self.lock = threading.RLock()
+        with self.lock:
+            self._check_core()
 
     # ---- identification ------------------------------------------------------------
     def _check_core(self) -> int:
@@ -96,8 +130,8 @@ class CoreDriver:
 
     def _finish(self, res, heights: list[int]) -> list:
         """After a job's streams: wait for DONE, raise on ERROR flags (clearing them) or
-        BUSY, check the c stream's tlast against the tile heights and return its frames,
-        one per tile."""
+        BUSY, check the output stream's tlast against the tile heights and return its
+        frames, one per tile."""
         d, rm, what = self.device, self.rmap, self.what
         for _ in range(self.poll_limit):
             status = d.read("STATUS")
@@ -116,12 +150,12 @@ class CoreDriver:
         c_beats = sum(heights)
         expect_last = np.zeros(c_beats, np.uint8)
         expect_last[np.cumsum(heights) - 1] = 1
-        if not np.array_equal(res.c_last, expect_last):
-            raise DeviceError("c stream: tlast does not mark the end of every tile")
+        if not np.array_equal(res.out_last, expect_last):
+            raise DeviceError(f"{d.output} stream: tlast does not mark the end of every tile")
         beat = self.cols * rm.ACC_WIDTH // 8
         out, pos = [], 0
         for h in heights:
-            out.append(res.c[pos:pos + h * beat])
+            out.append(res.out[pos:pos + h * beat])
             pos += h * beat
         return out
 
@@ -144,3 +178,14 @@ class CoreDriver:
         st.stall_in += d.read("STALL_IN")
         st.stall_out += d.read("STALL_OUT")
         return cycles
+
+    def measure(self, compute) -> CoreRun:
+        """Call ``compute()`` (which sets :attr:`last`) holding the lock: its output and
+        counters, with the device cycles it took, as a :class:`CoreRun`."""
+        with self.lock:
+            c0 = self.device.clock_cycles
+            out = compute()
+            stats = self.last
+            if c0 is not None:
+                stats.device_cycles = self.device.clock_cycles - c0
+            return CoreRun(out, stats, self.core_name, (self.rows, self.cols), self.whole_op)

@@ -4,10 +4,10 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from . import regmap
+from . import matmul_regmap as regmap
 from .axi import (AXILiteSignature, AXILiteTarget, AXIStreamSignature, CoreRegisters,
                   connect_streams)
-from .core import MatmulCore
+from .matmul_core import MatmulCore
 
 __all__ = ["AXIMatmul", "generate_verilog"]
 
@@ -23,8 +23,8 @@ class AXIMatmul(wiring.Component):
         ``"int8"`` or ``"int16"`` (inputs); accumulation and outputs are int32.
 
     Ports (Verilog names are ``<prefix>__<signal>``, prefixes in
-    :data:`.regmap.PORT_PREFIX`): ``s_axil`` (AXI4-Lite target, registers in
-    :data:`.regmap.REGISTERS`), ``s_axis_a``, ``s_axis_b``, ``s_axis_bias`` (AXI4-Stream
+    :data:`.matmul_regmap.PORT_PREFIX`): ``s_axil`` (AXI4-Lite target, registers in
+    :data:`.matmul_regmap.REGISTERS`), ``s_axis_a``, ``s_axis_b``, ``s_axis_bias`` (AXI4-Stream
     in) and ``m_axis_c`` (AXI4-Stream out), plus ``clk`` and active-high synchronous
     ``rst``.
     """
@@ -50,7 +50,7 @@ class AXIMatmul(wiring.Component):
 
         connect_streams(m, self, core, P, ("a", "b", "bias"), "c")
 
-        # --- registers (layout from regmap) ------------------------------------
+        # --- registers (layout from matmul_regmap) ------------------------------------
         regs = CoreRegisters(
             m, axil, regmap, core,
             config_word=regmap.config_word(self.rows, self.cols, self.dtype),

@@ -1,4 +1,4 @@
-"""``hdl generate matmul`` writes Verilog and a JSON description that match regmap."""
+"""``hdl generate matmul`` writes Verilog and a JSON description that match matmul_regmap."""
 
 import json
 import re
@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("amaranth")
 
-from lepton_accel.hdl import regmap  # noqa: E402
+from lepton_accel.hdl import matmul_regmap as regmap  # noqa: E402
 from test_hdl_support import need_yosys, parse_cli  # noqa: E402
 
 
