@@ -43,6 +43,20 @@ BUILD_S = 60.0
 MIN_SIM_CYCLES = 10_000
 
 
+def _session():
+    """lepton_accel.fpga.session, imported on first use (``import lepton_accel`` does not
+    load the fpga package) and kept, since estimates ask for it on every dispatch."""
+    global _SESSION
+    if _SESSION is None:
+        from ..fpga import session
+
+        _SESSION = session
+    return _SESSION
+
+
+_SESSION = None
+
+
 class FpgaBackend(Backend):
     name = "fpga"
 
@@ -52,9 +66,7 @@ class FpgaBackend(Backend):
 
     # ---- protocol ------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
-        from ..fpga import session
-
-        if not session.enabled():
+        if not _session().enabled():
             return False, ("the simulated FPGA device is switched off "
                            "(LEPTON_ACCEL_FPGA=off or lepton_accel.fpga.enable(False))")
         if self._avail is None:
@@ -88,9 +100,7 @@ class FpgaBackend(Backend):
         return True, ""
 
     def _device_spec(self):
-        from ..fpga import session
-
-        size = session.core_size()
+        size = _session().core_size()
         dev = self._devices.get(size)
         if dev is None:
             rows, cols = size
@@ -108,9 +118,7 @@ class FpgaBackend(Backend):
     def estimate(self, spec: OpSpec, operands=None) -> float:
         """Seconds on *this* device: the simulated core, so simulation time per cycle
         (plus a model build when none is cached) on top of the part's own time."""
-        from ..fpga import session
-        from ..fpga.kinds import kind_for_op
-
+        session = _session()
         dev = self._device_spec()
         est = MODEL.estimate(spec, dev, data_on_host=True)
         if not math.isfinite(est.total_s):
@@ -118,7 +126,7 @@ class FpgaBackend(Backend):
         cycles = est.compute_s * dev.clock_hz
         total = est.total_s + cycles * MODEL.sim_s_per_cycle(dev.name, DEFAULT_SIM_S_PER_CYCLE)
         try:
-            if not session.is_ready(session.config_for(kind_for_op(spec.op).kind, spec.dtype)):
+            if not session.is_ready(session.config_for_op(spec.op, spec.dtype)):
                 total += BUILD_S
         except Exception:
             total += BUILD_S
@@ -126,8 +134,7 @@ class FpgaBackend(Backend):
 
     # ---- kernels -------------------------------------------------------------------
     def _matmul(self, spec: OpSpec, operands: list[ArrayView]):
-        from ..fpga import session
-
+        session = _session()
         arrays = [v.host for v in operands]
         t0 = time.perf_counter()
         drv = session.driver_for(session.config_for("matmul", spec.dtype))

@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .build import cache_root
-from .kinds import CoreConfig, get_kind
+from .kinds import CoreConfig, get_kind, kind_for_op
 
-__all__ = ["Settings", "DEFAULT_SIZE", "DEFAULT_CONV_DEPTH", "state_token", "enabled", "enable",
-           "core_size", "conv_depth", "settings", "configure", "configured", "config_for",
-           "driver_for", "is_ready"]
+__all__ = ["Settings", "DEFAULT_SIZE", "DEFAULT_CONV_DEPTH", "state_token", "enabled",
+           "enable", "core_size", "conv_depth", "settings", "configure", "configured",
+           "config_for", "config_for_op", "driver_for", "is_ready"]
 
 DEFAULT_SIZE = (16, 16)
 #: Image memory depth (words per row copy) of the conv2d core when nothing is configured.
@@ -46,7 +46,7 @@ _size: tuple[int, int] | None = None
 _conv_depth: int | None = None
 _drivers: dict[CoreConfig, object] = {}
 _configs: dict[tuple, CoreConfig] = {}
-_ready: dict[tuple, object] = {}   # (config, cache root) -> True, or when it was missed
+_ready: dict[tuple, object] = {}   # (config, LEPTON_ACCEL_CACHE) -> True, or when missed
 _generation = 0
 
 
@@ -144,16 +144,27 @@ def config_for(kind: str, dtype: str = "int8") -> CoreConfig:
     """The configuration of a kind of core ("matmul", "conv2d") that runs ``dtype``
     operands under the current settings (an int16 core for int16, else int8)."""
     lane = "int16" if dtype == "int16" else "int8"
-    current = settings()
-    key = (kind, lane, current)
+    env = os.environ
+    # what the settings are made of, cheaper to compare than to parse (estimates ask often)
+    key = (kind, lane, _size, _conv_depth, env.get("LEPTON_ACCEL_FPGA_CORE"),
+           env.get("LEPTON_ACCEL_FPGA_CONV_DEPTH"))
     cfg = _configs.get(key)
     if cfg is None:
-        cfg = get_kind(kind).from_settings(current, lane)
+        cfg = get_kind(kind).from_settings(settings(), lane)
         with _lock:
             if len(_configs) > 64:
                 _configs.clear()
             _configs[key] = cfg
     return cfg
+
+
+def config_for_op(op: str, dtype: str = "int8") -> CoreConfig:
+    """The configuration of the kind of core that runs ``op`` natively (ValueError when
+    no kind does)."""
+    kind = kind_for_op(op)
+    if kind is None:
+        raise ValueError(f"op: no FPGA core runs {op!r} natively")
+    return config_for(kind.kind, dtype)
 
 
 def driver_for(config: CoreConfig):
@@ -178,14 +189,16 @@ def is_ready(config: CoreConfig) -> bool:
     """
     if config in _drivers:
         return True
-    root = cache_root()
-    key = (config, root)
+    key = (config, os.environ.get("LEPTON_ACCEL_CACHE"))
     seen = _ready.get(key)
+    if seen is True:
+        return True
     now = time.monotonic()
-    if seen is True or (seen is not None and now - seen < _NOT_READY_TTL_S):
-        return seen is True
+    if seen is not None and now - seen < _NOT_READY_TTL_S:
+        return False
     try:
-        found = any(p.joinpath("libmodel.so").exists() for p in root.glob(f"{config.tag}-*"))
+        found = any(p.joinpath("libmodel.so").exists()
+                    for p in cache_root().glob(f"{config.tag}-*"))
     except OSError:
         found = False
     _ready[key] = True if found else now
