@@ -119,12 +119,15 @@ def test_session_settings_are_scoped_and_configs_follow_them(monkeypatch):
     monkeypatch.delenv("LEPTON_ACCEL_FPGA_CORE", raising=False)
     monkeypatch.delenv("LEPTON_ACCEL_FPGA_CONV_DEPTH", raising=False)
     before = (session._size, session._conv_depth, session._enabled)
+    token = fpga.state_token()
     with fpga.configured(4, 8, conv_depth=64, enabled=False):
+        assert fpga.state_token() != token       # cached dispatch decisions are stale
         assert fpga.core_size() == (4, 8) and not fpga.enabled()
         assert fpga.config_for("conv2d", "int16") == fpga.Conv2dConfig(4, 8, "int16", depth=64)
         assert fpga.config_for("matmul", "int8") == fpga.MatmulConfig(4, 8, "int8")
         assert session.config_for_op("conv2d") == fpga.Conv2dConfig(4, 8, "int8", depth=64)
     assert (session._size, session._conv_depth, session._enabled) == before
+    assert fpga.state_token() != token
     monkeypatch.setenv("LEPTON_ACCEL_FPGA_CORE", "8x4")
     assert fpga.config_for("matmul", "int16") == fpga.MatmulConfig(8, 4, "int16")
     monkeypatch.setenv("LEPTON_ACCEL_FPGA_CORE", "big")
