@@ -275,3 +275,33 @@ def test_a_failed_job_does_not_poison_the_next(rng):
     for _ in range(2):
         np.testing.assert_array_equal(drv.gemm(a, b), ref(a, b))
     dev.close()
+
+
+def test_threads_sharing_a_driver_get_their_own_exact_results(rng):
+    """Calls from several threads on the one driver of a configuration run one job at a
+    time (the driver's lock), each with its own result and counters."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [(ints(rng, (m, k)), ints(rng, (k, n)))
+             for m, k, n in [(9, 20, 7), (5, 33, 12), (17, 3, 4), (6, 6, 6)] * 2]
+    spec_of = {i: la.matmul_spec(a.shape, "int8", b.shape, "int8")
+               for i, (a, b) in enumerate(cases)}
+    drv = fpga.driver_for(fpga.config_for("matmul"))
+
+    def one(i):
+        a, b = cases[i]
+        return drv.run(spec_of[i], a, b)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # switch threads often, so that unlocked jobs would interleave
+    try:
+        for _ in range(3):
+            with ThreadPoolExecutor(4) as pool:
+                runs = list(pool.map(one, range(len(cases))))
+    finally:
+        sys.setswitchinterval(switch)
+    for (a, b), run in zip(cases, runs):
+        np.testing.assert_array_equal(run.out, ref(a, b))
+        assert run.stats.jobs == 1
+        assert run.stats.cycles == regmap.expected_cycles(a.shape[0], b.shape[1], a.shape[1], *SIZE)
