@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .build import cache_root
-from .kinds import CoreConfig, get_kind, kind_for_op
+from .kinds import KINDS, CoreConfig, get_kind, kind_for_op
 
 __all__ = ["Settings", "DEFAULT_SIZE", "DEFAULT_CONV_DEPTH", "state_token", "enabled",
            "enable", "core_size", "conv_depth", "settings", "configure", "configured",
@@ -113,13 +113,14 @@ def configure(rows: int | None = None, cols: int | None = None, *,
     validated against the cores' limits (``ValueError``)."""
     global _size, _conv_depth, _generation
     _generation += 1
-    r0, c0 = core_size()
-    r, c = rows or r0, cols or c0
-    get_kind("matmul")(r, c, "int8")  # raises ValueError when out of range
+    now = settings()
+    new = Settings(rows or now.rows, cols or now.cols,
+                   now.conv_depth if conv_depth is None else int(conv_depth))
+    for kind in KINDS.values():  # every kind's configuration must exist (ValueError)
+        kind.from_settings(new, "int8")
     if conv_depth is not None:
-        get_kind("conv2d")(r, c, "int8", depth=conv_depth)
-        _conv_depth = int(conv_depth)
-    _size = (r, c)
+        _conv_depth = new.conv_depth
+    _size = (new.rows, new.cols)
     return _size
 
 
