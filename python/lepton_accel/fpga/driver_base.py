@@ -64,9 +64,10 @@ class CoreRun:
 
 class CoreDriver:
     """Base of a core's driver. Subclasses set ``rmap`` (the core's register map),
-    ``core_name`` (as in "not a lepton <core_name> core"), ``what`` (how messages about
-    a job name the core) and ``stats`` (the counters' class), and extend
-    :meth:`_check_core`."""
+    ``core_name`` (its kind's name, as in "not a lepton <core_name> core"), ``what`` (how
+    messages about a job name the core), ``stats`` (the counters' class) and
+    ``whole_op``, extend :meth:`_check_core`, and give ``run(spec, ...)`` for the op
+    their kind runs (through :meth:`measure`)."""
 
     rmap = None
     core_name = ""
