@@ -40,10 +40,11 @@ struct Lanes {
 typedef int32_t SignedLanes __attribute__((vector_size(CB * sizeof(int32_t))));
 
 // Bias (already gathered into lanes) and ReLU on a finished accumulator; the uint32
-// lanes of the integer path hold int32 values, so ReLU compares them signed.
+// lanes of the integer path hold int32 values, so ReLU compares them signed. ReLU keeps
+// NaN (as np.maximum and PyTorch do): only lanes that compare below zero become zero.
 inline void finish(Lanes<float>::type& acc, const Lanes<float>::type& bias, bool relu) {
   acc += bias;
-  if (relu) acc = acc > 0.0f ? acc : Lanes<float>::type{};
+  if (relu) acc = acc < 0.0f ? Lanes<float>::type{} : acc;
 }
 inline void finish(Lanes<uint32_t>::type& acc, const Lanes<uint32_t>::type& bias, bool relu) {
   acc += bias;
@@ -84,23 +85,25 @@ void row_block(const DepthwiseArgs& a, const T* __restrict x_img, const T* __res
     std::memcpy(&xv, x, sizeof(V));
     acc += xv * wv;
   };
+  const int64_t* w_taps = a.w_taps;
   auto edge_pixel = [&](int64_t ow) {
     V acc = {};
     const int64_t iw0 = ow * sw - pl;
     for (int r = 0; r < n_rows; ++r) {
       const T* x_row = x_img + ih_list[r] * W * C + c0;
       for (int64_t kw = 0; kw < KW; ++kw) {
-        const int64_t iw = iw0 + kw * dw;
+        const int64_t iw = w_taps ? w_taps[ow * KW + kw] : iw0 + kw * dw;
         if (iw >= 0 && iw < W) fma(acc, x_row + iw * C, wb[r * KW + kw]);
       }
     }
     finish(acc, bias, relu);
     std::memcpy(out_row + ow * C + c0, &acc, sizeof(V));
   };
-  // Interior: iw0 = ow*sw - pl >= 0 and iw0 + (KW-1)*dw < W.
-  const int64_t lo = std::min(OW, (pl + sw - 1) / sw);
+  // Interior: iw0 = ow*sw - pl >= 0 and iw0 + (KW-1)*dw < W. (With a tap table every
+  // column takes the edge path.)
+  const int64_t lo = w_taps ? 0 : std::min(OW, (pl + sw - 1) / sw);
   const int64_t last = W - 1 - (KW - 1) * dw + pl;  // ow * sw <= last
-  const int64_t hi = std::max(lo, last < 0 ? int64_t(0) : std::min(OW, last / sw + 1));
+  const int64_t hi = w_taps ? 0 : std::max(lo, last < 0 ? int64_t(0) : std::min(OW, last / sw + 1));
   for (int64_t ow = 0; ow < lo; ++ow) edge_pixel(ow);
   for (int64_t ow = lo; ow < hi; ++ow) {
     V acc = {};
@@ -137,7 +140,7 @@ void row_plain(const DepthwiseArgs& a, const T* x_img, const T* w, T* out_row, i
     for (int64_t c = c_begin; c < c_end; ++c) o[c] = 0;
     for (int r = 0; r < n_rows; ++r) {
       for (int64_t kw = 0; kw < a.KW; ++kw) {
-        const int64_t iw = iw0 + kw * a.dil_w;
+        const int64_t iw = a.w_taps ? a.w_taps[ow * a.KW + kw] : iw0 + kw * a.dil_w;
         if (iw < 0 || iw >= a.W) continue;
         const T* xp = x_img + (ih_list[r] * a.W + iw) * C;
         const T* wp = w + (kh_list[r] * a.KW + kw) * C;
@@ -163,7 +166,7 @@ void rows(const DepthwiseArgs& a, const T* x, const T* w, T* y, int64_t row_begi
     const int64_t n = row / a.OH, oh = row % a.OH;
     int n_rows = 0;
     for (int64_t kh = 0; kh < a.KH; ++kh) {
-      const int64_t ih = oh * a.stride_h - a.pad_top + kh * a.dil_h;
+      const int64_t ih = a.h_taps ? a.h_taps[oh * a.KH + kh] : oh * a.stride_h - a.pad_top + kh * a.dil_h;
       if (ih < 0 || ih >= a.H) continue;
       ih_list[size_t(n_rows)] = ih;
       kh_list[size_t(n_rows)] = kh;
