@@ -75,6 +75,15 @@ def no_gpu(msg: str) -> int:
     return 2
 
 
+def kernel_families() -> list[str] | None:
+    """The family names the binding parses (None when the core is not importable)."""
+    try:
+        from lepton_accel._native import core
+    except ImportError:
+        return None
+    return list(core.ConvKernel.__members__) if core is not None else None
+
+
 def git_commit() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -138,15 +147,22 @@ def bench_layer(torch, core, layer, batch, args, l2_bytes):
         .to(bf16).to(memory_format=cl)
     b = torch.randn(OC, device="cuda").to(bf16)
     y = torch.empty(batch, OC, OH, OW, device="cuda", dtype=bf16).to(memory_format=cl)
-    dims = (batch, C, H, W, OC, k, k, OH, OW)
-    params = (s, s, p, p, 1, 1, groups)
+    bf = core.DType.bfloat16
+
+    def problem(fused):
+        return core.Conv2dProblem(
+            N=batch, C=C, H=H, W=W, OC=OC, KH=k, KW=k, OH=OH, OW=OW, stride_h=s, stride_w=s,
+            pad_top=p, pad_left=p, groups=groups, x_strides=tuple(xs[0].stride()),
+            w_strides=tuple(w.stride()), y_strides=tuple(y.stride()), in_dtype=bf, out_dtype=bf,
+            activation=core.Activation.relu if fused else core.Activation.none)
+
+    problems = {fused: problem(fused) for fused in (False, True)}
 
     def ours(i, fused):
         x = xs[i % copies]
-        return core.cuda_conv2d(x.data_ptr(), w.data_ptr(), y.data_ptr(),
-                                b.data_ptr() if fused else 0, dims, params, tuple(x.stride()),
-                                tuple(w.stride()), tuple(y.stride()), 2, 2, 2, 1 if fused else 0,
-                                torch.cuda.current_stream().cuda_stream, kernel=args.kernel)
+        return core.cuda_conv2d(problems[fused], x.data_ptr(), w.data_ptr(), y.data_ptr(),
+                                b.data_ptr() if fused else 0,
+                                stream=torch.cuda.current_stream().cuda_stream, kernel=args.kernel)
 
     def theirs(i, fused):
         x = xs[i % copies]
@@ -183,7 +199,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=20, help="timed graph replays (median)")
     ap.add_argument("--only", default="", help="substring filter on layer names")
     ap.add_argument("--kernel", default="auto",
-                    choices=["auto", "generic", "depthwise", "mma", "wgmma"],
+                    choices=kernel_families(),
                     help="our kernel family (a family that cannot run a layer falls back)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()

@@ -23,7 +23,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-F32, F16, BF16 = 0, 1, 2
 SQUARE = [1024, 2048, 4096, 6144, 8192]
 LLM_KN = [(4096, 4096), (4096, 11008), (11008, 4096), (4096, 14336), (14336, 4096)]
 LLM_M = [4096, 8192, 16384]
@@ -50,6 +49,15 @@ def environment():
     if _core.cuda_device_count() == 0:
         die("lepton_accel sees no CUDA device: " + _core.cuda_runtime_status())
     return torch, _core
+
+
+def kernel_families() -> list[str] | None:
+    """The family names the binding parses (None when the core is not importable)."""
+    try:
+        from lepton_accel._native import core
+    except ImportError:
+        return None
+    return list(core.GemmKernel.__members__) if core is not None else None
 
 
 def git_commit() -> str:
@@ -96,7 +104,8 @@ def median_ms(torch, fn, sets, reps, warmup):
 def run_shape(torch, core, M, N, K, dtype_name, layout, args, l2_bytes):
     tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
               "tf32": torch.float32}[dtype_name]
-    code = {"bf16": BF16, "fp16": F16, "fp32": F32, "tf32": F32}[dtype_name]
+    el = core.DType.__members__[{"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
+                                 "tf32": "float32"}[dtype_name]]
     tf32 = dtype_name == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -120,11 +129,15 @@ def run_shape(torch, core, M, N, K, dtype_name, layout, args, l2_bytes):
     stream = torch.cuda.current_stream().cuda_stream
     names = []
 
+    a0, b0, c0 = sets[0]  # every set has the same strides: one problem description
+    problem = core.GemmProblem(M=M, N=N, K=K, a_strides=(0, a0.stride(0), a0.stride(1)),
+                               b_strides=(0, b0.stride(0), b0.stride(1)),
+                               c_strides=(0, c0.stride(0), c0.stride(1)), in_dtype=el, out_dtype=el,
+                               allow_tf32=tf32)
+
     def ours(a, b, c):
-        names.append(core.cuda_gemm(
-            a.data_ptr(), b.data_ptr(), c.data_ptr(), 0, 1, M, N, K,
-            (0, a.stride(0), a.stride(1)), (0, b.stride(0), b.stride(1)), (0, c.stride(0), c.stride(1)),
-            code, code, 0, tf32, stream, kernel=args.kernel))
+        names.append(core.cuda_gemm(problem, a.data_ptr(), b.data_ptr(), c.data_ptr(), stream=stream,
+                                    kernel=args.kernel))
 
     def cublas(a, b, c):
         torch.matmul(a, b, out=c)
@@ -170,7 +183,8 @@ def main(argv=None):
                          "Default: both for bf16/fp16, nn for fp32/tf32.")
     ap.add_argument("--llm-fp32", action="store_true", help="also run LLM shapes in fp32/tf32")
     ap.add_argument("--max-square", type=int, default=8192)
-    ap.add_argument("--kernel", default="auto", choices=["auto", "simt", "mma", "wgmma"])
+    ap.add_argument("--kernel", default="auto", choices=kernel_families(),
+                    help="our kernel family (the binding's GemmKernel names)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default=None, help="markdown output path")

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include "cuda/api.h"
+#include "cuda/kernel_family.h"
 
 namespace py = pybind11;
 using namespace lepton;
@@ -74,38 +75,19 @@ void register_cuda(py::module_& m) {
 
   m.def(
       "cuda_gemm",
-      [](std::uintptr_t a, std::uintptr_t b, std::uintptr_t c, std::uintptr_t bias,
-         std::int64_t batch, std::int64_t M, std::int64_t N, std::int64_t K,
-         std::tuple<std::int64_t, std::int64_t, std::int64_t> sa,
-         std::tuple<std::int64_t, std::int64_t, std::int64_t> sb,
-         std::tuple<std::int64_t, std::int64_t, std::int64_t> sc, int in_dtype, int out_dtype,
-         int activation, bool allow_tf32, std::uintptr_t stream, const std::string& kernel) {
-        GemmArgs g;
+      [](const GemmArgs& problem, std::uintptr_t a, std::uintptr_t b, std::uintptr_t c, std::uintptr_t bias,
+         std::uintptr_t stream, const std::string& kernel) {
+        GemmArgs g = problem;
         g.a = a; g.b = b; g.c = c; g.bias = bias;
-        g.batch = batch; g.M = M; g.N = N; g.K = K;
-        std::tie(g.a_batch, g.a_row, g.a_col) = sa;
-        std::tie(g.b_batch, g.b_row, g.b_col) = sb;
-        std::tie(g.c_batch, g.c_row, g.c_col) = sc;
-        g.in_dtype = static_cast<DType>(in_dtype);
-        g.out_dtype = static_cast<DType>(out_dtype);
-        g.activation = static_cast<Activation>(activation);
-        g.allow_tf32 = allow_tf32;
         g.stream = stream;
-        if (kernel == "auto") g.kernel = GemmKernel::auto_;
-        else if (kernel == "generic") g.kernel = GemmKernel::generic;
-        else if (kernel == "simt") g.kernel = GemmKernel::simt;
-        else if (kernel == "mma") g.kernel = GemmKernel::mma;
-        else if (kernel == "wgmma") g.kernel = GemmKernel::wgmma;
-        else throw py::value_error("kernel must be auto, generic, simt, mma or wgmma");
+        g.kernel = parse_kernel<GemmKernel>(kernel, "kernel");
         py::gil_scoped_release nogil;
         return gemm(g);
       },
-      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("bias"), py::arg("batch"), py::arg("M"),
-      py::arg("N"), py::arg("K"), py::arg("a_strides"), py::arg("b_strides"),
-      py::arg("c_strides"), py::arg("in_dtype"), py::arg("out_dtype"), py::arg("activation"),
-      py::arg("allow_tf32") = false, py::arg("stream") = 0, py::kw_only(),
-      py::arg("kernel") = "auto",
-      "C[b] = act(A[b] @ B[b] + bias); strides (batch, row, col) in elements. Returns the kernel name.\n"
-      "kernel: 'auto' (or LEPTON_ACCEL_GEMM_KERNEL from the environment), 'generic', 'simt',\n"
-      "'mma' or 'wgmma'; a family that cannot run the problem falls back to the next one.");
+      py::arg("problem"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("bias") = 0, py::kw_only(),
+      py::arg("stream") = 0, py::arg("kernel") = "auto",
+      "C[b] = act(A[b] @ B[b] + bias) for the GemmProblem on device pointers (bias: N values of\n"
+      "out_dtype, or 0). Returns the name of the kernel that ran. kernel: a GemmKernel name, 'auto'\n"
+      "(or LEPTON_ACCEL_GEMM_KERNEL from the environment), 'generic', 'simt', 'mma' or 'wgmma'; a\n"
+      "family that cannot run the problem falls back to the next one.");
 }

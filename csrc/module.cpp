@@ -6,6 +6,7 @@
 namespace py = pybind11;
 
 void register_cpu(py::module_& m);  // csrc/cpu_bindings.cpp
+void register_cuda_types(py::module_& m);  // csrc/cuda_types_bindings.cpp (every build)
 
 #ifdef LEPTON_WITH_CUDA
 void register_cuda(py::module_& m);  // csrc/cuda_bindings.cpp
@@ -17,6 +18,7 @@ PYBIND11_MODULE(_core, m) {
   py::dict info;
   info["cxx_compiler"] = LEPTON_CXX_COMPILER;
   register_cpu(m);
+  register_cuda_types(m);
 #ifdef LEPTON_WITH_CUDA
   info["cuda"] = true;
   info["cuda_architectures"] = LEPTON_CUDA_ARCHS;

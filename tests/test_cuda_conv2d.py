@@ -33,8 +33,6 @@ def gpu(fn):
     return pytest.mark.gpu(pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")(fn))
 
 
-CODE = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int32": 4}
-ACT = {None: 0, "relu": 1, "gelu": 2}
 # (id, operand dtype, output dtype, tolerance; 0 means exact)
 DTYPES = [
     ("f32", "float32", "float32", 1e-5),
@@ -45,6 +43,28 @@ DTYPES = [
     ("i8", "int8", "int32", 0),
 ]
 KERNELS = ["generic", "depthwise", "mma", "wgmma", "auto"]
+
+
+#: the binding's names exist in every build of the core (CPU-only ones too)
+needs_types = pytest.mark.skipif(_core is None or not hasattr(_core, "Conv2dProblem"),
+                                 reason="the native core is not built")
+
+
+def conv_problem(case, oh, ow, x_strides, w_strides, y_strides, dtype, out_dtype,
+                 bias_dtype=None, activation=None):
+    """The binding's named Conv2dProblem for a test case (dtypes and activation by name)."""
+    (sh, sw), (dh, dw) = case["stride"], case["dilation"]
+    pad = case["padding"]
+    if isinstance(pad, str):  # the spec resolves "same" / "valid" to top/left pads
+        pad = (0, 0) if pad == "valid" else (
+            (case["dilation"][0] * (case["kh"] - 1)) // 2, (case["dilation"][1] * (case["kw"] - 1)) // 2)
+    dt = _core.DType.__members__
+    return _core.Conv2dProblem(
+        N=case["n"], C=case["c"], H=case["h"], W=case["w"], OC=case["oc"], KH=case["kh"], KW=case["kw"],
+        OH=oh, OW=ow, stride_h=sh, stride_w=sw, pad_top=pad[0], pad_left=pad[1], dil_h=dh, dil_w=dw,
+        groups=case["groups"], x_strides=x_strides, w_strides=w_strides, y_strides=y_strides,
+        in_dtype=dt[dtype], out_dtype=dt[out_dtype], bias_dtype=dt[bias_dtype or out_dtype],
+        activation=_core.Activation.__members__[activation or "none"])
 
 
 def compute_capability() -> tuple[int, int]:
@@ -167,10 +187,9 @@ def run_case(rng, case, *, dtype="float32", out_dtype=None, layout="NHWC", kerne
     """One convolution on the device. Returns (kernel name, error, gaps intact)."""
     out_dtype = out_dtype or {"int8": "int32"}.get(dtype, dtype)
     spec = case_spec(case, dtype, out_dtype, layout, bias, activation)
-    p = spec.param
     n, c, h, w = case["n"], case["c"], case["h"], case["w"]
     oc, kh, kw, g = case["oc"], case["kh"], case["kw"], case["groups"]
-    oh, ow = (spec.out_shape[2:] if layout == "NCHW" else spec.out_shape[1:3])
+    oh, ow = spec.params.spatial(spec.out_shape)
     order = NCHW_ORDER if layout == "NCHW" else NHWC_ORDER
     x = layout_tensor(rng, (n, c, h, w), dtype, order, x_kind)
     wt = layout_tensor(rng, (oc, c // g, kh, kw), dtype,
@@ -184,17 +203,17 @@ def run_case(rng, case, *, dtype="float32", out_dtype=None, layout="NHWC", kerne
                      else rng.standard_normal(oc).astype(NP_DTYPES[bias_dtype]))
     poison = 0x7F if out_dtype == "int32" else 0xFF
     x_item, y_item = x.buf.itemsize, np.dtype(out_np).itemsize
-    (sh, sw), ((pt, _), (pl, _)), (dh, dw) = p["stride"], p["padding"], p["dilation"]
+    problem = conv_problem(case, oh, ow, x.strides, wt.strides, y_strides, dtype, out_dtype,
+                           bias_dtype if bias else None, activation)
+    (pt, _), (pl, _) = spec.params.padding
+    assert (problem.pad_top, problem.pad_left) == (pt, pl)
     with DeviceBuffers() as bufs:
         px, pw = bufs.upload(x.buf), bufs.upload(wt.buf)
         pb = bufs.upload(bias_host) if bias else 0
         py = bufs.alloc(y_size * y_item)
         _core.cuda_memset(py, poison, y_size * y_item, stream)
-        name = _core.cuda_conv2d(
-            px + x.offset * x_item, pw, py + y_off * y_item, pb,
-            (n, c, h, w, oc, kh, kw, oh, ow), (sh, sw, pt, pl, dh, dw, g),
-            x.strides, wt.strides, y_strides, CODE[dtype], CODE[out_dtype],
-            CODE[bias_dtype] if bias else CODE[out_dtype], ACT[activation], stream, kernel=kernel)
+        name = _core.cuda_conv2d(problem, px + x.offset * x_item, pw, py + y_off * y_item, pb,
+                                 stream=stream, kernel=kernel)
         _core.cuda_stream_synchronize(stream)
         y_host = np.empty(y_size, out_np)
         _core.cuda_copy_to_host(y_host.view(np.uint8), py, stream)
@@ -261,10 +280,17 @@ def conv_cases(draw):
 class FakeCore:
     """Host memory standing in for device memory, and `cuda_conv2d` computed in NumPy
     from the documented contract: element strides along (n, c, h, w) for x and y and
-    (oc, c, kh, kw) for w."""
+    (oc, c, kh, kw) for w. The problem description and enums are the built core's own,
+    so the field names the backend uses are checked by the binding itself."""
 
     BUILD_INFO = {"cuda": True}
-    NP = {0: np.float32, 1: np.float16, 2: NP_DTYPES["bfloat16"], 3: np.int8, 4: np.int32}
+    NP = {"float32": np.float32, "float16": np.float16, "bfloat16": NP_DTYPES["bfloat16"],
+          "int8": np.int8, "int32": np.int32}
+
+    def __getattr__(self, name):  # DType, Activation, Conv2dProblem, ...: the real ones
+        if name in ("DType", "Activation", "GemmProblem", "Conv2dProblem"):
+            return getattr(_core, name)
+        raise AttributeError(name)
 
     def __init__(self):
         self.mem, self.next = {}, 4096
@@ -301,24 +327,27 @@ class FakeCore:
     def cuda_stream_synchronize(self, stream=0):
         pass
 
-    def cuda_conv2d(self, x, w, y, bias, dims, params, xs, ws, ys, in_dt, out_dt, bias_dt, act,
-                    stream=0, *, kernel="auto"):
-        n, c, h, wd, oc, kh, kw, oh, ow = dims
-        sh, sw, pt, pl, dh, dw, g = params
+    def cuda_conv2d(self, problem, x, w, y, bias=0, *, stream=0, kernel="auto"):
+        assert isinstance(problem, _core.Conv2dProblem)
+        p = problem
+        n, c, h, wd, oc, kh, kw, oh, ow = p.N, p.C, p.H, p.W, p.OC, p.KH, p.KW, p.OH, p.OW
+        sh, sw, pt, pl, dh, dw, g = p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.groups
+        in_dt, out_dt = self.NP[p.in_dtype.name], self.NP[p.out_dtype.name]
         # bottom / right padding is whatever the output size implies
         pb = (oh - 1) * sh + dh * (kh - 1) + 1 - h - pt
         pr = (ow - 1) * sw + dw * (kw - 1) + 1 - wd - pl
-        xv = np.pad(self._view(x, self.NP[in_dt], (n, c, h, wd), xs),
+        xv = np.pad(self._view(x, in_dt, (n, c, h, wd), p.x_strides),
                     ((0, 0), (0, 0), (pt, max(pb, 0)), (pl, max(pr, 0))))
         xv = xv[:, :, :h + pt + pb, :wd + pl + pr]  # rows past the last window are unused
-        wv = np.ascontiguousarray(self._view(w, self.NP[in_dt], (oc, c // g, kh, kw), ws))
-        bv = self._view(bias, self.NP[bias_dt], (oc,), (1,)) if bias else None
-        ref = conv2d_ref(xv, wv, bv, stride=(sh, sw), dilation=(dh, dw), groups=g,
-                         activation={0: None, 1: "relu", 2: "gelu"}[act])
-        self._view(y, self.NP[out_dt], (n, oc, oh, ow), ys)[...] = ref.astype(self.NP[out_dt])
+        wv = np.ascontiguousarray(self._view(w, in_dt, (oc, c // g, kh, kw), p.w_strides))
+        bv = self._view(bias, self.NP[p.bias_dtype.name], (oc,), (1,)) if bias else None
+        act = None if p.activation.name == "none" else p.activation.name
+        ref = conv2d_ref(xv, wv, bv, stride=(sh, sw), dilation=(dh, dw), groups=g, activation=act)
+        self._view(y, out_dt, (n, oc, oh, ow), p.y_strides)[...] = ref.astype(out_dt)
         return "fake"
 
 
+@needs_types
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_host_marshalling_matches_reference(monkeypatch, layout, dtype):
@@ -561,22 +590,66 @@ def test_errors_become_cuda_errors():
     """Argument checks come before any CUDA call, so they run without a device too."""
     if _core is None or not hasattr(_core, "cuda_conv2d"):
         pytest.skip("this build has no CUDA kernels")
-    dims, params = (1, 4, 8, 8, 4, 3, 3, 6, 6), (1, 1, 0, 0, 1, 1, 3)  # 3 does not divide 4
-    with pytest.raises(_core.CudaError, match="groups"):
-        _core.cuda_conv2d(0, 0, 0, 0, dims, params, (256, 64, 8, 1), (36, 9, 3, 1),
-                          (144, 36, 6, 1), 0, 0, 0, 0)
+    dt = _core.DType
+    base = dict(N=1, C=4, H=8, W=8, OC=4, KH=3, KW=3, OH=6, OW=6, x_strides=(256, 64, 8, 1),
+                w_strides=(36, 9, 3, 1), y_strides=(144, 36, 6, 1), in_dtype=dt.float32,
+                out_dtype=dt.float32)
+    with pytest.raises(_core.CudaError, match="groups"):  # 3 does not divide 4
+        _core.cuda_conv2d(_core.Conv2dProblem(**base, groups=3), 0, 0, 0)
     with pytest.raises(_core.CudaError, match="dtype"):
-        _core.cuda_conv2d(0, 0, 0, 0, dims, params[:6] + (1,), (256, 64, 8, 1), (36, 9, 3, 1),
-                          (144, 36, 6, 1), 0, 1, 0, 0)
+        _core.cuda_conv2d(_core.Conv2dProblem(**{**base, "out_dtype": dt.float16}), 0, 0, 0)
     with pytest.raises(ValueError, match="kernel"):
-        _core.cuda_conv2d(0, 0, 0, 0, dims, params[:6] + (1,), (256, 64, 8, 1), (36, 9, 3, 1),
-                          (144, 36, 6, 1), 0, 0, 0, 0, kernel="winograd")
+        _core.cuda_conv2d(_core.Conv2dProblem(**base), 0, 0, 0, kernel="winograd")
     # 8x8, 3x3, stride 1: OH is 6 with no padding, up to 8 with the implied bottom padding
     # (at most 2 rows); 9 would need more, 5 would drop input rows.
     for oh, ow in [(9, 6), (6, 5), (5, 6)]:
         with pytest.raises(_core.CudaError, match="OH/OW"):
-            _core.cuda_conv2d(0, 0, 0, 0, dims[:7] + (oh, ow), params[:6] + (1,), (256, 64, 8, 1),
-                              (36, 9, 3, 1), (144, 36, 6, 1), 0, 0, 0, 0)
+            _core.cuda_conv2d(_core.Conv2dProblem(**{**base, "OH": oh, "OW": ow}), 0, 0, 0)
+
+
+@needs_types
+def test_problem_fields_are_named():
+    """Conv2dProblem is built by keyword: missing, unknown or ill-typed fields are
+    TypeErrors naming the field; bias_dtype defaults to out_dtype."""
+    dt = _core.DType
+    base = dict(N=2, C=6, H=9, W=7, OC=8, KH=3, KW=2, OH=4, OW=6, x_strides=(378, 1, 42, 6),
+                w_strides=(18, 1, 6, 3), y_strides=(192, 1, 48, 8), in_dtype=dt.bfloat16,
+                out_dtype=dt.float32)
+    p = _core.Conv2dProblem(**base, stride_h=2, dil_w=2, groups=2, pad_left=1,
+                            activation=_core.Activation.gelu)
+    assert (p.N, p.C, p.H, p.W, p.OC, p.KH, p.KW, p.OH, p.OW) == (2, 6, 9, 7, 8, 3, 2, 4, 6)
+    assert (p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w, p.groups) == \
+        (2, 1, 0, 1, 1, 2, 2)
+    assert p.x_strides == (378, 1, 42, 6) and p.w_strides == (18, 1, 6, 3)
+    assert p.bias_dtype == dt.float32 and p.activation == _core.Activation.gelu
+    assert "y_strides=(192, 1, 48, 8)" in repr(p)
+    with pytest.raises(TypeError, match="missing field.*OW"):
+        _core.Conv2dProblem(**{k: v for k, v in base.items() if k != "OW"})
+    with pytest.raises(TypeError, match="unknown field 'dims'"):
+        _core.Conv2dProblem(**base, dims=(1,) * 9)
+    with pytest.raises(TypeError, match="Conv2dProblem.in_dtype"):
+        _core.Conv2dProblem(**{**base, "in_dtype": 2})
+    with pytest.raises(TypeError, match="Conv2dProblem.x_strides"):
+        _core.Conv2dProblem(**{**base, "x_strides": (1, 2, 3)})
+
+
+def test_conv_kernel_names_are_parsed_in_one_place(monkeypatch):
+    """kernel= and LEPTON_ACCEL_CONV_KERNEL share one parser and one list of families;
+    an unknown name is refused before any CUDA call (no device needed)."""
+    if _core is None or not hasattr(_core, "cuda_conv2d"):
+        pytest.skip("this build has no CUDA kernels")
+    assert list(_core.ConvKernel.__members__) == KERNELS[-1:] + KERNELS[:-1]
+    dt = _core.DType
+    p = _core.Conv2dProblem(N=1, C=4, H=8, W=8, OC=4, KH=3, KW=3, OH=6, OW=6, x_strides=(256, 64, 8, 1),
+                            w_strides=(36, 9, 3, 1), y_strides=(144, 36, 6, 1), in_dtype=dt.float32,
+                            out_dtype=dt.float32)
+    with pytest.raises(ValueError, match="kernel must be") as arg_err:
+        _core.cuda_conv2d(p, 0, 0, 0, kernel="winograd")
+    monkeypatch.setenv("LEPTON_ACCEL_CONV_KERNEL", "nonsense")
+    with pytest.raises(_core.CudaError, match="LEPTON_ACCEL_CONV_KERNEL must be") as env_err:
+        _core.cuda_conv2d(p, 0, 0, 0)
+    for err in (arg_err, env_err):
+        assert all(f in str(err.value) for f in _core.ConvKernel.__members__), str(err.value)
 
 
 @gpu

@@ -27,7 +27,8 @@ def gpu(fn):
     return pytest.mark.gpu(pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")(fn))
 
 
-F32, F16, BF16, I8, I32 = 0, 1, 2, 3, 4
+# dtypes and activations by the binding's names (its DType / Activation enums)
+F32, F16, BF16, I8, I32 = "float32", "float16", "bfloat16", "int8", "int32"
 NP_DTYPE = {
     F32: np.float32,
     F16: np.float16,
@@ -35,7 +36,7 @@ NP_DTYPE = {
     I8: np.int8,
     I32: np.int32,
 }
-NONE, RELU, GELU = 0, 1, 2
+NONE, RELU, GELU = "none", "relu", "gelu"
 
 # (name, in dtype, out dtype, tf32, tolerance); tolerance 0 means exact.
 DTYPES = [
@@ -53,6 +54,22 @@ KERNELS = ["generic", "simt", "mma", "wgmma", "auto"]
 
 def compute_capability() -> tuple[int, int]:
     return tuple(_core.cuda_device_props(0)["compute_capability"])
+
+
+def problem(M, N, K, in_dtype, out_dtype, a_strides, b_strides, c_strides, batch=1, activation=NONE,
+            tf32=False):
+    """The binding's named GemmProblem (dtypes and activation looked up by name)."""
+    return _core.GemmProblem(batch=batch, M=M, N=N, K=K, a_strides=a_strides, b_strides=b_strides,
+                             c_strides=c_strides, in_dtype=_core.DType.__members__[in_dtype],
+                             out_dtype=_core.DType.__members__[out_dtype],
+                             activation=_core.Activation.__members__[activation], allow_tf32=tf32)
+
+
+#: the binding's names exist in every build of the core (CPU-only ones too)
+needs_types = pytest.mark.skipif(_core is None or not hasattr(_core, "GemmProblem"),
+                                 reason="the native core is not built")
+needs_cuda_build = pytest.mark.skipif(_core is None or not hasattr(_core, "cuda_gemm"),
+                                      reason="this build has no CUDA kernels")
 
 
 # ---- operands with arbitrary layouts ---------------------------------------------
@@ -147,9 +164,10 @@ def run_case(rng, *, M, N, K, in_dtype, out_dtype, tf32=False, batch=1, a_layout
         pc = bufs.alloc(c.host.nbytes)
         _core.cuda_memset(pc, poison, c.host.nbytes, stream)
         name = _core.cuda_gemm(
+            problem(M, N, K, in_dtype, out_dtype, a.strides, b.strides, c.strides, batch=batch,
+                    activation=activation, tf32=tf32),
             pa + a.offset * item, pb + b.offset * item, pc + c.offset * c.host.itemsize, pbias,
-            batch, M, N, K, a.strides, b.strides, c.strides, in_dtype, out_dtype, activation,
-            tf32, stream, kernel=kernel)
+            stream=stream, kernel=kernel)
         _core.cuda_stream_synchronize(stream)
         _core.cuda_copy_to_host(c.host.view(np.uint8), pc, stream)
 
@@ -369,8 +387,8 @@ def test_generic_runs_more_row_tiles_than_grid_y_allows(rng):
     with DeviceBuffers() as bufs:
         pa, pb = bufs.upload(a), bufs.upload(b)
         pc = bufs.alloc(c.nbytes)
-        name = _core.cuda_gemm(pa, pb, pc, 0, 1, M, N, K, (0, K, 1), (0, N, 1), (0, N, 1),
-                               F32, F32, NONE, False, 0, kernel="generic")
+        name = _core.cuda_gemm(problem(M, N, K, F32, F32, (0, K, 1), (0, N, 1), (0, N, 1)),
+                               pa, pb, pc, kernel="generic")
         _core.cuda_copy_to_host(c, pc)
     assert name == "gemm_generic"
     ref = a.astype(np.float64) @ b.astype(np.float64)
@@ -385,15 +403,61 @@ def test_cuda_error_names_the_call():
         _core.cuda_malloc(1 << 62)  # out of memory (or no driver): refused at once, not sticky
 
 
-def test_int8_gelu_and_unknown_activation_are_refused():
+@needs_cuda_build
+def test_int8_gelu_is_refused():
     """Checked before any CUDA call: the int32 epilogue has no GELU."""
-    if _core is None or not hasattr(_core, "cuda_gemm"):
-        pytest.skip("this build has no CUDA kernels")
-    args = (0, 0, 0, 0, 1, 4, 4, 4, (0, 4, 1), (0, 4, 1), (0, 4, 1))
     with pytest.raises(_core.CudaError, match="GELU"):
-        _core.cuda_gemm(*args, I8, I32, GELU)
-    with pytest.raises(_core.CudaError, match="activation"):
-        _core.cuda_gemm(*args, F32, F32, 7)
+        _core.cuda_gemm(problem(4, 4, 4, I8, I32, (0, 4, 1), (0, 4, 1), (0, 4, 1), activation=GELU),
+                        0, 0, 0)
+
+
+@needs_types
+def test_problem_fields_are_named():
+    """GemmProblem is built by keyword only: a missing or unknown field, or a value of
+    the wrong kind (a bare integer where a DType or Activation goes), is a TypeError
+    naming the field; the repr shows every field."""
+    p = problem(3, 5, 7, BF16, F32, (0, 7, 1), (0, 1, 7), (0, 5, 1), activation=RELU)
+    assert (p.M, p.N, p.K, p.batch) == (3, 5, 7, 1)
+    assert p.b_strides == (0, 1, 7) and p.in_dtype == _core.DType.bfloat16
+    assert p.activation == _core.Activation.relu and p.allow_tf32 is False
+    assert "b_strides=(0, 1, 7)" in repr(p) and set(p.fields) >= {"M", "a_strides", "activation"}
+    with pytest.raises(TypeError, match="missing field.*K"):
+        _core.GemmProblem(M=1, N=1, a_strides=(0, 1, 1), b_strides=(0, 1, 1), c_strides=(0, 1, 1),
+                          in_dtype=_core.DType.float32, out_dtype=_core.DType.float32)
+    full = dict(M=1, N=1, K=1, a_strides=(0, 1, 1), b_strides=(0, 1, 1), c_strides=(0, 1, 1),
+                in_dtype=_core.DType.float32, out_dtype=_core.DType.float32)
+    with pytest.raises(TypeError, match="unknown field 'lda'"):
+        _core.GemmProblem(lda=4, **full)
+    with pytest.raises(TypeError, match="GemmProblem.activation"):
+        _core.GemmProblem(activation=7, **full)
+    with pytest.raises(TypeError, match="GemmProblem.a_strides"):
+        _core.GemmProblem(**{**full, "a_strides": (1, 1)})
+
+
+@needs_types
+def test_enum_names_are_the_package_names():
+    from lepton_accel.dtypes import NAMES
+    from lepton_accel.ops.base import ACTIVATIONS
+
+    assert set(_core.DType.__members__) <= set(NAMES)
+    assert {"float32", "float16", "bfloat16", "int8", "int32"} == set(_core.DType.__members__)
+    assert list(_core.Activation.__members__) == ["none"] + [a for a in ACTIVATIONS if a]
+    assert list(_core.GemmKernel.__members__) == KERNELS[-1:] + KERNELS[:-1]
+
+
+@needs_cuda_build
+def test_kernel_names_are_parsed_in_one_place(monkeypatch):
+    """The kernel= argument and LEPTON_ACCEL_GEMM_KERNEL are read by one parser: an unknown
+    name is refused before any CUDA call, with every family named (no device needed)."""
+    p = problem(4, 4, 4, F32, F32, (0, 4, 1), (0, 4, 1), (0, 4, 1))
+    families = list(_core.GemmKernel.__members__)
+    with pytest.raises(ValueError, match="kernel must be") as arg_err:
+        _core.cuda_gemm(p, 0, 0, 0, kernel="winograd")
+    monkeypatch.setenv("LEPTON_ACCEL_GEMM_KERNEL", "fastest")
+    with pytest.raises(_core.CudaError, match="LEPTON_ACCEL_GEMM_KERNEL must be") as env_err:
+        _core.cuda_gemm(p, 0, 0, 0)
+    for err in (arg_err, env_err):
+        assert all(f"{f}" in str(err.value) for f in families), str(err.value)
 
 
 def test_host_copies_refuse_strided_buffers():
@@ -412,9 +476,16 @@ def test_host_copies_refuse_strided_buffers():
 class FakeGemmCore:
     """`_core`'s memory and `cuda_gemm` as documented, on NumPy: host buffers go through
     the buffer protocol (as pybind11's py::buffer does), and every element a GEMM reads
-    or writes must lie inside one allocation."""
+    or writes must lie inside one allocation. The problem descriptions and enums are the
+    built core's own, so the names the backend uses are checked by the binding itself."""
 
     NP = {F32: np.float32, F16: np.float16, BF16: NP_DTYPE[BF16], I8: np.int8, I32: np.int32}
+    BUILD_INFO = {"cuda": True}
+
+    def __getattr__(self, name):  # DType, Activation, GemmProblem, ...: the real ones
+        if name in ("DType", "Activation", "GemmProblem", "Conv2dProblem"):
+            return getattr(_core, name)
+        raise AttributeError(name)
 
     def __init__(self):
         self.mem, self.next = {}, 1 << 20
@@ -464,19 +535,20 @@ class FakeGemmCore:
         return np.lib.stride_tricks.as_strided(flat[start:], (batch, rows, cols),
                                                tuple(s * item for s in strides))
 
-    def cuda_gemm(self, a, b, c, bias, batch, M, N, K, a_strides, b_strides, c_strides,
-                  in_dtype, out_dtype, activation, allow_tf32=False, stream=0, *, kernel="auto"):
-        sa, sb, sc = a_strides, b_strides, c_strides
-        A = self._matrix(a, self.NP[in_dtype], batch, M, K, sa, "a").astype(np.float64)
-        B = self._matrix(b, self.NP[in_dtype], batch, K, N, sb, "b").astype(np.float64)
+    def cuda_gemm(self, problem, a, b, c, bias=0, *, stream=0, kernel="auto"):
+        assert isinstance(problem, _core.GemmProblem)
+        pr, batch, M, N, K = problem, problem.batch, problem.M, problem.N, problem.K
+        in_dt, out_dt = self.NP[pr.in_dtype.name], self.NP[pr.out_dtype.name]
+        A = self._matrix(a, in_dt, batch, M, K, pr.a_strides, "a").astype(np.float64)
+        B = self._matrix(b, in_dt, batch, K, N, pr.b_strides, "b").astype(np.float64)
         ref = np.matmul(A, B)
         if bias:
-            ref = ref + self._matrix(bias, self.NP[out_dtype], 1, 1, N, (0, 0, 1), "bias")[0, 0]
-        if activation == RELU:
+            ref = ref + self._matrix(bias, out_dt, 1, 1, N, (0, 0, 1), "bias")[0, 0]
+        if pr.activation.name == RELU:
             ref = np.maximum(ref, 0)
-        elif activation == GELU:
+        elif pr.activation.name == GELU:
             ref = _gelu(ref)
-        self._matrix(c, self.NP[out_dtype], batch, M, N, sc, "c")[...] = ref.astype(self.NP[out_dtype])
+        self._matrix(c, out_dt, batch, M, N, pr.c_strides, "c")[...] = ref.astype(out_dt)
         return "fake"
 
 
@@ -496,6 +568,7 @@ HOST_CASES = [  # (a shape, b shape)
 ]
 
 
+@needs_types
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
 @pytest.mark.parametrize("shapes", HOST_CASES, ids=lambda s: f"{s[0]}@{s[1]}")
 def test_host_marshalling_matches_reference(monkeypatch, dtype, shapes):
@@ -532,6 +605,7 @@ def test_host_marshalling_matches_reference(monkeypatch, dtype, shapes):
         np.testing.assert_allclose(out.astype(np.float64), ref, rtol=2e-2, atol=2e-2)
 
 
+@needs_types
 def test_device_batch_with_expanded_operand(monkeypatch):
     """A device operand broadcast by a zero stride over an outer batch dim, next to an
     extent-1 batch dim, must not be collapsed into one batch stride (that would read
@@ -569,6 +643,7 @@ def test_collapse_skips_extent_one_batch_dims():
     assert _collapse((1, 1), [[5, 9]]) == [0]
 
 
+@needs_types
 def test_device_bias_must_be_contiguous(monkeypatch):
     """The kernels read the bias with unit stride; a strided device bias is refused."""
     from lepton_accel.arrays import ArrayView

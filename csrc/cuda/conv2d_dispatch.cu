@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include "cuda/conv2d_common.cuh"
 #include "cuda/conv2d_wgmma_sm90.h"
+#include "cuda/kernel_family.h"
 
 namespace lepton {
 namespace {
@@ -49,19 +50,6 @@ DeviceInfo device_info() {
   info.wgmma = info.cc == 90 && conv2d_wgmma_sm90_compiled();
   cache.emplace(dev, info);
   return info;
-}
-
-ConvKernel requested_kernel(ConvKernel k) {
-  if (k != ConvKernel::auto_) return k;
-  const char* env = std::getenv("LEPTON_ACCEL_CONV_KERNEL");
-  if (!env || !*env || std::strcmp(env, "auto") == 0) return ConvKernel::auto_;
-  if (std::strcmp(env, "generic") == 0) return ConvKernel::generic;
-  if (std::strcmp(env, "depthwise") == 0) return ConvKernel::depthwise;
-  if (std::strcmp(env, "mma") == 0) return ConvKernel::mma;
-  if (std::strcmp(env, "wgmma") == 0) return ConvKernel::wgmma;
-  throw CudaError(
-      std::string("LEPTON_ACCEL_CONV_KERNEL must be auto, generic, depthwise, mma or wgmma, not '") + env +
-      "'");
 }
 
 // Device memory for one call, ordered on the call's stream: freed on that stream

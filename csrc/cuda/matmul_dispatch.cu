@@ -3,11 +3,11 @@
 // -> generic. Each fast path states exactly what it needs (dtype, unit strides,
 // 16-byte alignment); anything else falls through to a path that needs less.
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 #include "cuda/matmul_common.cuh"
+#include "cuda/kernel_family.h"
 #include "cuda/matmul_kernels.h"
 
 namespace lepton {
@@ -33,18 +33,6 @@ int device_cc() {
   const int cc = major * 10 + minor;
   cache.emplace(dev, cc);
   return cc;
-}
-
-GemmKernel requested_kernel(GemmKernel k) {
-  if (k != GemmKernel::auto_) return k;
-  const char* env = std::getenv("LEPTON_ACCEL_GEMM_KERNEL");
-  if (!env || !*env || std::strcmp(env, "auto") == 0) return GemmKernel::auto_;
-  if (std::strcmp(env, "generic") == 0) return GemmKernel::generic;
-  if (std::strcmp(env, "simt") == 0) return GemmKernel::simt;
-  if (std::strcmp(env, "mma") == 0) return GemmKernel::mma;
-  if (std::strcmp(env, "wgmma") == 0) return GemmKernel::wgmma;
-  throw CudaError(std::string("LEPTON_ACCEL_GEMM_KERNEL must be auto, generic, simt, mma or wgmma, not '") +
-                  env + "'");
 }
 
 GemmProblem to_problem(const GemmArgs& g) {

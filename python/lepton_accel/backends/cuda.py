@@ -21,8 +21,16 @@ from ..perf import DEVICES, MODEL, cuda_model
 from ..ops import OpSpec
 from .base import Backend, RunStats
 
-_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3, "int32": 4}
-_ACTIVATION_CODE = {None: 0, "relu": 1, "gelu": 2}
+
+
+def _dtype(name: str):
+    """The binding's DType for a dtype name ("float16", ...)."""
+    return core.DType.__members__[name]
+
+
+def _activation(name: str | None):
+    """The binding's Activation for an activation name (None: none)."""
+    return core.Activation.__members__[name or "none"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,7 +154,7 @@ class CudaBackend(Backend):
             return False, why
         if spec.op not in self.kernels:
             return False, f"no {spec.op} kernel on the cuda backend"
-        if spec.dtype not in _DTYPE_CODE:
+        if spec.dtype not in core.DType.__members__:
             return False, f"{spec.dtype} operands have no CUDA kernel (int8 is the integer type)"
         devices = {v.device for v in operands or () if not v.is_host}
         if len(devices) > 1:
@@ -230,27 +238,24 @@ class CudaBackend(Backend):
         b_b = _batch_strides(b_shape, b_str, batch_shape)
         c_b = list(c_contig[:-2])
         bias_ptr = ptrs[2] if spec.bias else 0
-        common = dict(M=M, N=N, K=K, in_dtype=_DTYPE_CODE[spec.dtype],
-                      out_dtype=_DTYPE_CODE[spec.out_dtype],
-                      activation=_ACTIVATION_CODE[spec.activation],
-                      allow_tf32=spec.params.allow_tf32, stream=stream)
+        problem = dict(M=M, N=N, K=K, in_dtype=_dtype(spec.dtype), out_dtype=_dtype(spec.out_dtype),
+                       activation=_activation(spec.activation), allow_tf32=spec.params.allow_tf32)
         itemsize = {"a": DTYPES[spec.dtype].itemsize, "c": DTYPES[spec.out_dtype].itemsize}
         collapsed = _collapse(batch_shape, [a_b, b_b, c_b]) if batch_shape else [0, 0, 0]
         if collapsed is not None:
             batch = int(np.prod(batch_shape)) if batch_shape else 1
             return core.cuda_gemm(
-                ptrs[0], ptrs[1], c_ptr, bias_ptr, batch=batch,
-                a_strides=(collapsed[0], a_str[-2], a_str[-1]),
-                b_strides=(collapsed[1], b_str[-2], b_str[-1]),
-                c_strides=(collapsed[2], N, 1), **common)
+                core.GemmProblem(batch=batch, a_strides=(collapsed[0], a_str[-2], a_str[-1]),
+                                 b_strides=(collapsed[1], b_str[-2], b_str[-1]),
+                                 c_strides=(collapsed[2], N, 1), **problem),
+                ptrs[0], ptrs[1], c_ptr, bias_ptr, stream=stream)
+        one = core.GemmProblem(batch=1, a_strides=(0, a_str[-2], a_str[-1]),
+                               b_strides=(0, b_str[-2], b_str[-1]), c_strides=(0, N, 1), **problem)
         name = ""
         for idx in itertools.product(*(range(n) for n in batch_shape)):  # uncollapsible batch
             off = [sum(i * s for i, s in zip(idx, st)) for st in (a_b, b_b, c_b)]
-            name = core.cuda_gemm(
-                ptrs[0] + off[0] * itemsize["a"], ptrs[1] + off[1] * itemsize["a"],
-                c_ptr + off[2] * itemsize["c"], bias_ptr, batch=1,
-                a_strides=(0, a_str[-2], a_str[-1]), b_strides=(0, b_str[-2], b_str[-1]),
-                c_strides=(0, N, 1), **common)
+            name = core.cuda_gemm(one, ptrs[0] + off[0] * itemsize["a"], ptrs[1] + off[1] * itemsize["a"],
+                                  c_ptr + off[2] * itemsize["c"], bias_ptr, stream=stream)
         return name
 
     # ---- conv2d ----------------------------------------------------------------------
@@ -307,8 +312,10 @@ class CudaBackend(Backend):
             ys = (y_contig[0], y_contig[3], y_contig[1], y_contig[2])
         oc, _, kh, kw = w_shape
         (sh, sw), ((pt, _), (pl, _)), (dh, dw) = p.stride, p.padding, p.dilation
-        return core.cuda_conv2d(
-            x_ptr, w_ptr, y_ptr, bias_ptr, (n, c, h, w, oc, kh, kw, oh, ow),
-            (sh, sw, pt, pl, dh, dw, p.groups), xs, tuple(w_strides), ys,
-            _DTYPE_CODE[spec.dtype], _DTYPE_CODE[spec.out_dtype], _DTYPE_CODE[bias_dtype],
-            _ACTIVATION_CODE[spec.activation], stream)
+        problem = core.Conv2dProblem(
+            N=n, C=c, H=h, W=w, OC=oc, KH=kh, KW=kw, OH=oh, OW=ow,
+            stride_h=sh, stride_w=sw, pad_top=pt, pad_left=pl, dil_h=dh, dil_w=dw, groups=p.groups,
+            x_strides=xs, w_strides=tuple(w_strides), y_strides=ys,
+            in_dtype=_dtype(spec.dtype), out_dtype=_dtype(spec.out_dtype),
+            bias_dtype=_dtype(bias_dtype), activation=_activation(spec.activation))
+        return core.cuda_conv2d(problem, x_ptr, w_ptr, y_ptr, bias_ptr, stream=stream)
