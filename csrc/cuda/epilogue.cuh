@@ -28,9 +28,10 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * x * x * x)));
 }
 
+// ReLU keeps NaN (as np.maximum and PyTorch do): only values below zero become zero.
 __device__ __forceinline__ float apply_activation(float x, Activation act) {
   switch (act) {
-    case Activation::relu: return x > 0.0f ? x : 0.0f;
+    case Activation::relu: return x < 0.0f ? 0.0f : x;
     case Activation::gelu_tanh: return gelu_tanh(x);
     default: return x;
   }
