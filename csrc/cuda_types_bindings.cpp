@@ -133,6 +133,8 @@ void register_cuda_types(py::module_& m) {
       .value("gelu", Activation::gelu_tanh);
   bind_kernel_families<GemmKernel>(m, "GemmKernel", "Matrix-multiply kernel families (kernel= names).");
   bind_kernel_families<ConvKernel>(m, "ConvKernel", "Convolution kernel families (kernel= names).");
+  bind_kernel_families<ConvGradKernel>(m, "ConvGradKernel",
+                                       "Convolution-gradient kernel families (kernel= names).");
 
   Described<GemmArgs>(m, "GemmProblem",
                       "C[b] = act(A[b] @ B[b] + bias) for b < batch: sizes, element strides along (batch, row,\n"
@@ -154,7 +156,8 @@ void register_cuda_types(py::module_& m) {
   Described<Conv2dArgs>(m, "Conv2dProblem",
                         "y = act(conv2d(x, w) + bias), PyTorch's cross-correlation, described by logical sizes\n"
                         "and element strides along (n, c, h, w) for x and y and (oc, c/groups, kh, kw) for w, so\n"
-                        "any layout works. The bottom/right padding is implied by OH/OW.")
+                        "any layout works. The bottom/right padding is implied by OH/OW. The gradient entry\n"
+                        "points take the same description (out_dtype: the dtype of their result).")
       .field("N", &Conv2dArgs::N, "batch")
       .field("C", &Conv2dArgs::C, "input channels")
       .field("H", &Conv2dArgs::H, "input height")

@@ -10,6 +10,9 @@ that would put it on a slow path:
   - the sm_80 tensor-core kernels issue HMMA (IMMA for int8) fed by LDGSTS (cp.async);
   - the float32 SIMT kernel accumulates with FFMA and never touches the tensor cores
     (its contract is exact float32);
+  - the conv2d gradient kernels accumulate in float32 FFMA on the CUDA cores (no tensor
+    core), the SIMT ones from shared-memory tiles, the split-K grad-weight one adding its
+    partial sums with a global reduction (RED / REDG on sm_90);
   - no kernel keeps data in local memory (LDL/STL: a spilled or run-time-indexed
     register array), which is what "no spills" in the ptxas report must mean.
 
@@ -127,7 +130,26 @@ RULES = [
     ("implicit-GEMM conv f16/bf16", r"conv2d_igemm_kernel" + F16_LIKE, ARCHS, {"HMMA", "LDGSTS"}, set()),
     ("implicit-GEMM conv int8", r"conv2d_igemm_kernelIa", ARCHS, {"IMMA", "LDGSTS"}, {"HMMA"}),
     ("SIMT float32 GEMM", r"gemm_simt_f32_kernel", ARCHS, {"FFMA"}, {"HMMA", "HGMMA"}),
+    ("conv2d grad-input SIMT", r"conv2d_grad_simt_kernel.*GradInputOp", ARCHS, {"FFMA", "LDS", "STS", "BAR"},
+     {"HMMA", "HGMMA", "RED", "REDG", "ATOM", "ATOMG"}),
+    ("conv2d grad-input direct", r"grad_input_generic_kernel", ARCHS, {"FFMA"}, {"HMMA", "HGMMA"}),
+    ("conv2d grad-weight direct", r"grad_weight_generic_kernel", ARCHS, {"FFMA", "SHFL"}, {"HMMA", "HGMMA"}),
 ]
+
+
+def _grad_weight_simt(sass, arch):
+    return select(sass, arch, r"conv2d_grad_simt_kernel.*GradWeightOp")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_grad_weight_simt_reduces_in_global_memory(sass, arch):
+    """Its K splits add into the float32 workspace: a fire-and-forget reduction (RED on
+    sm_80, REDG on sm_90), never a returning atomic, and FFMA from shared tiles."""
+    found = _grad_weight_simt(sass, arch)
+    assert len(found) == 3, f"expected f32/f16/bf16 instantiations, got {sorted(found)}"
+    for name, ops in found.items():
+        assert {"FFMA", "LDS", "STS", "BAR"} <= ops, name
+        assert ops & {"RED", "REDG"} and not ops & {"ATOM", "ATOMG", "HMMA", "HGMMA"}, (name, sorted(ops))
 
 
 @pytest.mark.parametrize("family,pattern,archs,required,forbidden", RULES, ids=[r[0] for r in RULES])

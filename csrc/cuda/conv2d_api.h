@@ -42,4 +42,24 @@ struct Conv2dArgs {
 // kernel's name ("empty" when the output has no elements).
 std::string conv2d(const Conv2dArgs& args);
 
+// ---- gradients of conv2d (conv2d_grad.cu) ----------------------------------------
+// The same problem description as the forward convolution y = conv2d(x, w), the
+// pointers taking the gradients' roles; no bias and no activation (args.bias must be 0,
+// args.activation none). in_dtype is the operands' dtype (f32, f16 or bf16, float32
+// accumulation), out_dtype the result's (the same or f32). args.kernel is not read.
+//   generic  direct: one thread per dx element / one block per dw element, any case
+//   simt     implicit GEMM tiles on the CUDA cores (float32 FMA); the dispatcher takes
+//            it when the GEMM is wide enough to fill the tiles
+// auto picks (LEPTON_ACCEL_CONV_GRAD_KERNEL may name a family); simt falls back to
+// generic when the problem's indices do not fit its 32-bit decompositions.
+enum class ConvGradKernel : int { auto_ = 0, generic = 1, simt = 2 };
+
+// dx(n, c, h, w) = sum over (oc, kh, kw) of dy(n, oc, oh, ow) * w(oc, c mod C/g, kh, kw),
+// where h = oh*stride_h - pad_top + kh*dil_h and w likewise. Reads args.y (dy) and
+// args.w, writes args.x (dx, every element).
+std::string conv2d_grad_input(const Conv2dArgs& args, ConvGradKernel kernel);
+// dw(oc, c, kh, kw) = sum over (n, oh, ow) of dy(n, oc, oh, ow) * x(n, g*C/g + c, h, w).
+// Reads args.x and args.y (dy), writes args.w (dw, every element).
+std::string conv2d_grad_weight(const Conv2dArgs& args, ConvGradKernel kernel);
+
 }  // namespace lepton

@@ -45,6 +45,90 @@ __device__ __forceinline__ TOut conv_epilogue(TAcc v, const void* bias, DType bi
   return from_acc<TOut>(apply_activation(v, act));
 }
 
+// ---- the device and per-call memory ---------------------------------------------------
+// What the dispatchers ask of the current device, queried once per device
+// (conv2d_dispatch.cu).
+struct DeviceInfo {
+  int cc = 0;
+  bool mem_pools = false;
+  int sm_count = 0;
+  bool wgmma = false;  // cc 9.0 and this build holds the kernel's sm_90a code
+};
+
+DeviceInfo device_info();
+
+// Device memory for one call, ordered on the call's stream: freed on that stream
+// after the kernels that use it, so the caller's stream never waits for the host.
+class Workspace {
+ public:
+  Workspace(std::size_t bytes, cudaStream_t stream, bool pools) : stream_(stream), pools_(pools) {
+    if (bytes == 0) return;
+    if (pools_) check_cuda(cudaMallocAsync(&ptr_, bytes, stream_), "cudaMallocAsync(conv2d workspace)");
+    else check_cuda(cudaMalloc(&ptr_, bytes), "cudaMalloc(conv2d workspace)");
+  }
+  ~Workspace() {
+    if (!ptr_) return;
+    if (pools_) {
+      cudaFreeAsync(ptr_, stream_);
+    } else {
+      cudaStreamSynchronize(stream_);
+      cudaFree(ptr_);
+    }
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  char* get() const { return static_cast<char*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+  bool pools_;
+};
+
+// ---- argument checks shared by the convolution and its gradients ----------------------
+// Sizes, kernel, stride, dilation, groups and OH/OW; every extent the kernels form from
+// them stays far inside int64. Throws CudaError("<op>: ...").
+inline void check_geometry(const Conv2dArgs& a, const char* op) {
+  const std::string name(op);
+  for (int64_t v : {a.N, a.C, a.H, a.W, a.OC, a.OH, a.OW, a.pad_top, a.pad_left})
+    if (v < 0) throw CudaError(name + ": negative size or padding");
+  if (a.KH < 1 || a.KW < 1 || a.stride_h < 1 || a.stride_w < 1 || a.dil_h < 1 || a.dil_w < 1 || a.groups < 1)
+    throw CudaError(name + ": kernel size, stride, dilation and groups must be at least 1");
+  if (a.C % a.groups != 0 || a.OC % a.groups != 0)
+    throw CudaError(name + ": groups must divide the input and output channels");
+  // Below 2**62 each (and their products with the output extent) leave int64 headroom.
+  constexpr int64_t kLimit = int64_t(1) << 62;
+  auto small = [&](int64_t v, int64_t times) { return times <= 1 || v <= kLimit / times; };
+  for (int64_t v : {a.N, a.C, a.H, a.W, a.OC, a.OH, a.OW, a.KH, a.KW, a.pad_top, a.pad_left})
+    if (v > (int64_t(1) << 40)) throw CudaError(name + ": a size or padding beyond 2**40");
+  if (!small(a.stride_h, a.OH) || !small(a.stride_w, a.OW) || !small(a.dil_h, a.KH) || !small(a.dil_w, a.KW))
+    throw CudaError(name + ": stride or dilation beyond the 64-bit index range");
+  // The bottom/right padding is implied by OH/OW; like the top/left one it may be at
+  // most the dilated kernel extent minus one, which bounds OH/OW on both sides.
+  auto out_ok = [](int64_t out, int64_t in, int64_t pad, int64_t k, int64_t dil, int64_t stride) {
+    const int64_t ext = dil * (k - 1) + 1, span = in + pad;
+    const int64_t lo = span >= ext ? (span - ext) / stride + 1 : 1, hi = (span - 1) / stride + 1;
+    return out == 0 || (span >= 1 && out >= lo && out <= hi);
+  };
+  if (!out_ok(a.OH, a.H, a.pad_top, a.KH, a.dil_h, a.stride_h) ||
+      !out_ok(a.OW, a.W, a.pad_left, a.KW, a.dil_w, a.stride_w))
+    throw CudaError(name + ": OH/OW do not follow from the input size, kernel, stride, dilation and padding");
+}
+
+// The stride of a dimension of extent 1 is never used: give it a value that the layout
+// checks accept (1 for channels, 0 elsewhere), as DLPack producers differ.
+inline void normalise_strides(Conv2dArgs& a) {
+  const int64_t xd[4] = {a.N, a.C, a.H, a.W}, wd[4] = {a.OC, a.C / a.groups, a.KH, a.KW},
+                yd[4] = {a.N, a.OC, a.OH, a.OW};
+  auto one = [](int64_t (&s)[4], const int64_t (&dims)[4]) {
+    for (int i = 0; i < 4; ++i)
+      if (dims[i] == 1) s[i] = (i == 1) ? 1 : 0;
+  };
+  one(a.xs, xd);
+  one(a.ws, wd);
+  one(a.ys, yd);
+}
+
 // ---- host entry points of the kernel families ---------------------------------------
 // Each one launches on args.stream and returns its kernel's name; the preconditions
 // are the dispatcher's job (stated next to each).

@@ -16,14 +16,6 @@
 #include "cuda/kernel_family.h"
 
 namespace lepton {
-namespace {
-
-struct DeviceInfo {
-  int cc = 0;
-  bool mem_pools = false;
-  int sm_count = 0;
-  bool wgmma = false;  // cc 9.0 and this build holds the kernel's sm_90a code
-};
 
 DeviceInfo device_info() {
   static std::mutex mu;
@@ -52,33 +44,7 @@ DeviceInfo device_info() {
   return info;
 }
 
-// Device memory for one call, ordered on the call's stream: freed on that stream
-// after the kernels that use it, so the caller's stream never waits for the host.
-class Workspace {
- public:
-  Workspace(std::size_t bytes, cudaStream_t stream, bool pools) : stream_(stream), pools_(pools) {
-    if (bytes == 0) return;
-    if (pools_) check_cuda(cudaMallocAsync(&ptr_, bytes, stream_), "cudaMallocAsync(conv2d workspace)");
-    else check_cuda(cudaMalloc(&ptr_, bytes), "cudaMalloc(conv2d workspace)");
-  }
-  ~Workspace() {
-    if (!ptr_) return;
-    if (pools_) {
-      cudaFreeAsync(ptr_, stream_);
-    } else {
-      cudaStreamSynchronize(stream_);
-      cudaFree(ptr_);
-    }
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  char* get() const { return static_cast<char*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-  bool pools_;
-};
+namespace {
 
 bool mma_dtype_ok(const Conv2dArgs& a) {
   switch (a.in_dtype) {
@@ -185,13 +151,6 @@ std::string run_wgmma(const Conv2dArgs& a, const DeviceInfo& dev) {
   return name + ops.suffix();
 }
 
-// The stride of a dimension of extent 1 is never used: give it a value that the
-// layout checks accept (1 for channels, 0 elsewhere), as DLPack producers differ.
-void normalise(int64_t (&s)[4], const int64_t (&dims)[4]) {
-  for (int i = 0; i < 4; ++i)
-    if (dims[i] == 1) s[i] = (i == 1) ? 1 : 0;
-}
-
 bool bias_dtype_ok(DType out, DType bias) {
   if (out == DType::i32) return bias == DType::i32;
   return bias == DType::f32 || bias == DType::f16 || bias == DType::bf16;
@@ -201,35 +160,13 @@ bool bias_dtype_ok(DType out, DType bias) {
 
 std::string conv2d(const Conv2dArgs& in) {
   Conv2dArgs a = in;
-  for (int64_t v : {a.N, a.C, a.H, a.W, a.OC, a.OH, a.OW, a.pad_top, a.pad_left})
-    if (v < 0) throw CudaError("conv2d: negative size or padding");
-  if (a.KH < 1 || a.KW < 1 || a.stride_h < 1 || a.stride_w < 1 || a.dil_h < 1 || a.dil_w < 1 ||
-      a.groups < 1)
-    throw CudaError("conv2d: kernel size, stride, dilation and groups must be at least 1");
-  if (a.C % a.groups != 0 || a.OC % a.groups != 0)
-    throw CudaError("conv2d: groups must divide the input and output channels");
+  check_geometry(a, "conv2d");
   if (!(a.in_dtype == DType::f32 && a.out_dtype == DType::f32) && !mma_dtype_ok(a))
     throw CudaError("conv2d: unsupported dtype combination");
   if (a.bias && !bias_dtype_ok(a.out_dtype, a.bias_dtype))
     throw CudaError("conv2d: bias dtype does not fit the output dtype");
-  // The bottom/right padding is implied by OH/OW; like the top/left one it may be at
-  // most the dilated kernel extent minus one, which bounds OH/OW on both sides.
-  auto out_ok = [](int64_t out, int64_t in, int64_t pad, int64_t k, int64_t dil, int64_t stride) {
-    const int64_t ext = dil * (k - 1) + 1, span = in + pad;
-    const int64_t lo = span >= ext ? (span - ext) / stride + 1 : 1, hi = (span - 1) / stride + 1;
-    return out == 0 || (span >= 1 && out >= lo && out <= hi);
-  };
-  if (!out_ok(a.OH, a.H, a.pad_top, a.KH, a.dil_h, a.stride_h) ||
-      !out_ok(a.OW, a.W, a.pad_left, a.KW, a.dil_w, a.stride_w))
-    throw CudaError("conv2d: OH/OW do not follow from the input size, kernel, stride, dilation and padding");
   if (a.N == 0 || a.OC == 0 || a.OH == 0 || a.OW == 0) return "empty";
-  {
-    const int64_t xd[4] = {a.N, a.C, a.H, a.W}, wd[4] = {a.OC, a.C / a.groups, a.KH, a.KW},
-                  yd[4] = {a.N, a.OC, a.OH, a.OW};
-    normalise(a.xs, xd);
-    normalise(a.ws, wd);
-    normalise(a.ys, yd);
-  }
+  normalise_strides(a);
 
   // A forced family that cannot run the problem falls down the chain
   // wgmma -> mma -> generic; depthwise -> generic.

@@ -41,6 +41,16 @@ struct KernelFamilies<ConvKernel> {
   }};
 };
 
+template <>
+struct KernelFamilies<ConvGradKernel> {
+  static constexpr const char* env = "LEPTON_ACCEL_CONV_GRAD_KERNEL";
+  static constexpr std::array<std::pair<const char*, ConvGradKernel>, 3> names{{
+      {"auto", ConvGradKernel::auto_},
+      {"generic", ConvGradKernel::generic},
+      {"simt", ConvGradKernel::simt},
+  }};
+};
+
 // "auto, generic, simt, mma or wgmma"
 template <typename Kernel>
 std::string kernel_choices() {
