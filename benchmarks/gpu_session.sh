@@ -6,7 +6,8 @@
 #                                        dtype (a table that isolates a broken path);
 #                                        then the whole GPU test suite
 #   benchmarks/gpu_session.sh sanitize   build; memcheck, racecheck and synccheck over
-#                                        the representative launches of both ops
+#                                        the representative launches of matmul, conv2d
+#                                        and the conv2d gradients
 #   benchmarks/gpu_session.sh bench      build; matmul vs cuBLAS and conv2d vs cuDNN;
 #                                        the tables (device, date, command, commit) go
 #                                        to $OUT, to be kept in benchmarks/results/
@@ -47,25 +48,27 @@ check() {
   local m=$?
   $PY benchmarks/sanitize_cuda_conv.py >"$OUT/smoke_conv.txt" 2>&1
   local c=$?
+  $PY benchmarks/sanitize_cuda_conv_grad.py >"$OUT/smoke_conv_grad.txt" 2>&1
+  local g=$?
   log "GPU tests"
   timeout 420 $PY -m pytest -m "gpu and not slow" -p no:cacheprovider -q -rf --maxfail=200 \
-    tests/test_cuda_matmul.py tests/test_cuda_conv2d.py tests/test_interop.py \
+    tests/test_cuda_matmul.py tests/test_cuda_conv2d.py tests/test_cuda_conv2d_grad.py tests/test_interop.py \
     >"$OUT/pytest_gpu.txt" 2>&1
   local p=$?
-  grep -c '^ok' "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt"
-  grep -h '^FAIL' "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt" | head -40
-  tail -n 3 "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt"
+  grep -c '^ok' "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt" "$OUT/smoke_conv_grad.txt"
+  grep -h '^FAIL' "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt" "$OUT/smoke_conv_grad.txt" | head -40
+  tail -n 3 "$OUT/smoke_matmul.txt" "$OUT/smoke_conv.txt" "$OUT/smoke_conv_grad.txt"
   grep -E '^(FAILED|ERROR)' "$OUT/pytest_gpu.txt" | cut -c1-200 | head -40
   tail -n 2 "$OUT/pytest_gpu.txt"
-  echo "check: smoke matmul rc=$m, smoke conv rc=$c, pytest rc=$p"
-  [ $m -eq 0 ] && [ $c -eq 0 ] && [ $p -eq 0 ] || status=1
+  echo "check: smoke matmul rc=$m, smoke conv rc=$c, smoke conv grad rc=$g, pytest rc=$p"
+  [ $m -eq 0 ] && [ $c -eq 0 ] && [ $g -eq 0 ] && [ $p -eq 0 ] || status=1
 }
 
 sanitize() {
   build
   local rc=0
   for tool in memcheck racecheck synccheck; do
-    for script in sanitize_cuda sanitize_cuda_conv; do
+    for script in sanitize_cuda sanitize_cuda_conv sanitize_cuda_conv_grad; do
       log "compute-sanitizer --tool $tool $script"
       timeout 280 compute-sanitizer --tool "$tool" --error-exitcode 3 $PY "benchmarks/$script.py" \
         >"$OUT/${tool}_${script}.txt" 2>&1

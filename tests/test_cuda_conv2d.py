@@ -370,7 +370,7 @@ def test_host_marshalling_matches_reference(monkeypatch, layout, dtype):
                        dilation=(1, 2), groups=2, layout=layout, activation="relu",
                        out_dtype=out_dtype)
     views = [as_view(x, "x"), as_view(w, "w"), as_view(bias, "bias")]
-    out = cuda_backend.CudaBackend()._conv2d_host(spec, views)
+    out = cuda_backend.CudaBackend()._conv_host(spec, views)
     ref = conv2d_ref(x, w, bias, stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2,
                      layout=layout, activation="relu")
     assert out.shape == ref.shape

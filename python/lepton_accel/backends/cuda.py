@@ -8,9 +8,10 @@ on the same device, so it comes back as the caller's kind of array.
 from __future__ import annotations
 
 import contextlib
-import time
 import functools
 import itertools
+import math
+import time
 
 import numpy as np
 
@@ -156,6 +157,13 @@ class CudaBackend(Backend):
             return False, f"no {spec.op} kernel on the cuda backend"
         if spec.dtype not in core.DType.__members__:
             return False, f"{spec.dtype} operands have no CUDA kernel (int8 is the integer type)"
+        if spec.op in _CONV_ROLES:
+            geo = _conv_geometry(spec)
+            big = [k for k in ("stride_h", "stride_w", "pad_top", "pad_left", "dil_h", "dil_w")
+                   if geo[k] >= _PARAM_LIMIT]
+            if big:
+                return False, (f"{', '.join(big)} beyond the CUDA kernels' index range "
+                               f"(at most {_PARAM_LIMIT - 1} where it matters)")
         devices = {v.device for v in operands or () if not v.is_host}
         if len(devices) > 1:
             return False, f"operands are on different devices: {sorted(devices)}"
@@ -185,15 +193,17 @@ class CudaBackend(Backend):
             out = self._matmul_device(spec, operands)
         return out, RunStats("cuda", time.perf_counter() - t0, _stats_device())
 
-    def _run_conv2d(self, spec: OpSpec, operands: list[ArrayView]):
+    def _run_conv(self, spec: OpSpec, operands: list[ArrayView]):
+        """conv2d and both of its gradients: one host round trip, one device path."""
         t0 = time.perf_counter()
         if operands[0].is_host:
-            out = to_caller_kind(self._conv2d_host(spec, operands), operands[0].origin)
+            out = to_caller_kind(self._conv_host(spec, operands), operands[0].origin)
         else:
-            out = self._conv2d_device(spec, operands)
+            out = self._conv_device(spec, operands)
         return out, RunStats("cuda", time.perf_counter() - t0, _stats_device())
 
-    kernels = {"matmul": _run_matmul, "conv2d": _run_conv2d}
+    kernels = {"matmul": _run_matmul, "conv2d": _run_conv, "conv2d_grad_input": _run_conv,
+               "conv2d_grad_weight": _run_conv}
 
     # ---- host operands: copy in, run, copy out ---------------------------------------
     def _matmul_host(self, spec: OpSpec, ops: list[ArrayView]) -> np.ndarray:
@@ -258,64 +268,125 @@ class CudaBackend(Backend):
                                   c_ptr + off[2] * itemsize["c"], bias_ptr, stream=stream)
         return name
 
-    # ---- conv2d ----------------------------------------------------------------------
-    def _conv2d_host(self, spec: OpSpec, ops: list[ArrayView]) -> np.ndarray:
-        """Copy in, run, copy out. The filter goes up in OHWI order (a host-side
+    # ---- conv2d and its gradients ----------------------------------------------------
+    # One problem description serves all three: x, w and y take the roles below (the
+    # gradients' output is x's or w's), and every tensor is passed by element strides
+    # along (n, c, h, w) / (oc, c/groups, kh, kw).
+    def _conv_host(self, spec: OpSpec, ops: list[ArrayView]) -> np.ndarray:
+        """Copy in, run, copy out. A forward filter goes up in OHWI order (a host-side
         transpose), the order the tensor-core kernel reads without a device copy."""
         out = np.empty(spec.out_shape, DTYPES[spec.out_dtype])
         if out.size == 0:
             return out
-        x = np.ascontiguousarray(ops[0].host)
-        w = np.ascontiguousarray(ops[1].host.transpose(0, 2, 3, 1))
-        oc, kh, kw, cg = w.shape
-        w_strides = (kh * kw * cg, 1, kw * cg, cg)  # along (oc, c, kh, kw)
-        bias = None
+        if spec.op != "conv2d" and not all(math.prod(v.shape) for v in ops[:2]):
+            out[...] = 0  # a gradient summed over nothing
+            return out
+        roles, out_role = _CONV_ROLES[spec.op]
+        hosts, strides = [], {}
+        for role, view in zip(roles, ops[:2]):
+            h = np.ascontiguousarray(view.host)
+            if spec.op == "conv2d" and role == "w":
+                h = np.ascontiguousarray(h.transpose(0, 2, 3, 1))
+                oc, kh, kw, cg = h.shape
+                strides[role] = (kh * kw * cg, 1, kw * cg, cg)  # along (oc, c, kh, kw)
+            else:
+                strides[role] = tuple(st // h.itemsize for st in h.strides)
+            hosts.append(h)
+        strides[out_role] = tuple(st // out.itemsize for st in out.strides)
+        bias_dtype = spec.out_dtype
         if spec.bias:  # float outputs take the bias in float32, exact for any float bias
-            bias = np.ascontiguousarray(ops[2].host.astype(
-                np.int32 if spec.out_dtype == "int32" else np.float32))
-        x_strides = tuple(s // x.itemsize for s in x.strides)
-        with _round_trip((x, w) + ((bias,) if bias is not None else ()), out) as (ptrs, y_ptr):
-            self._conv2d_launch(spec, ptrs[0], ptrs[1], y_ptr, ptrs[2] if bias is not None else 0,
-                                "int32" if bias is not None and bias.dtype == np.int32 else "float32",
-                                x_strides, w_strides, 0)
+            bias_dtype = "int32" if spec.out_dtype == "int32" else "float32"
+            hosts.append(np.ascontiguousarray(ops[2].host.astype(DTYPES[bias_dtype])))
+        with _round_trip(hosts, out) as (ptrs, out_ptr):
+            ptr = dict(zip(roles, ptrs))
+            ptr[out_role] = out_ptr
+            self._conv_launch(spec, ptr, ptrs[2] if spec.bias else 0, bias_dtype, strides, 0)
         return out
 
-    def _conv2d_device(self, spec: OpSpec, ops: list[ArrayView]):
+    def _conv_device(self, spec: OpSpec, ops: list[ArrayView]):
         """In place on the caller's stream; the output comes from the caller's framework."""
-        out, y_ptr = _empty_like_framework(ops[0].origin, spec.out_shape, spec.out_dtype)
+        out, out_ptr = _empty_like_framework(ops[0].origin, spec.out_shape, spec.out_dtype)
         if int(np.prod(spec.out_shape)) == 0:
+            return out
+        roles, out_role = _CONV_ROLES[spec.op]
+        ptr = {role: v.ptr for role, v in zip(roles, ops[:2])}
+        strides = {role: tuple(v.strides) for role, v in zip(roles, ops[:2])}
+        ptr[out_role], strides[out_role] = out_ptr, _contiguous_strides(spec.out_shape)
+        if spec.op != "conv2d" and not all(math.prod(v.shape) for v in ops[:2]):
+            nbytes = math.prod(spec.out_shape) * DTYPES[spec.out_dtype].itemsize
+            core.cuda_memset(out_ptr, 0, nbytes, ops[0].stream or 0)  # summed over nothing
             return out
         bias_ptr = ops[2].ptr if spec.bias else 0
         bias_dtype = ops[2].dtype if spec.bias else spec.out_dtype
-        self._conv2d_launch(spec, ops[0].ptr, ops[1].ptr, y_ptr, bias_ptr, bias_dtype,
-                            ops[0].strides, ops[1].strides, ops[0].stream or 0)
+        self._conv_launch(spec, ptr, bias_ptr, bias_dtype, strides, ops[0].stream or 0)
         return out
 
     @staticmethod
-    def _conv2d_launch(spec: OpSpec, x_ptr: int, w_ptr: int, y_ptr: int, bias_ptr: int,
-                       bias_dtype: str, x_strides, w_strides, stream: int) -> str:
-        """x_strides in x's own axis order; w_strides along (oc, c, kh, kw); y is
-        contiguous in the spec's layout. Returns the kernel name."""
-        p = spec.params
-        (x_shape, w_shape), out_shape = spec.shapes, spec.out_shape
-        y_contig = [1, out_shape[3], out_shape[3] * out_shape[2],
-                    out_shape[3] * out_shape[2] * out_shape[1]][::-1]
-        if p.layout == "NCHW":
-            n, c, h, w = x_shape
-            oh, ow = out_shape[2:]
-            xs = tuple(x_strides)
-            ys = tuple(y_contig)
-        else:  # (n, h, w, c) axes -> (n, c, h, w)
-            n, h, w, c = x_shape
-            oh, ow = out_shape[1:3]
-            xs = (x_strides[0], x_strides[3], x_strides[1], x_strides[2])
-            ys = (y_contig[0], y_contig[3], y_contig[1], y_contig[2])
-        oc, _, kh, kw = w_shape
-        (sh, sw), ((pt, _), (pl, _)), (dh, dw) = p.stride, p.padding, p.dilation
-        problem = core.Conv2dProblem(
-            N=n, C=c, H=h, W=w, OC=oc, KH=kh, KW=kw, OH=oh, OW=ow,
-            stride_h=sh, stride_w=sw, pad_top=pt, pad_left=pl, dil_h=dh, dil_w=dw, groups=p.groups,
-            x_strides=xs, w_strides=tuple(w_strides), y_strides=ys,
-            in_dtype=_dtype(spec.dtype), out_dtype=_dtype(spec.out_dtype),
-            bias_dtype=_dtype(bias_dtype), activation=_activation(spec.activation))
-        return core.cuda_conv2d(problem, x_ptr, w_ptr, y_ptr, bias_ptr, stream=stream)
+    def _conv_launch(spec: OpSpec, ptr: dict, bias_ptr: int, bias_dtype: str, strides: dict,
+                     stream: int) -> str:
+        """ptr and strides by role (x, w, y); x and y strides in the spec's layout's own
+        axis order, w's along (oc, c, kh, kw). Returns the kernel name."""
+        problem = core.Conv2dProblem(**_conv_geometry(spec), **_conv_strides(spec, strides),
+                                     in_dtype=_dtype(spec.dtype), out_dtype=_dtype(spec.out_dtype),
+                                     bias_dtype=_dtype(bias_dtype),
+                                     activation=_activation(spec.activation))
+        if spec.op == "conv2d_grad_input":
+            return core.cuda_conv2d_grad_input(problem, ptr["y"], ptr["w"], ptr["x"], stream=stream)
+        if spec.op == "conv2d_grad_weight":
+            return core.cuda_conv2d_grad_weight(problem, ptr["x"], ptr["y"], ptr["w"], stream=stream)
+        return core.cuda_conv2d(problem, ptr["x"], ptr["w"], ptr["y"], bias_ptr, stream=stream)
+
+
+#: op -> (the roles of its two operands, the role of its output) in y = conv2d(x, w)
+_CONV_ROLES = {
+    "conv2d": (("x", "w"), "y"),
+    "conv2d_grad_input": (("y", "w"), "x"),
+    "conv2d_grad_weight": (("x", "y"), "w"),
+}
+
+#: the kernels keep every extent well inside 64 bits; larger parameters are refused
+_PARAM_LIMIT = 2**31
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    out, step = [], 1
+    for n in reversed(tuple(shape)):
+        out.insert(0, step)
+        step *= n
+    return tuple(out)
+
+
+def _conv_shapes(spec: OpSpec) -> dict:
+    """The shapes of x, w and y (x and y in the spec's layout) for any of the conv ops."""
+    roles, out_role = _CONV_ROLES[spec.op]
+    shapes = dict(zip(roles, spec.shapes))
+    shapes[out_role] = spec.out_shape
+    return shapes
+
+
+def _conv_geometry(spec: OpSpec) -> dict:
+    """Conv2dProblem's sizes and parameters. A stride with one output row (column) and a
+    dilation with one filter tap are never used and go as 1, so any value validation
+    accepts there reaches the kernels."""
+    p = spec.params
+    shapes = _conv_shapes(spec)
+    if p.layout == "NCHW":
+        (n, c, h, w), (oh, ow) = shapes["x"], shapes["y"][2:]
+    else:
+        (n, h, w, c), (oh, ow) = shapes["x"], shapes["y"][1:3]
+    oc, _, kh, kw = shapes["w"]
+    (sh, sw), ((pt, _), (pl, _)), (dh, dw) = p.stride, p.padding, p.dilation
+    return dict(N=n, C=c, H=h, W=w, OC=oc, KH=kh, KW=kw, OH=oh, OW=ow,
+                stride_h=sh if oh > 1 else 1, stride_w=sw if ow > 1 else 1, pad_top=pt,
+                pad_left=pl, dil_h=dh if kh > 1 else 1, dil_w=dw if kw > 1 else 1,
+                groups=p.groups)
+
+
+def _conv_strides(spec: OpSpec, strides: dict) -> dict:
+    """x_strides / y_strides along (n, c, h, w) from the layout's own axis order."""
+    def nchw(st):
+        st = tuple(st)
+        return st if spec.params.layout == "NCHW" else (st[0], st[3], st[1], st[2])
+
+    return dict(x_strides=nchw(strides["x"]), w_strides=tuple(strides["w"]),
+                y_strides=nchw(strides["y"]))
