@@ -23,7 +23,6 @@ from ..ops import OpSpec
 from .base import Backend, RunStats
 
 
-
 def _dtype(name: str):
     """The binding's DType for a dtype name ("float16", ...)."""
     return core.DType.__members__[name]
@@ -284,12 +283,12 @@ class CudaBackend(Backend):
         roles, out_role = _CONV_ROLES[spec.op]
         hosts, strides = [], {}
         for role, view in zip(roles, ops[:2]):
-            h = np.ascontiguousarray(view.host)
             if spec.op == "conv2d" and role == "w":
-                h = np.ascontiguousarray(h.transpose(0, 2, 3, 1))
+                h = np.ascontiguousarray(view.host.transpose(0, 2, 3, 1))
                 oc, kh, kw, cg = h.shape
                 strides[role] = (kh * kw * cg, 1, kw * cg, cg)  # along (oc, c, kh, kw)
             else:
+                h = np.ascontiguousarray(view.host)
                 strides[role] = tuple(st // h.itemsize for st in h.strides)
             hosts.append(h)
         strides[out_role] = tuple(st // out.itemsize for st in out.strides)
