@@ -252,12 +252,74 @@ def test_functional_forward_quantizes_like_sequential():
 
     fn = Functional()
     fn.load_state_dict({k2: v for k2, v in zip(fn.state_dict(), seq.state_dict().values())})
-    a, b = quantized(), qz.quantize(fn, digits()[0][:300])
+    _same_layers(quantized(), qz.quantize(fn, digits()[0][:300]))
+
+
+class _ActConv(nn.Conv2d):
+    """A Conv2d carrying its activation, as lepton_accel.torch.convert leaves them."""
+
+    def __init__(self, *a, activation=None, **kw):
+        super().__init__(*a, **kw)
+        self.activation = activation
+
+    def forward(self, x):
+        y = super().forward(x)
+        return F.relu(y) if self.activation == "relu" else y
+
+
+class _ActLinear(nn.Linear):
+    def __init__(self, *a, activation=None, **kw):
+        super().__init__(*a, **kw)
+        self.activation = activation
+
+    def forward(self, x):
+        y = super().forward(x)
+        return F.relu(y) if self.activation == "relu" else y
+
+
+def _same_layers(a, b, exact=True):
+    """Two quantized nets have the same layers and integers (exact), or, when their float
+    activations were computed by different kernels (not exact), the same weights and
+    scales to float32 rounding, biases and multipliers within one unit of rounding."""
     assert [type(l) for l in a.layers] == [type(l) for l in b.layers]
     assert a.input_scale == b.input_scale
     for la_, lb in zip(a.layers, b.layers):
-        for f in ("weight", "bias", "multiplier", "shift", "relu", "kernel", "stride"):
+        for f in ("weight", "relu", "kernel", "stride", "padding"):
             np.testing.assert_array_equal(getattr(la_, f, None), getattr(lb, f, None))
+        if exact:
+            for f in ("bias", "multiplier", "shift", "out_scale"):
+                np.testing.assert_array_equal(getattr(la_, f, None), getattr(lb, f, None))
+        elif isinstance(la_, (qz.QConv2d, qz.QLinear)):
+            assert np.abs(la_.bias.astype(np.int64) - lb.bias).max() <= 1
+            if la_.out_scale is not None:
+                assert lb.out_scale == pytest.approx(la_.out_scale, rel=1e-5)
+                np.testing.assert_array_equal(la_.shift, lb.shift)
+                np.testing.assert_allclose(lb.multiplier, la_.multiplier, rtol=1e-5)
+
+
+def test_fused_activation_attribute_is_the_relu():
+    seq = trained()
+    fused = nn.Sequential(_ActConv(1, 32, 3, activation="relu"), nn.Identity(), nn.MaxPool2d(2),
+                          _ActConv(32, 64, 3, activation="relu"), nn.Identity(), nn.MaxPool2d(2),
+                          nn.Flatten(), _ActLinear(256, 64, activation="relu"), nn.Identity(),
+                          _ActLinear(64, 10))
+    fused.load_state_dict(seq.state_dict())
+    _same_layers(quantized(), qz.quantize(fused, digits()[0][:300]))
+    fused[0].activation = "gelu"
+    with pytest.raises(ValueError, match="gelu"):
+        qz.quantize(fused, digits()[0][:300])
+
+
+def test_lepton_layers_quantize_like_torch_layers():
+    """The seed CNN moved onto lepton_accel.torch's layers (ReLUs fused by convert)
+    quantizes to the same integers as on PyTorch's."""
+    lt = pytest.importorskip("lepton_accel.torch.nn")
+    seq = trained()
+    ours = seed_cnn()
+    ours.load_state_dict(seq.state_dict())
+    lt.convert(ours)
+    assert isinstance(ours[0], lt.Conv2d) and ours[0].activation == "relu"
+    _same_layers(quantized(), qz.quantize(ours, digits()[0][:300]), exact=False)
 
 
 # ---- layers off the seed's path, and sizes -----------------------------------------------

@@ -463,6 +463,14 @@ def _chain(model: nn.Module):
             ended = True
         elif step[0] != "identity":
             steps.append(step + (node,))
+        if step[0] in ("conv", "linear"):
+            # lepton_accel.torch's layers may carry their activation (convert fuses it)
+            act = getattr(step[2], "activation", None)
+            if act == "relu":
+                steps.append(("relu", step[1], None, node))
+            elif act is not None:
+                raise ValueError(f"model: {step[1]} has activation {act!r} fused; the int8 "
+                                 f"layers take ReLU only")
         cur = node
     return steps, gm
 
