@@ -197,6 +197,8 @@ def test_seed_cnn_parameters():
     kern = [l for l in net.layers if isinstance(l, (qz.QConv2d, qz.QLinear))]
     assert [l.relu for l in kern] == [True, True, True, False]
     assert kern[-1].out_scale is None and kern[-1].multiplier is None
+    # 14x14x32 outputs of 9 taps, 5x5x64 of 3x3x32, 256 -> 64, 64 -> 10
+    assert net.macs_per_image() == 196 * 32 * 9 + 25 * 64 * 288 + 256 * 64 + 64 * 10
     assert net.input_scale == pytest.approx(float(digits()[0][:300].max()) / 127, rel=1e-6)
     for a, b in zip(kern, kern[1:]):
         assert b.in_scale == a.out_scale
