@@ -44,7 +44,7 @@ def run_checked(net, xq):
     for layer, (_, s) in zip(kern, stats.layers):
         assert s.backend == "fpga" and s.simulated and s.cycles > 0
         # convolutions ran on the conv2d core itself, not the matmul-core fallback
-        assert s.extra["whole_conv"] is isinstance(layer, qz.QConv2d), s.extra
+        assert s.extra["whole_op"] is isinstance(layer, qz.QConv2d), s.extra
     assert stats.cycles == sum(s.cycles for _, s in stats.layers)
     return out, stats
 

@@ -42,7 +42,7 @@ from torch import fx, nn
 
 from .. import api
 from .. import reference as _ref
-from ..backends import RunStats
+from ..api import RunStats
 from ..numerics import along
 from ..ops import conv2d_spec, matmul_spec
 
