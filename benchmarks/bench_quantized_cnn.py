@@ -1,0 +1,298 @@
+"""The seed CNN in int8: accuracy, bit-exactness and speed of the quantized network.
+
+    python benchmarks/bench_quantized_cnn.py [--model seed_cnn.pt] [--epochs 15]
+        [--out benchmarks/results/quantized-cnn-<date>.md]
+    pytest benchmarks/bench_quantized_cnn.py --benchmark-only
+
+The float model is trained on our layers (``lepton_accel.torch.cnn.fit``) or loaded, then
+quantized (lepton_accel.torch.quantize, 300 training images for calibration), and the
+whole held-out split runs
+
+* in the float model on PyTorch's own layers (the peer),
+* in PyTorch's own int8 (torch.ao FX post-training quantization, x86 engine) when it runs,
+* as our int8 network on ``backend="cpu"`` and on ``backend="fpga"`` (the Verilator
+  models of the 16x16 int8 conv2d and matmul cores), both checked logit for logit against
+  the int8 NumPy reference.
+
+Speeds are medians over repeats on this machine; the FPGA's images/s is the core's own
+cycle counter (sum over layers, per image) at the 250 MHz clock assumed for the F1/F2
+parts: core time only, without host transfers or the host's requantization.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+CLOCK_HZ = 250e6
+CALIBRATION_IMAGES = 300
+
+
+def _median_s(fn, repeats: int) -> float:
+    fn()                                   # warm-up (spec caches, thread pools)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, Linux {platform.release()}"
+
+
+def torch_int8(model, calib, x):
+    """PyTorch's own int8 of the float model (FX graph mode PTQ, x86 engine), or the
+    reason it could not be built."""
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.quantized.engine = "x86"
+            prepared = prepare_fx(model.eval(), get_default_qconfig_mapping("x86"), (x[:1],))
+            with torch.no_grad():
+                prepared(calib)
+            return convert_fx(prepared), ""
+    except Exception as e:   # a torch build without the quantized engines
+        return None, f"{type(e).__name__}: {e}"
+
+
+def float_model(args):
+    """The trained float model on PyTorch's layers (same state_dict as ours), its data,
+    and how it was obtained."""
+    from lepton_accel.torch import cnn
+
+    data = cnn.load_digits(cnn.INPUT_SIZE)
+    if args.model:
+        model = cnn.load_model(args.model, layers="torch")
+        how = f"loaded from {args.model}"
+    else:
+        trained, hist = cnn.fit(dataset=data, epochs=args.epochs, layers="lepton", seed=args.seed,
+                                progress=False)
+        model = cnn.build_model("torch", seed=args.seed)
+        model.load_state_dict(trained.state_dict())
+        how = (f"trained here on lepton_accel.torch layers: {args.epochs} epochs, Adam, "
+               f"seed {args.seed}, {hist['seconds']:.0f} s")
+    return model.eval(), data, how
+
+
+def measure(args) -> dict:
+    import torch
+
+    import lepton_accel as la
+    from lepton_accel.torch import quantize as qz
+
+    model, data, how = float_model(args)
+    xtr, xte = data.train.x.numpy(), data.test.x.numpy()
+    yte = data.test.y.numpy()
+    n = len(yte)
+    calib = xtr[:CALIBRATION_IMAGES]
+    net = qz.quantize(model, calib)
+    xq = net.quantize_input(xte)
+    r = {"model": how, "images": n, "calibration_images": len(calib),
+         "input_shape": list(net.input_shape), "torch": torch.__version__,
+         "torch_threads": torch.get_num_threads()}
+
+    with torch.no_grad():
+        fl = model(torch.from_numpy(xte)).double().numpy()
+    r["float_accuracy"] = float((fl.argmax(1) == yte).mean())
+
+    t0 = time.perf_counter()
+    ref = net.reference(xq)
+    r["reference_s"] = time.perf_counter() - t0
+    r["int8_reference_accuracy"] = float((net.dequantize_logits(ref).argmax(1) == yte).mean())
+    r["dequantized_logit_rel_err"] = float(np.linalg.norm(net.dequantize_logits(ref) - fl)
+                                           / np.linalg.norm(fl))
+
+    # our CPU backend, same int8 network
+    out_cpu, st = net.run(xq, backend="cpu")
+    r["cpu_bit_exact"] = bool(np.array_equal(out_cpu, ref))
+    r["cpu_accuracy"] = float((net.dequantize_logits(out_cpu).argmax(1) == yte).mean())
+    r["cpu_batch_s"] = _median_s(lambda: net.run(xq, backend="cpu"), args.repeats)
+    r["cpu_one_s"] = _median_s(lambda: net.run(xq[:1], backend="cpu"), args.repeats * 4)
+    _, st = net.run(xq, backend="cpu")
+    r["cpu_kernel_share"] = st.kernel_s / st.wall_s
+
+    # PyTorch: the float model, and its own int8 where it builds
+    tx = torch.from_numpy(xte)
+    with torch.no_grad():
+        r["torch_float_batch_s"] = _median_s(lambda: model(tx), args.repeats)
+        r["torch_float_one_s"] = _median_s(lambda: model(tx[:1]), args.repeats * 4)
+    qmodel, why = torch_int8(model, torch.from_numpy(calib), tx)
+    r["torch_int8_error"] = why
+    if qmodel is not None:
+        with torch.no_grad():
+            r["torch_int8_accuracy"] = float((qmodel(tx).argmax(1).numpy() == yte).mean())
+            r["torch_int8_batch_s"] = _median_s(lambda: qmodel(tx), args.repeats)
+            r["torch_int8_one_s"] = _median_s(lambda: qmodel(tx[:1]), args.repeats * 4)
+
+    # the FPGA cores (simulated): the whole split in one batch, then one image alone
+    fpga = next(b for b in la.backends() if b["name"] == "fpga")
+    r["fpga_available"], r["fpga_reason"] = fpga["available"], fpga["reason"]
+    if fpga["available"]:
+        from lepton_accel import fpga as lf
+
+        lf.configure(16, 16, conv_depth=lf.DEFAULT_CONV_DEPTH)
+        t0 = time.perf_counter()
+        net.run(xq[:1], backend="fpga")                     # models load (or build) here
+        r["fpga_setup_s"] = time.perf_counter() - t0
+        out_f, sf = net.run(xq, backend="fpga")
+        one, s1 = net.run(xq[:1], backend="fpga")
+        r["fpga_bit_exact"] = bool(np.array_equal(out_f, ref))
+        r["fpga_mismatched_logits"] = int(np.count_nonzero(out_f != ref))
+        r["fpga_accuracy"] = float((net.dequantize_logits(out_f).argmax(1) == yte).mean())
+        r["fpga_sim_wall_s"] = sf.wall_s
+        r["fpga_layers"] = [{"layer": name, "cycles_batch": s.cycles, "cycles_one": s1_.cycles,
+                             "on_conv_core": s.extra.get("whole_op")}
+                            for (name, s), (_, s1_) in zip(sf.layers, s1.layers)]
+        r["fpga_cycles_per_image_batch"] = sf.cycles / n
+        r["fpga_cycles_one_image"] = s1.cycles
+        r["fpga_core"] = list(sf.layers[0][1].extra.get("core", ()))
+    r["macs_per_image"] = net.macs_per_image()
+    return r
+
+
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def report(r: dict, command: str) -> str:
+    n = r["images"]
+    pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
+    ips = lambda s, k=n: f"{k / s:,.0f}"  # noqa: E731
+    lines = [f"# The seed CNN in int8 on the FPGA core ({_dt.date.today().isoformat()})", "",
+             f"- Machine: {_machine()}; load average {os.getloadavg()[0]:.1f} at the end "
+             f"(the machine is shared)",
+             f"- Command: `{command}`",
+             f"- Model: the seed's CNN on {r['input_shape'][1]}x{r['input_shape'][2]} digits "
+             f"(scikit-learn), {r['model']}",
+             f"- Held-out split: {n} images; calibration: {r['calibration_images']} training "
+             f"images; PyTorch {r['torch']} with {r['torch_threads']} threads", ""]
+    lines += ["## Accuracy on the held-out split", "",
+              _row("network", "runs on", "accuracy", "logits vs int8 reference"),
+              _row("---", "---", "---:", "---")]
+    lines.append(_row("float32", "PyTorch", pct(r["float_accuracy"]), "—"))
+    lines.append(_row("int8 (ours)", "NumPy reference", pct(r["int8_reference_accuracy"]), "itself"))
+    lines.append(_row("int8 (ours)", 'backend="cpu"', pct(r["cpu_accuracy"]),
+                      "bit-exact" if r["cpu_bit_exact"] else "DIFFERENT"))
+    if r["fpga_available"]:
+        lines.append(_row("int8 (ours)", 'backend="fpga" (conv2d + matmul cores, Verilator)',
+                          pct(r["fpga_accuracy"]),
+                          f"bit-exact, all {n * 10:,} logits" if r["fpga_bit_exact"] else
+                          f"{r['fpga_mismatched_logits']} logits differ"))
+    if "torch_int8_accuracy" in r:
+        lines.append(_row("int8 (PyTorch, torch.ao FX, x86)", "PyTorch",
+                          pct(r["torch_int8_accuracy"]), "— (its own scheme)"))
+    lines += ["", f"int8 − float: {100 * (r['fpga_accuracy' if r['fpga_available'] else 'cpu_accuracy'] - r['float_accuracy']):+.2f} points; "
+              f"relative error of the dequantized logits against the float model's: "
+              f"{r['dequantized_logit_rel_err']:.3g}.", ""]
+    if r["fpga_available"]:
+        lines += ["## Core cycles (16x16 int8 cores, simulated)", "",
+                  _row("layer", "core", f"cycles, batch of {n} (per image)", "cycles, one image"),
+                  _row("---", "---", "---:", "---:")]
+        for l in r["fpga_layers"]:
+            lines.append(_row(l["layer"], "conv2d" if l["on_conv_core"] else "matmul",
+                              f"{l['cycles_batch']:,} ({l['cycles_batch'] / n:,.1f})",
+                              f"{l['cycles_one']:,}"))
+        cb, c1 = r["fpga_cycles_per_image_batch"], r["fpga_cycles_one_image"]
+        pes = int(np.prod(r["fpga_core"]))
+        lines.append(_row("**whole network**", "", f"**{cb:,.1f}** per image",
+                          f"**{c1:,}**"))
+        lines += ["", f"MACs per image: {r['macs_per_image']:,}; array utilisation "
+                  f"{100 * r['macs_per_image'] / (pes * cb):.1f} % in the batch, "
+                  f"{100 * r['macs_per_image'] / (pes * c1):.1f} % for one image "
+                  f"({pes} multipliers). "
+                  f"Simulating the batch took {r['fpga_sim_wall_s']:.1f} s of wall time "
+                  f"(after {r['fpga_setup_s']:.0f} s loading the models).", ""]
+    lines += ["## Images per second", "",
+              _row("what", "how measured", f"batch of {n}", "one image"),
+              _row("---", "---", "---:", "---:")]
+    if r["fpga_available"]:
+        cb, c1 = r["fpga_cycles_per_image_batch"], r["fpga_cycles_one_image"]
+        lines.append(_row("int8 on the FPGA cores at 250 MHz", "simulated core cycles "
+                          "(core only: no host transfers, requantization on the host not counted)",
+                          f"{CLOCK_HZ / cb:,.0f}", f"{CLOCK_HZ / c1:,.0f}"))
+    lines.append(_row('int8 on our CPU backend (`backend="cpu"`)', "measured, median",
+                      ips(r["cpu_batch_s"]), ips(r["cpu_one_s"], 1)))
+    lines.append(_row("float32 in PyTorch", "measured, median", ips(r["torch_float_batch_s"]),
+                      ips(r["torch_float_one_s"], 1)))
+    if "torch_int8_batch_s" in r:
+        lines.append(_row("int8 in PyTorch (torch.ao FX, x86 engine)", "measured, median",
+                          ips(r["torch_int8_batch_s"]), ips(r["torch_int8_one_s"], 1)))
+    elif r["torch_int8_error"]:
+        lines += ["", f"PyTorch's int8 did not build here: {r['torch_int8_error']}"]
+    lines += ["", f"Our CPU backend spends {100 * r['cpu_kernel_share']:.0f} % of a batch in its "
+              f"conv/matmul kernels, the rest in requantization, pooling and flatten on the host "
+              f"(NumPy).", ""]
+    if r["fpga_available"]:
+        cb = r["fpga_cycles_per_image_batch"]
+        lines += [f"Ratios in this run (batch of {n}): FPGA cores at 250 MHz / our CPU backend "
+                  f"= {CLOCK_HZ / cb * r['cpu_batch_s'] / n:.2f}x; "
+                  f"/ PyTorch float = {CLOCK_HZ / cb * r['torch_float_batch_s'] / n:.2f}x; "
+                  f"our CPU backend / PyTorch float = "
+                  f"{r['torch_float_batch_s'] / r['cpu_batch_s']:.2f}x.", ""]
+    else:
+        lines += [f"The fpga backend was not available: {r['fpga_reason']}", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="a saved SeedCNN (examples/train_cnn.py); default: train one")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--out", help="markdown report path (default: print only)")
+    p.add_argument("--json", help="also write the raw numbers here")
+    args = p.parse_args(argv)
+    r = measure(args)
+    text = report(r, "python benchmarks/bench_quantized_cnn.py " + " ".join(argv or sys.argv[1:]))
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    ok = r["cpu_bit_exact"] and (not r["fpga_available"] or r["fpga_bit_exact"])
+    return 0 if ok else 1
+
+
+# ---- pytest-benchmark entry point --------------------------------------------------------
+def test_int8_cnn_cpu_backend(benchmark):
+    """One batch of the held-out split through the int8 network on our CPU backend
+    (a one-epoch model: the speed, not the accuracy, is measured here)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    from lepton_accel.torch import cnn
+    from lepton_accel.torch import quantize as qz
+
+    data = cnn.load_digits(cnn.INPUT_SIZE)
+    model, _ = cnn.fit(dataset=data, epochs=1, layers="torch", progress=False)
+    net = qz.quantize(model, data.train.x[:CALIBRATION_IMAGES])
+    xq = net.quantize_input(data.test.x)
+    out = benchmark(lambda: net.run(xq, backend="cpu")[0])
+    np.testing.assert_array_equal(out, net.reference(xq))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
