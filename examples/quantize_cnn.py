@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="int8 inference of the seed CNN on our cores")
     p.add_argument("--model", help="a saved SeedCNN (.pt from examples/train_cnn.py); "
                                    "default: train one now")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs without --model")
+    p.add_argument("--epochs", type=int, help="training epochs without --model "
+                                              "(default: cnn.fit's)")
     p.add_argument("--images", type=int, default=32, help="held-out images on the backend")
     p.add_argument("--backend", default="fpga", help="where the int8 layers run (fpga, cpu)")
     p.add_argument("--calibration", type=int, default=300, help="training images to calibrate on")
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
     if args.model:
         model = cnn.load_model(args.model, layers="torch")
     else:
-        model, _ = cnn.fit(dataset=data, epochs=args.epochs)
+        kw = {} if args.epochs is None else {"epochs": args.epochs}
+        model, _ = cnn.fit(dataset=data, **kw)
     model.eval()
     xte, yte = data.test.x.numpy(), data.test.y.numpy()
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     acc = (net.dequantize_logits(out).argmax(1) == yte[:n]).mean()
     print(f"{n} images on backend={args.backend!r}: accuracy {100 * acc:.2f} %, logits "
           f"{'bit-exact with' if exact else 'DIFFERENT from'} the int8 reference "
-          f"({stats.wall_s:.2f} s)")
+          f"({stats.wall_s:.1f} s of simulation, loading the models included)")
     for name, s in stats.layers:
         print(f"  layer {name}: {s.backend}" + (f", {s.cycles:,} cycles" if s.cycles else ""))
     if stats.cycles:

@@ -351,6 +351,21 @@ def test_edge_net_cpu_is_reference_and_close_to_float():
     assert np.linalg.norm(deq - fl) / np.linalg.norm(fl) < 0.05
 
 
+def test_convolution_last_net():
+    """A net whose last layer is a convolution: its int32 sums, pooled, are the output."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    net = qz.quantize(model, edge_images(50))
+    assert net.output_shape(4) == (4, 3, 5, 4)
+    assert net.macs_per_image() == 11 * 9 * 3 * 2 * 3 * 3
+    xq = net.quantize_input(edge_images(4, seed=6))
+    for n in (0, 1, 4):
+        out, _ = net.run(xq[:n], backend="cpu")
+        assert out.shape == (n, 3, 5, 4) and out.dtype == np.int32
+        np.testing.assert_array_equal(out, net.reference(xq[:n]))
+    assert out.any()
+
+
 def test_percentile_calibration_clips_more():
     model, x = edge_net(), edge_images(200)
     a, b = qz.quantize(model, x), qz.quantize(model, x, percentile=99.0)

@@ -275,7 +275,7 @@ class QuantizedNet:
         stats = ForwardStats(backend, x.shape[0])
         t_start = time.perf_counter()
         if x.shape[0] == 0:
-            return np.zeros((0, len(self._last.bias)), np.int32), stats
+            return np.zeros(self.output_shape(0), np.int32), stats
         layers, i = self.layers, 0
         while i < len(layers):
             layer = layers[i]
@@ -307,7 +307,7 @@ class QuantizedNet:
         scheme says). Returns the last layer's int32 sums."""
         x = self._check_input(xq)
         if x.shape[0] == 0:
-            return np.zeros((0, len(self._last.bias)), np.int32)
+            return np.zeros(self.output_shape(0), np.int32)
         act = {True: "relu", False: None}
         for layer in self.layers:
             if isinstance(layer, QConv2d):
@@ -329,24 +329,35 @@ class QuantizedNet:
                 x = _requantize_exact(x, layer.multiplier, layer.shift)
         return x
 
-    def macs_per_image(self) -> int:
-        """Multiply-accumulates of one image through the convolutions and dense layers."""
-        shape, total = (1,) + self.input_shape, 0
+    def _shapes(self, n: int = 1):
+        """(layer, its output shape) along the chain for a batch of n images."""
+        shape = (n,) + self.input_shape
         for layer in self.layers:
             if isinstance(layer, QConv2d):
-                spec = layer.spec(shape)
-                g, m, n, k = spec.gemm_shape
-                total += g * m * n * k
-                shape = spec.out_shape
+                shape = layer.spec((max(n, 1),) + shape[1:]).out_shape[1:]
+                shape = (n,) + tuple(shape)
             elif isinstance(layer, QLinear):
-                total += layer.weight.size
-                shape = (1, layer.weight.shape[0])
+                shape = (n, layer.weight.shape[0])
             elif isinstance(layer, QMaxPool2d):
                 (kh, kw), (sh, sw) = layer.kernel, layer.stride
                 shape = shape[:2] + ((shape[2] - kh) // sh + 1, (shape[3] - kw) // sw + 1)
             elif isinstance(layer, QFlatten):
-                shape = (1, int(np.prod(shape[1:])))
-        return int(total)
+                shape = (n, int(np.prod(shape[1:])))
+            yield layer, shape
+
+    def output_shape(self, n: int) -> tuple[int, ...]:
+        """Shape of the network's output for n images."""
+        return tuple(list(self._shapes(n))[-1][1])
+
+    def macs_per_image(self) -> int:
+        """Multiply-accumulates of one image through the convolutions and dense layers."""
+        total = 0
+        for layer, out in self._shapes(1):
+            if isinstance(layer, QConv2d):
+                total += int(np.prod(out[1:])) * int(np.prod(layer.weight.shape[1:]))
+            elif isinstance(layer, QLinear):
+                total += layer.weight.size
+        return total
 
     def dequantize_logits(self, acc) -> np.ndarray:
         """The last layer's int32 sums as float64 values of the float model's outputs."""
