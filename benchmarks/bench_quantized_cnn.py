@@ -21,6 +21,7 @@ parts: core time only, without host transfers or the host's requantization.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import json
 import os
@@ -36,14 +37,19 @@ CLOCK_HZ = 250e6
 CALIBRATION_IMAGES = 300
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()                                   # warm-up (spec caches, thread pools)
-    times = []
+def _medians(fns: dict, repeats: int, warmup: int = 3) -> dict:
+    """Median seconds of each callable, timed round-robin (one call of each per round) so
+    that load from other processes on this shared machine falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):             # spec caches, thread pools, engine primitives
+            fn()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _machine() -> str:
@@ -56,22 +62,27 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores visible, Linux {platform.release()}"
 
 
-def torch_int8(model, calib, x):
-    """PyTorch's own int8 of the float model (FX graph mode PTQ, x86 engine), or the
-    reason it could not be built."""
+TORCH_ENGINES = ("x86", "fbgemm")
+
+
+def torch_int8(model, calib, x, engine: str):
+    """PyTorch's own int8 of the float model (FX graph mode post-training quantization,
+    its default qconfig for ``engine``), or the reason it could not be built. The engine
+    is a process-wide setting: set it again before running the model."""
     import torch
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.backends.quantized.engine = "x86"
-            prepared = prepare_fx(model.eval(), get_default_qconfig_mapping("x86"), (x[:1],))
+            warnings.simplefilter("ignore")      # torch.ao.quantization's deprecation notes
+            torch.backends.quantized.engine = engine
+            prepared = prepare_fx(copy.deepcopy(model).eval(),
+                                  get_default_qconfig_mapping(engine), (x[:1],))
             with torch.no_grad():
                 prepared(calib)
             return convert_fx(prepared), ""
-    except Exception as e:   # a torch build without the quantized engines
+    except Exception as e:   # a torch build without this engine
         return None, f"{type(e).__name__}: {e}"
 
 
@@ -85,12 +96,15 @@ def float_model(args):
         model = cnn.load_model(args.model, layers="torch")
         how = f"loaded from {args.model}"
     else:
-        trained, hist = cnn.fit(dataset=data, epochs=args.epochs, layers="lepton", seed=args.seed,
-                                progress=False)
+        kw = {} if args.epochs is None else {"epochs": args.epochs}
+        trained, hist = cnn.fit(dataset=data, layers="lepton", seed=args.seed, progress=False,
+                                **kw)
         model = cnn.build_model("torch", seed=args.seed)
         model.load_state_dict(trained.state_dict())
-        how = (f"trained here on lepton_accel.torch layers: {args.epochs} epochs, Adam, "
-               f"seed {args.seed}, {hist['seconds']:.0f} s")
+        cfg = hist["config"]
+        how = (f"trained here on lepton_accel.torch layers: {cfg['epochs']} epochs, Adam "
+               f"(lr {cfg['lr']:g}, batch {cfg['batch_size']}), seed {args.seed}, "
+               f"{hist['seconds']:.0f} s")
     return model.eval(), data, how
 
 
@@ -100,6 +114,7 @@ def measure(args) -> dict:
     import lepton_accel as la
     from lepton_accel.torch import quantize as qz
 
+    load_start = os.getloadavg()[0]
     model, data, how = float_model(args)
     xtr, xte = data.train.x.numpy(), data.test.x.numpy()
     yte = data.test.y.numpy()
@@ -109,7 +124,8 @@ def measure(args) -> dict:
     xq = net.quantize_input(xte)
     r = {"model": how, "images": n, "calibration_images": len(calib),
          "input_shape": list(net.input_shape), "torch": torch.__version__,
-         "torch_threads": torch.get_num_threads()}
+         "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+         "load_start": load_start}
 
     with torch.no_grad():
         fl = model(torch.from_numpy(xte)).double().numpy()
@@ -126,23 +142,31 @@ def measure(args) -> dict:
     out_cpu, st = net.run(xq, backend="cpu")
     r["cpu_bit_exact"] = bool(np.array_equal(out_cpu, ref))
     r["cpu_accuracy"] = float((net.dequantize_logits(out_cpu).argmax(1) == yte).mean())
-    r["cpu_batch_s"] = _median_s(lambda: net.run(xq, backend="cpu"), args.repeats)
-    r["cpu_one_s"] = _median_s(lambda: net.run(xq[:1], backend="cpu"), args.repeats * 4)
-    _, st = net.run(xq, backend="cpu")
     r["cpu_kernel_share"] = st.kernel_s / st.wall_s
 
     # PyTorch: the float model, and its own int8 where it builds
     tx = torch.from_numpy(xte)
-    with torch.no_grad():
-        r["torch_float_batch_s"] = _median_s(lambda: model(tx), args.repeats)
-        r["torch_float_one_s"] = _median_s(lambda: model(tx[:1]), args.repeats * 4)
-    qmodel, why = torch_int8(model, torch.from_numpy(calib), tx)
-    r["torch_int8_error"] = why
-    if qmodel is not None:
+    contenders = {"cpu": lambda b: net.run(b, backend="cpu"), "torch_float": model}
+    r["torch_int8"] = {}
+    for eng in TORCH_ENGINES:
+        qm, why = torch_int8(model, torch.from_numpy(calib), tx, eng)
+        r["torch_int8"][eng] = {"error": why}
+        if qm is not None:
+            def run_q(b, qm=qm, eng=eng):
+                torch.backends.quantized.engine = eng
+                return qm(b)
+            with torch.no_grad():
+                r["torch_int8"][eng]["accuracy"] = float((run_q(tx).argmax(1).numpy() == yte).mean())
+            contenders[f"torch_int8_{eng}"] = run_q
+    # one phase per batch size: a contender sees one input shape throughout its phase
+    # (oneDNN, behind the x86 engine, rebuilds its kernels when the shape changes)
+    r["speed_s"] = {name: {} for name in contenders}
+    for phase, take in (("batch", slice(None)), ("one", slice(0, 1))):
+        fns = {name: (lambda f=f, d=(xq if name == "cpu" else tx)[take]: f(d))
+               for name, f in contenders.items()}
         with torch.no_grad():
-            r["torch_int8_accuracy"] = float((qmodel(tx).argmax(1).numpy() == yte).mean())
-            r["torch_int8_batch_s"] = _median_s(lambda: qmodel(tx), args.repeats)
-            r["torch_int8_one_s"] = _median_s(lambda: qmodel(tx[:1]), args.repeats * 4)
+            for name, t in _medians(fns, args.repeats).items():
+                r["speed_s"][name][phase] = t
 
     # the FPGA cores (simulated): the whole split in one batch, then one image alone
     fpga = next(b for b in la.backends() if b["name"] == "fpga")
@@ -179,8 +203,9 @@ def report(r: dict, command: str) -> str:
     pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
     ips = lambda s, k=n: f"{k / s:,.0f}"  # noqa: E731
     lines = [f"# The seed CNN in int8 on the FPGA core ({_dt.date.today().isoformat()})", "",
-             f"- Machine: {_machine()}; load average {os.getloadavg()[0]:.1f} at the end "
-             f"(the machine is shared)",
+             f"- Machine: {_machine()}; 1-minute load average {r['load_start']:.1f} at the "
+             f"start, {os.getloadavg()[0]:.1f} at the end (the machine is shared with other "
+             f"work, so measured speeds vary from run to run)",
              f"- Command: `{command}`",
              f"- Model: the seed's CNN on {r['input_shape'][1]}x{r['input_shape'][2]} digits "
              f"(scikit-learn), {r['model']}",
@@ -198,9 +223,10 @@ def report(r: dict, command: str) -> str:
                           pct(r["fpga_accuracy"]),
                           f"bit-exact, all {n * 10:,} logits" if r["fpga_bit_exact"] else
                           f"{r['fpga_mismatched_logits']} logits differ"))
-    if "torch_int8_accuracy" in r:
-        lines.append(_row("int8 (PyTorch, torch.ao FX, x86)", "PyTorch",
-                          pct(r["torch_int8_accuracy"]), "— (its own scheme)"))
+    for eng, t in r["torch_int8"].items():
+        if "accuracy" in t:
+            lines.append(_row(f"int8 (PyTorch's own: torch.ao FX, {eng} engine)", "PyTorch",
+                              pct(t["accuracy"]), "— (its own scheme)"))
     lines += ["", f"int8 − float: {100 * (r['fpga_accuracy' if r['fpga_available'] else 'cpu_accuracy'] - r['float_accuracy']):+.2f} points; "
               f"relative error of the dequantized logits against the float model's: "
               f"{r['dequantized_logit_rel_err']:.3g}.", ""]
@@ -230,25 +256,27 @@ def report(r: dict, command: str) -> str:
         lines.append(_row("int8 on the FPGA cores at 250 MHz", "simulated core cycles "
                           "(core only: no host transfers, requantization on the host not counted)",
                           f"{CLOCK_HZ / cb:,.0f}", f"{CLOCK_HZ / c1:,.0f}"))
-    lines.append(_row('int8 on our CPU backend (`backend="cpu"`)', "measured, median",
-                      ips(r["cpu_batch_s"]), ips(r["cpu_one_s"], 1)))
-    lines.append(_row("float32 in PyTorch", "measured, median", ips(r["torch_float_batch_s"]),
-                      ips(r["torch_float_one_s"], 1)))
-    if "torch_int8_batch_s" in r:
-        lines.append(_row("int8 in PyTorch (torch.ao FX, x86 engine)", "measured, median",
-                          ips(r["torch_int8_batch_s"]), ips(r["torch_int8_one_s"], 1)))
-    elif r["torch_int8_error"]:
-        lines += ["", f"PyTorch's int8 did not build here: {r['torch_int8_error']}"]
+    sp = r["speed_s"]
+    names = {"cpu": 'int8 on our CPU backend (`backend="cpu"`)', "torch_float": "float32 in PyTorch"}
+    names.update({f"torch_int8_{e}": f"int8 in PyTorch (torch.ao FX, {e} engine)"
+                  for e in r["torch_int8"]})
+    for key, label in names.items():
+        if key in sp:
+            lines.append(_row(label, f"measured, median of {r['repeats']}",
+                              ips(sp[key]["batch"]), ips(sp[key]["one"], 1)))
+    for eng, t in r["torch_int8"].items():
+        if t["error"]:
+            lines += ["", f"PyTorch's int8 ({eng} engine) did not build here: {t['error']}"]
     lines += ["", f"Our CPU backend spends {100 * r['cpu_kernel_share']:.0f} % of a batch in its "
               f"conv/matmul kernels, the rest in requantization, pooling and flatten on the host "
               f"(NumPy).", ""]
     if r["fpga_available"]:
         cb = r["fpga_cycles_per_image_batch"]
+        cpu_s, tf_s = sp["cpu"]["batch"], sp["torch_float"]["batch"]
         lines += [f"Ratios in this run (batch of {n}): FPGA cores at 250 MHz / our CPU backend "
-                  f"= {CLOCK_HZ / cb * r['cpu_batch_s'] / n:.2f}x; "
-                  f"/ PyTorch float = {CLOCK_HZ / cb * r['torch_float_batch_s'] / n:.2f}x; "
-                  f"our CPU backend / PyTorch float = "
-                  f"{r['torch_float_batch_s'] / r['cpu_batch_s']:.2f}x.", ""]
+                  f"= {CLOCK_HZ / cb * cpu_s / n:.1f}x; FPGA cores / PyTorch float = "
+                  f"{CLOCK_HZ / cb * tf_s / n:.1f}x; our CPU backend / PyTorch float = "
+                  f"{tf_s / cpu_s:.2f}x.", ""]
     else:
         lines += [f"The fpga backend was not available: {r['fpga_reason']}", ""]
     return "\n".join(lines)
@@ -257,9 +285,10 @@ def report(r: dict, command: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="a saved SeedCNN (examples/train_cnn.py); default: train one")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, help="training epochs without --model "
+                                              "(default: cnn.fit's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--out", help="markdown report path (default: print only)")
     p.add_argument("--json", help="also write the raw numbers here")
     args = p.parse_args(argv)
