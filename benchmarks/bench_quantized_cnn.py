@@ -1,6 +1,6 @@
 """The seed CNN in int8: accuracy, bit-exactness and speed of the quantized network.
 
-    python benchmarks/bench_quantized_cnn.py [--model seed_cnn.pt] [--epochs 15]
+    python benchmarks/bench_quantized_cnn.py [--model runs/seed_cnn.pt] [--epochs N]
         [--out benchmarks/results/quantized-cnn-<date>.md]
     pytest benchmarks/bench_quantized_cnn.py --benchmark-only
 
@@ -37,18 +37,21 @@ CLOCK_HZ = 250e6
 CALIBRATION_IMAGES = 300
 
 
-def _medians(fns: dict, repeats: int, warmup: int = 3) -> dict:
-    """Median seconds of each callable, timed round-robin (one call of each per round) so
-    that load from other processes on this shared machine falls on all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):             # spec caches, thread pools, engine primitives
-            fn()
+def _medians(fns: dict, rounds: int, block: int = 5) -> dict:
+    """Median seconds per call of each callable. Each round runs a block of calls of every
+    callable in turn, so that load from other processes on this shared machine falls on
+    all of them alike; the first call of each block is not kept, since it pays for the
+    switch (the previous contender's thread pools still spinning on the two cores)."""
+    for fn in fns.values():             # spec caches, thread pools, engine primitives
+        fn()
     times = {k: [] for k in fns}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+            for i in range(block):
+                t0 = time.perf_counter()
+                fn()
+                if i:
+                    times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -91,11 +94,12 @@ def float_model(args):
     and how it was obtained."""
     from lepton_accel.torch import cnn
 
-    data = cnn.load_digits(cnn.INPUT_SIZE)
     if args.model:
         model = cnn.load_model(args.model, layers="torch")
+        data = cnn.load_digits(model.config["input_size"])
         how = f"loaded from {args.model}"
     else:
+        data = cnn.load_digits(cnn.INPUT_SIZE)
         kw = {} if args.epochs is None else {"epochs": args.epochs}
         trained, hist = cnn.fit(dataset=data, layers="lepton", seed=args.seed, progress=False,
                                 **kw)
@@ -124,7 +128,7 @@ def measure(args) -> dict:
     xq = net.quantize_input(xte)
     r = {"model": how, "images": n, "calibration_images": len(calib),
          "input_shape": list(net.input_shape), "torch": torch.__version__,
-         "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+         "torch_threads": torch.get_num_threads(), "samples": 4 * args.rounds,
          "load_start": load_start}
 
     with torch.no_grad():
@@ -165,7 +169,7 @@ def measure(args) -> dict:
         fns = {name: (lambda f=f, d=(xq if name == "cpu" else tx)[take]: f(d))
                for name, f in contenders.items()}
         with torch.no_grad():
-            for name, t in _medians(fns, args.repeats).items():
+            for name, t in _medians(fns, args.rounds).items():
                 r["speed_s"][name][phase] = t
 
     # the FPGA cores (simulated): the whole split in one batch, then one image alone
@@ -262,7 +266,7 @@ def report(r: dict, command: str) -> str:
                   for e in r["torch_int8"]})
     for key, label in names.items():
         if key in sp:
-            lines.append(_row(label, f"measured, median of {r['repeats']}",
+            lines.append(_row(label, f"measured, median of {r['samples']}",
                               ips(sp[key]["batch"]), ips(sp[key]["one"], 1)))
     for eng, t in r["torch_int8"].items():
         if t["error"]:
@@ -288,7 +292,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="training epochs without --model "
                                               "(default: cnn.fit's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=7,
+                   help="timing rounds (each: 5 calls per contender, 4 of them kept)")
     p.add_argument("--out", help="markdown report path (default: print only)")
     p.add_argument("--json", help="also write the raw numbers here")
     args = p.parse_args(argv)

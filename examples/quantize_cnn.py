@@ -1,7 +1,7 @@
 """Quantize the trained seed CNN to int8 and run it on the FPGA cores.
 
-    python examples/train_cnn.py --out out/seed_cnn.pt        # or let this script train one
-    python examples/quantize_cnn.py --model out/seed_cnn.pt [--images 32] [--backend fpga]
+    python examples/train_cnn.py                       # writes runs/seed_cnn.pt (or let this script train one)
+    python examples/quantize_cnn.py --model runs/seed_cnn.pt [--images 32] [--backend fpga]
 
 Post-training quantization (lepton_accel.torch.quantize, calibrated on 300 training
 images), then the first ``--images`` held-out digits through the int8 network with every
@@ -36,10 +36,11 @@ def main(argv=None) -> int:
     p.add_argument("--calibration", type=int, default=300, help="training images to calibrate on")
     args = p.parse_args(argv)
 
-    data = cnn.load_digits(cnn.INPUT_SIZE)
     if args.model:
         model = cnn.load_model(args.model, layers="torch")
+        data = cnn.load_digits(model.config["input_size"])
     else:
+        data = cnn.load_digits(cnn.INPUT_SIZE)
         kw = {} if args.epochs is None else {"epochs": args.epochs}
         model, _ = cnn.fit(dataset=data, **kw)
     model.eval()
