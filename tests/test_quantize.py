@@ -19,53 +19,41 @@ import torch.nn.functional as F  # noqa: E402
 
 from lepton_accel.torch import quantize as qz  # noqa: E402
 
-SIZE = 16
+EPOCHS = 6
 
 
 # ---- shared helpers ----------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def digits():
-    """scikit-learn's digits in [0, 1], upsampled to SIZE x SIZE, split 80/20 (stratified)."""
-    sk = pytest.importorskip("sklearn.datasets")
-    from sklearn.model_selection import train_test_split
+def _data():
+    pytest.importorskip("sklearn")
+    from lepton_accel.torch import cnn
 
-    d = sk.load_digits()
-    x = torch.tensor(d.images[:, None] / 16.0, dtype=torch.float32)
-    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False).numpy()
-    tr, te = train_test_split(np.arange(len(d.target)), test_size=0.2, stratify=d.target,
-                              random_state=0)
-    return x[tr], d.target[tr], x[te], d.target[te]
+    return cnn.load_digits(cnn.INPUT_SIZE)
+
+
+def digits():
+    """The seed's data: scikit-learn's digits, upsampled and standardised, with the
+    held-out split; (x_train, y_train, x_test, y_test) as NumPy arrays."""
+    d = _data()
+    return d.train.x.numpy(), d.train.y.numpy(), d.test.x.numpy(), d.test.y.numpy()
 
 
 def seed_cnn() -> nn.Module:
-    """The seed's layers: Conv(32, 3x3, ReLU), pool, Conv(64, 3x3, ReLU), pool, Dense(64,
-    ReLU), Dense(10) (the softmax is in the loss)."""
-    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(64 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, 10))
+    """The seed's CNN on PyTorch's layers: Conv(32, 3x3, ReLU), pool, Conv(64, 3x3, ReLU),
+    pool, Dense(64, ReLU), Dense(10) (the softmax is in the loss)."""
+    from lepton_accel.torch import cnn
+
+    return cnn.build_model("torch", seed=0)
 
 
 @functools.lru_cache(maxsize=None)
-def trained(epochs: int = 6):
-    """A seed CNN after a short fixed-seed Adam run on the digits (a few seconds)."""
-    xtr, ytr, _, _ = digits()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)     # small layers: threads cost more than they give
-    try:
-        g = torch.Generator().manual_seed(0)
-        torch.manual_seed(0)
-        model = seed_cnn()
-        opt = torch.optim.Adam(model.parameters(), 3e-3)
-        x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), 32):
-                b = perm[i:i + 32]
-                opt.zero_grad()
-                F.cross_entropy(model(x[b]), y[b]).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
+def trained():
+    """The seed CNN after a short fixed-seed Adam run on the digits (a few seconds on
+    PyTorch's layers, one thread)."""
+    from lepton_accel.torch import cnn
+
+    model, _ = cnn.fit(dataset=_data(), epochs=EPOCHS, layers="torch", seed=0,
+                       progress=False, threads=1)
     return model.eval()
 
 
@@ -199,7 +187,8 @@ def test_seed_cnn_parameters():
     assert kern[-1].out_scale is None and kern[-1].multiplier is None
     # 14x14x32 outputs of 9 taps, 5x5x64 of 3x3x32, 256 -> 64, 64 -> 10
     assert net.macs_per_image() == 196 * 32 * 9 + 25 * 64 * 288 + 256 * 64 + 64 * 10
-    assert net.input_scale == pytest.approx(float(digits()[0][:300].max()) / 127, rel=1e-6)
+    calib = digits()[0][:300].astype(np.float64)
+    assert net.input_scale == pytest.approx(np.abs(calib).max() / 127, rel=1e-6)
     for a, b in zip(kern, kern[1:]):
         assert b.in_scale == a.out_scale
     mods = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
