@@ -178,7 +178,7 @@ def measure(args) -> dict:
     if fpga["available"]:
         from lepton_accel import fpga as lf
 
-        lf.configure(16, 16, conv_depth=lf.DEFAULT_CONV_DEPTH)
+        lf.configure(16, 16, conv_depth=lf.DEFAULT_CONV_DEPTH)     # the default cores
         t0 = time.perf_counter()
         net.run(xq[:1], backend="fpga")                     # models load (or build) here
         r["fpga_setup_s"] = time.perf_counter() - t0

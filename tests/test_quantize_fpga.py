@@ -26,13 +26,8 @@ from test_quantize import (digits, edge_images, edge_net, float_logits, quantize
 @pytest.fixture(autouse=True)
 def default_core():
     """The default 16x16 cores (whatever another module configured), restored after."""
-    old, was, depth = fpga.core_size(), fpga.enabled(), fpga._conv_depth
-    fpga.configure(16, 16, conv_depth=fpga.DEFAULT_CONV_DEPTH)
-    fpga.enable()
-    yield
-    fpga.configure(*old)
-    fpga._conv_depth = depth
-    fpga.enable(was)
+    with fpga.configured(16, 16, conv_depth=fpga.DEFAULT_CONV_DEPTH, enabled=True):
+        yield
 
 
 def run_checked(net, xq):
