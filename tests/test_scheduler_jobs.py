@@ -13,8 +13,8 @@ A = {"shape": [8, 16], "dtype": "float32"}
 B = {"shape": [16, 4], "dtype": "float32"}
 
 
-def one(job):
-    return parse_workload({"jobs": [job]})[0]
+def one(job, **kw):
+    return parse_workload({"jobs": [job]}, **kw)[0]
 
 
 @pytest.mark.parametrize("job, field", [
@@ -79,7 +79,7 @@ def test_operands_by_path_and_inline(tmp_path):
     job = parse_workload({"op": "matmul", "a": {"path": "a.npy"}, "b": {"data": b, "dtype": "float32"}},
                          base_dir=tmp_path)[0]
     assert job.spec.shapes == ((5, 7), (7, 3))
-    res = runner.execute(job.doc, str(tmp_path), "cpu")
+    res = runner.execute(job, "cpu")
     assert res["ok"] and res["verified"] and res["out_shape"] == [5, 3]
     with pytest.raises(JobError, match=r"a\.path: cannot read"):
         parse_workload({"op": "matmul", "a": {"path": "missing.npy"}, "b": B}, base_dir=tmp_path)
@@ -88,22 +88,24 @@ def test_operands_by_path_and_inline(tmp_path):
 
 
 def test_shell_suite_runs_only_when_enabled(tmp_path):
-    job = one({"suite": {"name": "shell", "command": "echo hello > out.txt"}, "estimate_s": 1})
-    res = runner.execute(job.doc, str(tmp_path), "cpu", allow_shell=False)
+    job = one({"suite": {"name": "shell", "command": "echo hello > out.txt"}, "estimate_s": 1}, base_dir=tmp_path)
+    res = runner.execute(job, "cpu", allow_shell=False)
     assert not res["ok"] and "disabled" in res["error"] and not (tmp_path / "out.txt").exists()
-    res = runner.execute(job.doc, str(tmp_path), "cpu", allow_shell=True)
+    res = runner.execute(job, "cpu", allow_shell=True)
     assert res["ok"] and (tmp_path / "out.txt").read_text().strip() == "hello"
 
 
 def test_tests_suite_runs_pytest_as_an_argument_list(tmp_path):
     (tmp_path / "test_x.py").write_text("def test_ok():\n    assert 1 + 1 == 2\n")
+    roots = [str(tmp_path)]     # the directory is declared a test root
     job = one({"suite": {"name": "tests", "args": ["-q", "-p", "no:cacheprovider", "test_x.py; echo pwned"]},
-               "estimate_s": 5})
-    res = runner.execute(job.doc, str(tmp_path), "cpu")
+               "estimate_s": 5}, base_dir=tmp_path, roots=roots)
+    res = runner.execute(job, "cpu", roots=roots)
     assert not res["ok"]   # the odd argument is a (missing) file name, never a shell command
     assert "pwned" not in res["output_tail"].replace("test_x.py; echo pwned", "")
-    job = one({"suite": {"name": "tests", "args": ["-q", "-p", "no:cacheprovider", "test_x.py"]}, "estimate_s": 5})
-    res = runner.execute(job.doc, str(tmp_path), "cpu")
+    job = one({"suite": {"name": "tests", "args": ["-q", "-p", "no:cacheprovider", "test_x.py"]}, "estimate_s": 5},
+              base_dir=tmp_path, roots=roots)
+    res = runner.execute(job, "cpu", roots=roots)
     assert res["ok"] and "1 passed" in res["output_tail"]
 
 
@@ -111,13 +113,13 @@ def test_tests_suite_runs_pytest_as_an_argument_list(tmp_path):
 def test_results_are_checked_against_float64(dtype):
     seed = int(np.random.default_rng().integers(1 << 30))
     bias_dt = "int32" if dtype == "int8" else "float32"
-    doc = one({"op": "matmul", "a": {"shape": [3, 33, 70], "dtype": dtype}, "b": {"shape": [70, 21], "dtype": dtype},
-               "bias": {"shape": [21], "dtype": bias_dt}, "activation": "relu", "seed": seed}).doc
-    res = runner.execute(doc, ".", "cpu")
+    job = one({"op": "matmul", "a": {"shape": [3, 33, 70], "dtype": dtype}, "b": {"shape": [70, 21], "dtype": dtype},
+               "bias": {"shape": [21], "dtype": bias_dt}, "activation": "relu", "seed": seed})
+    res = runner.execute(job, "cpu")
     assert res["ok"] and res["verified"], res
     # the check can fail: a perturbed output is caught
-    ops = runner.operands(doc, ".")
-    spec = one(doc).spec
+    ops = runner.operands(job)
+    spec = job.spec
     ref = reference.reference(spec, (ops["a"], ops["b"]), ops["bias"])
     out = ref.copy()
     out.flat[int(np.random.default_rng().integers(out.size))] += 1 if dtype == "int8" else 0.5 * np.abs(ref).max() + 1
@@ -127,14 +129,14 @@ def test_results_are_checked_against_float64(dtype):
 
 def test_conv_reference_checks_grouped_strided_nhwc():
     seed = int(np.random.default_rng().integers(1 << 30))
-    doc = one({"op": "conv2d", "x": {"shape": [2, 11, 13, 8], "dtype": "float32"},
+    job = one({"op": "conv2d", "x": {"shape": [2, 11, 13, 8], "dtype": "float32"},
                "w": {"shape": [12, 4, 3, 2], "dtype": "float32"}, "groups": 2, "stride": [2, 1],
-               "dilation": [1, 2], "padding": [1, 1], "layout": "NHWC", "seed": seed}).doc
-    res = runner.execute(doc, ".", "cpu")
+               "dilation": [1, 2], "padding": [1, 1], "layout": "NHWC", "seed": seed})
+    res = runner.execute(job, "cpu")
     assert res["ok"] and res["verified"] and res["rel_err"] < 1e-5, res
 
 
 def test_failures_come_back_as_results():
-    doc = one({"op": "matmul", "a": A, "b": B}).doc
-    res = runner.execute(doc, ".", "no-such-backend")
+    job = one({"op": "matmul", "a": A, "b": B})
+    res = runner.execute(job, "no-such-backend")
     assert not res["ok"] and "backend" in res["error"]

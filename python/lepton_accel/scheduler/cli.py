@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
+import sqlite3
 import sys
 import time
 import uuid
@@ -15,12 +18,39 @@ from pathlib import Path
 
 from ..perf import NATIVE_BACKEND
 from .catalog import load_catalog
-from .jobs import JobError, load_jobs, shell_allowed
-from .store import FINISHED, JobStore, default_path
+from .jobs import JobError, clip, load_jobs, shell_allowed
+from .store import FINISHED, JobStore, StoreError, default_path
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def _store(args) -> JobStore:
-    return JobStore(args.store or default_path())
+def safe(text) -> str:
+    """Text fit for a terminal: control characters (escape sequences) shown escaped
+    (newlines kept)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+
+
+def _store(args, readonly: bool = False) -> JobStore:
+    return JobStore(args.store or default_path(), readonly=readonly)
+
+
+def _guarded(fn):
+    """A command whose store, scheduler and job errors end in one line, not a traceback."""
+    @functools.wraps(fn)
+    def run(args) -> int:
+        from .loop import SchedulerError
+
+        try:
+            return fn(args)
+        except (StoreError, SchedulerError, JobError) as exc:
+            print(f"error: {safe(clip(exc, 600))}", file=sys.stderr)
+        except sqlite3.Error as exc:
+            print(f"error: job store: {safe(clip(exc, 600))}", file=sys.stderr)
+        except OSError as exc:
+            print(f"error: {safe(clip(exc.strerror or exc, 600))}"
+                  + (f": {safe(exc.filename)}" if getattr(exc, "filename", None) else ""), file=sys.stderr)
+        return 1
+    return run
 
 
 def _common(p: argparse.ArgumentParser, store: bool = True, catalog: bool = False) -> None:
@@ -32,6 +62,12 @@ def _common(p: argparse.ArgumentParser, store: bool = True, catalog: bool = Fals
                        help="instance catalog overriding/extending the shipped one ($LEPTON_ACCEL_CATALOG)")
 
 
+def _roots_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tests-root", action="append", default=[], metavar="DIR",
+                   help="a directory whose tests 'tests'/'benchmarks' suites may run (repeatable; also "
+                        "$LEPTON_ACCEL_TEST_ROOTS)")
+
+
 def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-workers", type=int, default=max(2, min(4, os.cpu_count() or 2)),
                    help="worker processes in all (default: 2..4 by CPU count)")
@@ -41,28 +77,37 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on this port (127.0.0.1 unless --metrics-addr)")
     p.add_argument("--metrics-addr", default="127.0.0.1")
+    p.add_argument("--job-env", action="append", default=[], metavar="NAME",
+                   help="pass this environment variable on to jobs' commands (repeatable); they get a "
+                        "clean environment otherwise")
+    _roots_arg(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log placement and scaling decisions")
 
 
-def _load(path) -> list:
+def _load(path, args=None, catalog=None) -> list:
+    from .jobs import test_roots
+
+    roots = test_roots(getattr(args, "tests_root", None) or ())
+    trusted = shell_allowed(getattr(args, "allow_shell", None))
     try:
-        return load_jobs(path)
+        return load_jobs(path, catalog=catalog, roots=roots, trusted=trusted)
     except JobError as exc:
-        raise SystemExit(f"error: {path}: {exc}")
+        raise SystemExit(f"error: {safe(path)}: {safe(exc)}")
 
 
 # ---- submit ---------------------------------------------------------------------------------
+@_guarded
 def cmd_submit(args) -> int:
-    jobs = _load(args.file)
+    jobs = _load(args.file, args, load_catalog(args.catalog))
     store = _store(args)
     ids = store.submit(jobs, batch=args.batch)
     for jid, job in zip(ids, jobs):
-        print(f"queued {jid} {job.name}")
+        print(f"queued {jid} {safe(job.name)}")
     return 0
 
 
 # ---- run / serve ------------------------------------------------------------------------------
-def _make_executor(args, store):
+def _make_executor(args, store, catalog=None):
     from .elastic import ElasticPolicy
     from .local import LocalExecutor
     from .metrics import SchedulerMetrics
@@ -72,19 +117,21 @@ def _make_executor(args, store):
         port = metrics.serve(args.metrics_port, addr=args.metrics_addr)
         print(f"metrics on http://{args.metrics_addr}:{port}/metrics", file=sys.stderr)
     log = (lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr)) if args.verbose else None
-    return LocalExecutor(store, load_catalog(args.catalog),
+    return LocalExecutor(store, catalog or load_catalog(args.catalog),
                          elastic=ElasticPolicy(max_nodes=args.max_per_type), max_workers=args.max_workers,
-                         allow_shell=shell_allowed(args.allow_shell), metrics=metrics, log=log)
+                         allow_shell=shell_allowed(args.allow_shell), metrics=metrics, log=log,
+                         test_roots=args.tests_root, job_env=args.job_env)
 
 
-def format_report(records, available: set[str] | None = None) -> str:
-    """The table `run` prints: where each job ran, estimated vs measured time, cost, verified."""
+def format_report(records, catalog=None) -> str:
+    """The table `run` prints: where each job ran, estimated vs measured time, cost, verified.
+    ``catalog``: the one the jobs were placed with (default: the shipped one and
+    ``$LEPTON_ACCEL_CATALOG``)."""
     rows = [("job", "state", "instance type", "device", "ran here on", "est run s", "est total s",
              "measured s", "est cost $", "verified")]
     total = 0.0
     simulated = False
-    from .catalog import load_catalog as _lc
-    cat = _lc()
+    cat = catalog if catalog is not None else load_catalog()
     for r in records:
         t = cat.types.get(r.itype) if r.itype else None
         dev = (t.accelerator or "cpu") if t else "-"
@@ -97,7 +144,7 @@ def format_report(records, available: set[str] | None = None) -> str:
         if r.result and r.result.get("rel_err") is not None and r.verified is not None:
             ver += f" ({r.result['rel_err']:.1e})"
         total += r.est_cost or 0.0
-        rows.append((r.name, r.state, r.itype or "-", dev, ran,
+        rows.append((safe(r.name), r.state, r.itype or "-", dev, ran,
                      _g(r.est_run_s), _g(r.est_total_s), _g(r.measured_s),
                      "-" if r.est_cost is None else f"{r.est_cost:.3g}", ver))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
@@ -111,7 +158,7 @@ def format_report(records, available: set[str] | None = None) -> str:
                    "including node start-up and FPGA image load.")
     for r in records:
         if r.error:
-            out.append(f"{r.name}: {r.error}")
+            out.append(f"{safe(r.name)}: {safe(clip(r.error, 2000))}")
     return "\n".join(out)
 
 
@@ -119,13 +166,15 @@ def _g(v) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+@_guarded
 def cmd_run(args) -> int:
-    jobs = _load(args.file)
+    catalog = load_catalog(args.catalog)
+    jobs = _load(args.file, args, catalog)
     store = _store(args)
     batch = uuid.uuid4().hex[:8]
     ids = store.submit(jobs, batch=batch)
     print(f"submitted {len(ids)} jobs (batch {batch}) to {store.path}", file=sys.stderr)
-    ex = _make_executor(args, store)
+    ex = _make_executor(args, store, catalog)
     try:
         ex.run(batch=batch, until_idle=True, timeout=args.timeout)
     finally:
@@ -133,11 +182,12 @@ def cmd_run(args) -> int:
     records = store.jobs(ids=ids)
     order = {jid: i for i, jid in enumerate(ids)}
     records.sort(key=lambda r: order[r.id])
-    print(format_report(records))
+    print(format_report(records, catalog))
     ok = all(r.state == "done" and r.verified is not False for r in records)
     return 0 if ok else 1
 
 
+@_guarded
 def cmd_serve(args) -> int:
     store = _store(args)
     ex = _make_executor(args, store)
@@ -153,11 +203,17 @@ def cmd_serve(args) -> int:
 
 
 # ---- status / cancel / logs -----------------------------------------------------------------------
+@_guarded
 def cmd_status(args) -> int:
-    store = _store(args)
+    store = _store(args, readonly=True)
     if args.job:
-        r = store.get(args.job)
-        print(json.dumps({k: v for k, v in vars(r).items() if k not in ("doc", "explain")}, indent=2, default=str))
+        try:
+            r = store.get(args.job)
+        except KeyError as exc:
+            print(f"error: {safe(exc.args[0])}", file=sys.stderr)
+            return 1
+        print(json.dumps({k: v for k, v in vars(r).items() if k not in ("doc", "explain")}, indent=2,
+                         default=str))
         return 0
     counts = store.counts()
     print("jobs: " + ("  ".join(f"{k}={v}" for k, v in counts.items() if v) or "none"))
@@ -168,10 +224,12 @@ def cmd_status(args) -> int:
     if recs:
         print(f"{'id':<12}  {'state':<9}  {'instance type':<13}  {'node':<16}  {'try':>3}  name")
         for r in recs:
-            print(f"{r.id:<12}  {r.state:<9}  {r.itype or '-':<13}  {r.node or '-':<16}  {r.attempts:>3}  {r.name}")
+            print(f"{r.id:<12}  {r.state:<9}  {r.itype or '-':<13}  {r.node or '-':<16}  {r.attempts:>3}  "
+                  f"{safe(r.name)}")
     return 0
 
 
+@_guarded
 def cmd_cancel(args) -> int:
     store = _store(args)
     rc = 0
@@ -179,53 +237,56 @@ def cmd_cancel(args) -> int:
         try:
             r = store.get(jid)
         except KeyError as exc:
-            print(f"error: {exc.args[0]}", file=sys.stderr)
+            print(f"error: {safe(exc.args[0])}", file=sys.stderr)
             rc = 1
             continue
         if store.cancel(r.id):
-            print(f"cancelled {r.id} {r.name}")
+            print(f"cancelled {r.id} {safe(r.name)}")
         else:
-            print(f"not cancelled {r.id} {r.name}: already {r.state}", file=sys.stderr)
+            print(f"not cancelled {r.id} {safe(r.name)}: already {r.state}", file=sys.stderr)
             rc = 1
     return rc
 
 
+@_guarded
 def cmd_logs(args) -> int:
-    store = _store(args)
+    store = _store(args, readonly=True)
     try:
         r = store.get(args.job)
     except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
+        print(f"error: {safe(exc.args[0])}", file=sys.stderr)
         return 1
-    print(f"job {r.id} {r.name}: {r.state} (attempts {r.attempts})")
+    print(f"job {r.id} {safe(r.name)}: {r.state} (attempts {r.attempts})")
     for e in store.events(r.id):
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])) + f".{int(e['at'] % 1 * 1000):03d}"
         where = " ".join(x for x in (e["itype"] or "", e["node"] or "") if x)
-        print(f"  {at}  {e['state']:<9}  {where:<30}  {e['detail'] or ''}".rstrip())
+        print(safe(f"  {at}  {e['state']:<9}  {where:<30}  {e['detail'] or ''}".rstrip()))
     if r.explain:
         print("placement:")
-        print("\n".join("  " + line for line in r.explain.splitlines()))
+        print("\n".join("  " + safe(line) for line in r.explain.splitlines()))
     if r.result:
-        print("result: " + json.dumps(r.result, default=str))
+        print("result: " + safe(json.dumps(r.result, default=str)))
     if r.error:
-        print(f"error: {r.error}")
+        print(f"error: {safe(r.error)}")
     return 0
 
 
 # ---- explain ------------------------------------------------------------------------------------
+@_guarded
 def cmd_explain(args) -> int:
     from .placement import place
 
-    jobs = _load(args.file)
     catalog = load_catalog(args.catalog)
+    jobs = _load(args.file, args, catalog)
     for i, job in enumerate(jobs):
         if i:
             print()
-        print(place(job, catalog).explain())
+        print(safe(place(job, catalog).explain()))
     return 0
 
 
 # ---- cluster config -------------------------------------------------------------------------------
+@_guarded
 def cmd_cluster_config(args) -> int:
     import yaml
 
@@ -248,7 +309,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("submit", help="queue the jobs of a job or workload file")
     p.add_argument("file", metavar="JOB.yaml")
     p.add_argument("--batch", help="a batch label to group the jobs")
-    _common(p)
+    _roots_arg(p)
+    _common(p, catalog=True)
     p.set_defaults(func=cmd_submit)
 
     p = subparsers.add_parser("run", help="submit a workload, run it locally, wait and report")
@@ -283,6 +345,7 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("explain", help="show every instance type's time and cost for a job")
     p.add_argument("file", metavar="JOB.yaml")
+    _roots_arg(p)
     _common(p, store=False, catalog=True)
     p.set_defaults(func=cmd_explain)
 

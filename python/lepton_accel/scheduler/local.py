@@ -1,22 +1,15 @@
 """The local executor: the embedded default, one machine, no extra service.
 
 Worker processes stand in for nodes of the placed instance types. Each worker runs its jobs
-through the public API with the backend that matches its type's accelerator when this
-machine has it (``cuda`` for GPU types, ``fpga`` for FPGA types), and otherwise on ``cpu``;
-the result records which backend ran and whether the accelerator was simulated.
+through the API with the backend that matches its type's accelerator when this machine has
+it (``cuda`` for GPU types, ``fpga`` for FPGA types), and otherwise on ``cpu``; the result
+records which backend ran and whether the accelerator was simulated.
 
-One scheduling loop (:meth:`LocalExecutor.run`):
-
-1. results and deaths: each worker talks over its own pipe; a closed pipe means the worker
-   died, and its job is recorded ``retried`` (or ``failed`` after ``max_attempts``);
-2. pending jobs are placed, in queue order, against the pool as it is (warm workers, the
-   FPGA cores they hold) and recorded ``placed`` with the estimate and the explanation;
-3. placed jobs start on an idle worker of their type, preferring the node placement chose
-   and then a node already holding the job's core;
-4. the elastic rule (:mod:`.elastic`) adds workers where queued work per type is high and
-   stops idle ones where utilisation stayed low, within per-type min/max and a total cap.
-
-Every change goes through the store first; a restarted executor resumes from it.
+The scheduling itself is the shared loop (:mod:`.loop`); this module supplies only what a
+local node does: start a worker process, send it a job, collect results and deaths,
+cancel, stop. A worker is the leader of its own process group and dies with the
+scheduler (``PR_SET_PDEATHSIG``); a cancelled job, or the job of a worker that died, has
+every process of its attempt killed (:mod:`.procs`) before the job is recorded or retried.
 """
 from __future__ import annotations
 
@@ -28,25 +21,14 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 
-from ..perf import MODEL, NATIVE_BACKEND, PerfModel
+from ..perf import MODEL, PerfModel
+from . import procs
 from .catalog import Catalog, load_catalog
-from .elastic import ElasticPolicy, UtilisationWindow, should_scale_in
-from .jobs import JobError, parse_job
+from .elastic import ElasticPolicy
+from .loop import Finished, Lost, NodeInfo, Nodes, Run, SchedulerError, SchedulingLoop
 from .metrics import SchedulerMetrics
-from .placement import ClusterState, NodeView, place
-from .store import PENDING, UNFINISHED, JobStore
-
-
-
-def local_backends() -> set[str]:
-    import lepton_accel as la
-
-    return {b["name"] for b in la.backends() if b["available"]}
-
-
-def backend_for(kind: str, available: set[str]) -> str:
-    native = NATIVE_BACKEND[kind]
-    return native if native in available else "cpu"
+from .runner import backend_for, local_backends
+from .store import JobStore
 
 
 # ---- the worker process ------------------------------------------------------------------
@@ -60,24 +42,21 @@ def _parent_gone(pid: int) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
-    try:  # Linux: SIGKILL this worker when its parent goes away
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def worker_main(conn, node_id: str, backend: str, scheduler_pid: int, allow_shell: bool) -> None:
+def worker_main(conn, node_id: str, backend: str, scheduler_pid: int, allow_shell: bool, roots=None,
+                env_names=()) -> None:
     """Run jobs sent over ``conn`` until told to stop or the scheduler is gone."""
-    _die_with_parent()
+    try:
+        os.setpgid(0, 0)          # the leader of a group the scheduler can kill as a whole
+    except OSError:
+        pass
+    procs.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .runner import execute
 
+    gone = lambda: _parent_gone(scheduler_pid)   # noqa: E731
     while True:
         if not conn.poll(0.5):
-            if _parent_gone(scheduler_pid):
+            if gone():
                 return
             continue
         try:
@@ -86,12 +65,13 @@ def worker_main(conn, node_id: str, backend: str, scheduler_pid: int, allow_shel
             return
         if msg is None:
             return
-        job_id, attempt, doc, base_dir = msg
-        result = execute(doc, base_dir, backend, allow_shell)
+        job_id, attempt, job = msg
+        result = execute(job, backend, allow_shell=allow_shell, roots=roots, env_names=env_names,
+                         mark=procs.marker(job_id, attempt), abandon=gone)
         result["pid"] = os.getpid()
         try:
             conn.send((job_id, attempt, result))
-        except (BrokenPipeError, EOFError):
+        except (BrokenPipeError, EOFError, OSError):
             return
 
 
@@ -103,34 +83,34 @@ class Worker:
     backend: str
     proc: mp.process.BaseProcess
     conn: object
+    pg_start: int | None = None
     cores: set = field(default_factory=set)
     job: str | None = None
     attempt: int | None = None
-    started: float = 0.0
-    est_s: float = 0.0
 
     @property
     def busy(self) -> bool:
         return self.job is not None
 
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid
 
-class LocalExecutor:
+
+class LocalExecutor(Nodes):
     """Runs the store's jobs on local worker processes standing in for instance types."""
 
     def __init__(self, store: JobStore, catalog: Catalog | None = None, *,
                  elastic: ElasticPolicy | None = None, max_workers: int = 4, max_attempts: int = 3,
                  allow_shell: bool = False, metrics: SchedulerMetrics | None = None,
                  model: PerfModel = MODEL, poll_s: float = 0.02, start_method: str | None = None,
-                 log=None):
+                 log=None, test_roots=None, job_env=(), lookahead: int = 256):
         self.store = store
         self.catalog = catalog or load_catalog()
-        self.elastic = elastic or ElasticPolicy()
-        self.max_workers = max_workers
-        self.max_attempts = max_attempts
+        self.max_nodes_total = max_workers
         self.allow_shell = allow_shell
-        self.metrics = metrics
-        self.model = model
-        self.poll_s = poll_s
+        self.roots = test_roots
+        self.env_names = tuple(job_env)
         self.log = log or (lambda msg: None)
         method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         self._ctx = mp.get_context(method)
@@ -139,27 +119,134 @@ class LocalExecutor:
         self._available = local_backends()
         self.workers: dict[str, Worker] = {}
         self._ids = itertools.count(1)
-        self._hint: dict[str, str] = {}          # job -> node placement chose
-        self._util: dict[str, UtilisationWindow] = {}
-        self._last_counts = 0.0
-        self._last_cancel_check = 0.0
-        self._locked = False
-        self._placed: list = []
-        self._batch: str | None = None
-        self._on_finish = None
-        self._cores: dict[str, str | None] = {}   # job -> FPGA core it needs
+        self._spawn_failures = 0
+        self._events: list = []
+        from .jobs import test_roots as _roots
 
-    # ---- pool ------------------------------------------------------------------------------
-    def _spawn(self, itype: str) -> Worker:
+        self.loop = SchedulingLoop(store, self.catalog, self, elastic=elastic or ElasticPolicy(),
+                                   max_attempts=max_attempts, model=model, metrics=metrics, log=self.log,
+                                   poll_s=poll_s, lookahead=lookahead, trusted=allow_shell,
+                                   roots=_roots(test_roots or ()))
+
+    @property
+    def max_workers(self) -> int:
+        return self.max_nodes_total
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self, *, batch: str | None = None, until_idle: bool = True, timeout: float | None = None,
+            on_finish=None) -> None:
+        """Process jobs (of ``batch``, or all) until none is unfinished (or forever)."""
+        self.loop.on_finish = on_finish
+        self.loop.run(batch=batch, until_idle=until_idle, timeout=timeout)
+
+    def step(self) -> None:
+        self.loop.open(self.loop.batch)
+        self.loop.step()
+
+    def close(self) -> None:
+        self.loop.close()
+
+    # ---- Nodes: what a local node does ---------------------------------------------------------
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(w.node_id, w.itype, 1, frozenset(w.cores)) for w in self.workers.values()]
+
+    def attempt_fields(self, node_id: str) -> dict:
+        w = self.workers[node_id]
+        return {"pgid": w.pgid, "pg_start": w.pg_start}
+
+    def start(self, run: Run, node_id: str | None) -> None:
+        w = self.workers.get(node_id)
+        if w is None:
+            self._events.append(Lost(run.job_id, run.attempt, f"node {node_id} was gone before the job started"))
+            return
+        w.job, w.attempt = run.job_id, run.attempt
+        if w.kind == "fpga" and run.job.core:
+            w.cores.add(run.job.core)
+        try:
+            w.conn.send((run.job_id, run.attempt, run.job))
+        except (BrokenPipeError, OSError):
+            self._died(w)
+
+    def poll(self, timeout: float) -> list:
+        out, self._events = self._events, []
+        conns = {w.conn: w for w in self.workers.values() if w.busy}
+        if out:
+            timeout = 0
+        ready = mp_wait(list(conns), timeout=timeout) if conns else (time.sleep(timeout) or [])
+        for conn in ready:
+            w = conns[conn]
+            try:
+                job_id, attempt, result = conn.recv()
+            except (EOFError, OSError):
+                self._died(w)
+                continue
+            w.job, w.attempt = None, None
+            out.append(Finished(job_id, attempt, result))
+        for w in list(self.workers.values()):   # idle workers that died
+            if not w.busy and w.proc.exitcode is not None:
+                self.workers.pop(w.node_id, None)
+                w.conn.close()
+        out, self._events = out + self._events, []
+        return out
+
+    def _died(self, w: Worker) -> None:
+        w.proc.join(timeout=1)
+        code = w.proc.exitcode
+        self.workers.pop(w.node_id, None)
+        w.conn.close()
+        if w.job is None:
+            return
+        gone = procs.kill_attempt(w.pgid, w.pg_start, procs.marker(w.job, w.attempt), timeout=10.0)
+        self._events.append(Lost(w.job, w.attempt, f"node {w.node_id} died (exit code {code}) while running "
+                                 "the job", gone=gone, pgid=w.pgid, pg_start=w.pg_start))
+        w.job = None
+
+    def cancel(self, job_id: str) -> None:
+        for w in list(self.workers.values()):
+            if w.job == job_id:
+                self.workers.pop(w.node_id, None)
+                procs.kill_attempt(w.pgid, w.pg_start, procs.marker(job_id, w.attempt), timeout=10.0)
+                w.proc.join(timeout=5)
+                w.conn.close()
+                w.job = None
+
+    def attempt_gone(self, job_id, attempt, pgid, pg_start, timeout) -> bool:
+        return procs.kill_attempt(pgid, pg_start, procs.marker(job_id, attempt), timeout=timeout)
+
+    def scale(self, targets: dict[str, int], stop: list[str]) -> None:
+        for nid in stop:
+            w = self.workers.get(nid)
+            if w is not None and not w.busy:
+                self.log(f"scale in: stopping {nid}")
+                self._stop(w)
+        for t, want in targets.items():
+            have = sum(1 for w in self.workers.values() if w.itype == t)
+            for _ in range(want - have):
+                if len(self.workers) >= self.max_nodes_total:
+                    break
+                self._spawn(t)
+
+    # ---- the pool ------------------------------------------------------------------------------
+    def _spawn(self, itype: str) -> Worker | None:
         t = self.catalog[itype]
         node_id = f"{itype}#{next(self._ids)}"
         backend = backend_for(t.kind, self._available)
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=worker_main, name=f"lepton-worker {node_id}",
-                                 args=(child, node_id, backend, os.getpid(), self.allow_shell), daemon=True)
-        proc.start()
+        try:
+            parent, child = self._ctx.Pipe()
+            proc = self._ctx.Process(target=worker_main, name=f"lepton-worker {node_id}",
+                                     args=(child, node_id, backend, os.getpid(), self.allow_shell,
+                                           self.loop.roots, self.env_names), daemon=True)
+            proc.start()
+        except Exception as exc:   # e.g. the forkserver was killed: say so once, try again later
+            self._spawn_failures += 1
+            msg = f"cannot start a worker for {itype}: {type(exc).__name__}: {exc}"
+            self.log(msg)
+            if self._spawn_failures >= 5:
+                raise SchedulerError(msg) from None
+            return None
+        self._spawn_failures = 0
         child.close()
-        w = Worker(node_id, itype, t.kind, backend, proc, parent)
+        w = Worker(node_id, itype, t.kind, backend, proc, parent, procs.start_time(proc.pid))
         self.workers[node_id] = w
         self.log(f"scale out: started {node_id} (backend {backend})")
         return w
@@ -179,254 +266,12 @@ class LocalExecutor:
             w.proc.join(timeout=5)
         w.conn.close()
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
         for w in list(self.workers.values()):
-            self._stop(w, kill=w.busy)
-        if self._locked:
-            self.store.release_lock()
-            self._locked = False
-
-    def state(self, now: float | None = None) -> ClusterState:
-        """The pool as placement sees it."""
-        now = time.monotonic() if now is None else now
-        queued = self._queued_by_type()
-        nodes = []
-        for w in self.workers.values():
-            per = self._count_type(w.itype)
-            backlog = sum(q[1] for q in queued.get(w.itype, [])) / max(per, 1)
-            remaining = max(w.est_s - (now - w.started), 0.0) if w.busy else 0.0
-            free = 0 if (w.busy or queued.get(w.itype)) else 1
-            nodes.append(NodeView(w.node_id, w.itype, free, frozenset(w.cores), remaining + backlog))
-        for itype, items in queued.items():   # nodes being launched for queued work
-            if itype in self.catalog.types and not self._count_type(itype):
-                t = self.catalog[itype]
-                cores = frozenset(self._cores.get(jid) for jid, _ in items) - {None}
-                nodes.append(NodeView(f"{itype}#launching", itype, 0, cores,
-                                      t.startup_s + sum(e for _, e in items) / t.slots))
-        caps = {t.name: self.elastic.limits(t.name)[1] for t in self.catalog}
-        return ClusterState(nodes, caps)
-
-    def _count_type(self, itype: str) -> int:
-        return sum(1 for w in self.workers.values() if w.itype == itype)
-
-    def _queued_by_type(self) -> dict[str, list[tuple[str, float]]]:
-        out: dict[str, list[tuple[str, float]]] = {}
-        for r in self._placed:
-            out.setdefault(r.itype, []).append((r.id, r.est_run_s or 0.0))
-        return out
-
-    # ---- the loop --------------------------------------------------------------------------
-    def run(self, *, batch: str | None = None, until_idle: bool = True, timeout: float | None = None,
-            on_finish=None) -> None:
-        """Process jobs (of ``batch``, or all) until none is unfinished (or forever)."""
-        if not self._locked:
-            self.store.scheduler_lock()
-            self._locked = True
-            for jid in self.store.recover():
-                self._count("retried")
-                self.log(f"recovered {jid}: was running when the scheduler stopped")
-        self._batch = batch
-        self._on_finish = on_finish
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self.step()
-            if until_idle and not self._unfinished(batch):
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"jobs still unfinished after {timeout} s")
-
-    def step(self) -> None:
-        """One pass of the loop: results, cancellations, placement, dispatch, scaling."""
-        self._collect()
-        self._check_cancelled()
-        self._place_pending()
-        self._placed = self.store.jobs(["placed"], batch=self._batch)
-        self._dispatch()
-        self._scale()
-        self._publish()
-
-    def _unfinished(self, batch) -> bool:
-        if batch is None:
-            return self.store.unfinished() > 0
-        return bool(self.store.jobs(UNFINISHED, batch=batch))
-
-    def _count(self, state: str) -> None:
-        if self.metrics:
-            self.metrics.transition(state)
-
-    def _collect(self) -> None:
-        conns = {w.conn: w for w in self.workers.values() if w.busy}
-        ready = mp_wait(list(conns), timeout=self.poll_s) if conns else (time.sleep(self.poll_s) or [])
-        for conn in ready:
-            w = conns[conn]
-            try:
-                job_id, attempt, result = conn.recv()
-            except (EOFError, OSError):
-                self._worker_died(w)
-                continue
-            self._finish(w, job_id, attempt, result)
-        for w in list(self.workers.values()):   # idle workers that died
-            if not w.busy and w.proc.exitcode is not None:
+            if w.busy:
                 self.workers.pop(w.node_id, None)
+                procs.kill_attempt(w.pgid, w.pg_start, procs.marker(w.job, w.attempt), timeout=10.0)
+                w.proc.join(timeout=5)
                 w.conn.close()
-
-    def _finish(self, w: Worker, job_id: str, attempt: int, result: dict) -> None:
-        w.job, w.attempt = None, None
-        rec = self.store.get(job_id)
-        if result.get("ok") and result.get("verified", True) is not False:
-            changed = self.store.transition(
-                job_id, "done", from_states=("running",), attempt=attempt,
-                measured_s=result.get("measured_s"), backend=result.get("backend"),
-                verified=result.get("verified"), result=result,
-                detail=f"measured {result.get('measured_s', 0):.4g} s on backend {result.get('backend')}")
-            state = "done"
-        else:
-            err = result.get("error") or (f"verification failed: relative error {result.get('rel_err')}"
-                                          f" (tolerance {result.get('tolerance')})")
-            changed = self.store.transition(job_id, "failed", from_states=("running",), attempt=attempt,
-                                            measured_s=result.get("measured_s"), backend=result.get("backend"),
-                                            verified=result.get("verified"), result=result, error=err,
-                                            detail=err)
-            state = "failed"
-        if changed:
-            self._count(state)
-            if self.metrics:
-                self.metrics.finished(rec.itype, rec.est_run_s, result.get("measured_s"), rec.est_cost)
-            self.log(f"{state}: {rec.name} ({job_id}) on {w.node_id}")
-            if self._on_finish:
-                self._on_finish(self.store.get(job_id))
-
-    def _worker_died(self, w: Worker) -> None:
-        w.proc.join(timeout=1)
-        code = w.proc.exitcode
-        self.workers.pop(w.node_id, None)
-        w.conn.close()
-        if w.job is None:
-            return
-        rec = self.store.get(w.job)
-        why = f"node {w.node_id} died (exit code {code}) while running the job"
-        if rec.attempts < self.max_attempts:
-            if self.store.transition(w.job, "retried", from_states=("running",), attempt=w.attempt, detail=why):
-                self._count("retried")
-                self.log(f"retried: {rec.name} ({rec.id}): {why}")
-        elif self.store.transition(w.job, "failed", from_states=("running",), attempt=w.attempt,
-                                   error=f"{why}; gave up after {rec.attempts} attempts", detail=why):
-            self._count("failed")
-        w.job = None
-
-    def _check_cancelled(self) -> None:
-        now = time.monotonic()
-        if now - self._last_cancel_check < 0.25:
-            return
-        self._last_cancel_check = now
-        busy = {w.job: w for w in self.workers.values() if w.busy}
-        if not busy:
-            return
-        for rec in self.store.jobs(["cancelled"], ids=list(busy)):
-            w = busy[rec.id]
-            self.log(f"cancelled: {rec.name} ({rec.id}); stopping {w.node_id}")
-            w.job = None
-            self._stop(w, kill=True)
-
-    def _place_pending(self) -> None:
-        pending = self.store.jobs(PENDING, batch=self._batch)
-        if not pending:
-            return
-        now = time.time()
-        self._placed = self.store.jobs(["placed"], batch=self._batch)
-        for rec in pending:
-            try:
-                job = parse_job(rec.doc, "", rec.base_dir)
-            except JobError as exc:
-                if self.store.transition(rec.id, "failed", from_states=PENDING, error=str(exc), detail=str(exc)):
-                    self._count("failed")
-                continue
-            p = place(job, self.catalog, self.state(), model=self.model, elapsed_s=now - rec.submitted_at)
-            if p.winner is None:
-                if self.store.transition(rec.id, "failed", from_states=PENDING, error=p.reason, detail=p.reason):
-                    self._count("failed")
-                continue
-            win = p.winner
-            ok = self.store.transition(rec.id, "placed", from_states=PENDING, itype=win.itype.name,
-                                       node=win.node, est_run_s=win.run_s, est_total_s=win.time_s,
-                                       est_cost=win.cost, explain=p.explain(), detail=p.reason)
-            if ok:
-                self._count("placed")
-                if win.node and not win.node.endswith("#launching"):
-                    self._hint[rec.id] = win.node
-                self._cores[rec.id] = job.core
-                # later placements in this pass see this job in the type's queue
-                self._placed.append(self.store.get(rec.id))
-
-    def _dispatch(self) -> None:
-        for rec in self._placed:
-            idle = [w for w in self.workers.values() if w.itype == rec.itype and not w.busy
-                    and w.proc.exitcode is None]
-            if not idle:
-                continue
-            job = parse_job(rec.doc, "", rec.base_dir)
-            hint = self._hint.get(rec.id)
-            idle.sort(key=lambda w: (w.node_id != hint, job.core not in w.cores, w.node_id))
-            w = idle[0]
-            attempt = self.store.start(rec.id, w.node_id, w.itype)
-            if attempt is None:
-                continue
-            self._count("running")
-            try:
-                w.conn.send((rec.id, attempt, rec.doc, rec.base_dir))
-            except (BrokenPipeError, OSError):
-                w.job, w.attempt = rec.id, attempt
-                self._worker_died(w)
-                continue
-            w.job, w.attempt, w.started, w.est_s = rec.id, attempt, time.monotonic(), rec.est_run_s or 0.0
-            if w.kind == "fpga" and job.core:
-                w.cores.add(job.core)
-            self._hint.pop(rec.id, None)
-            self._cores.pop(rec.id, None)
-        self._placed = [r for r in self._placed if not any(w.job == r.id for w in self.workers.values())]
-
-    def _scale(self) -> None:
-        queued = {t: len(v) for t, v in self._queued_by_type().items()}
-        now = time.monotonic()
-        types = set(queued) | {w.itype for w in self.workers.values()}
-        for t in sorted(types, key=lambda t: -queued.get(t, 0)):
-            ws = [w for w in self.workers.values() if w.itype == t]
-            busy = sum(w.busy for w in ws)
-            win = self._util.setdefault(t, UtilisationWindow(self.elastic.window_s))
-            win.add(busy, len(ws), now)
-            want = self.elastic.target(t, len(ws), busy, queued.get(t, 0))
-            for _ in range(want - len(ws)):
-                if len(self.workers) >= self.max_workers and not self._make_room(t, queued):
-                    break
-                self._spawn(t)
-                win.reset()
-            if len(ws) > 0 and should_scale_in(self.elastic, t, len(ws), queued.get(t, 0), win, now):
-                idle = [w for w in ws if not w.busy]
-                if idle:
-                    self.log(f"scale in: stopping {idle[-1].node_id} (utilisation under "
-                             f"{self.elastic.scale_in_at:.0%} for {self.elastic.window_s:g} s)")
-                    self._stop(idle[-1])
-                    win.reset()
-
-    def _make_room(self, itype: str, queued: dict[str, int]) -> bool:
-        """At the total cap: stop an idle worker of a type with nothing queued."""
-        for w in list(self.workers.values()):
-            if w.itype != itype and not w.busy and not queued.get(w.itype) \
-                    and self._count_type(w.itype) > self.elastic.limits(w.itype)[0]:
-                self.log(f"scale in: stopping {w.node_id} to make room for {itype}")
+            else:
                 self._stop(w)
-                return True
-        return False
-
-    def _publish(self) -> None:
-        if not self.metrics:
-            return
-        now = time.monotonic()
-        if now - self._last_counts < 0.2:
-            return
-        self._last_counts = now
-        self.metrics.set_counts(self.store.counts())
-        nodes: dict[str, int] = {}
-        for w in self.workers.values():
-            nodes[w.itype] = nodes.get(w.itype, 0) + 1
-        self.metrics.set_pool(nodes, {t: len(v) for t, v in self._queued_by_type().items()})

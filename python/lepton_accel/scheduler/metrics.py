@@ -1,7 +1,9 @@
 """Prometheus metrics of the scheduler (prometheus-client).
 
 Each :class:`SchedulerMetrics` owns its own registry, so several schedulers (or tests) in
-one process do not collide. :meth:`SchedulerMetrics.serve` exposes it over HTTP, bound to
+one process do not collide. It counts transitions by subscribing to the store
+(:meth:`SchedulerMetrics.attach`): every state change committed is seen, whichever
+executor made it. :meth:`SchedulerMetrics.serve` exposes it over HTTP, bound to
 127.0.0.1 unless another address is asked for explicitly.
 
 Metrics:
@@ -58,6 +60,21 @@ class SchedulerMetrics:
 
     def transition(self, state: str) -> None:
         self.transitions.labels(state).inc()
+
+    def attach(self, store) -> None:
+        """Count the store's committed transitions (and finished jobs' times and costs)."""
+        store.subscribe(self.on_transitions)
+
+    def detach(self, store) -> None:
+        store.unsubscribe(self.on_transitions)
+
+    def on_transitions(self, transitions) -> None:
+        for t in transitions:
+            if t.state == "queued":
+                continue
+            self.transition(t.state)
+            if t.state in ("done", "failed") and t.itype:
+                self.finished(t.itype, t.est_run_s, t.measured_s, t.est_cost)
 
     def finished(self, itype: str, est_s: float | None, measured_s: float | None, cost: float | None) -> None:
         if est_s is not None:

@@ -58,18 +58,43 @@ class NodeView:
 
 @dataclass
 class ClusterState:
-    """Running nodes and launch limits; the default is a cold cluster with no limits."""
+    """Nodes (running, and being launched) and launch limits; the default is a cold
+    cluster with no limits. A node being launched counts against its type's limit."""
 
     nodes: list[NodeView] = field(default_factory=list)
     max_nodes: dict[str, int] = field(default_factory=dict)
     idle_timeout_s: float = 0.0      # a new node is kept (and billed) this long after its work
+    _by_type: dict | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _index(self) -> dict[str, list[NodeView]]:
+        if self._by_type is None:
+            idx: dict[str, list[NodeView]] = {}
+            for n in self.nodes:
+                idx.setdefault(n.itype, []).append(n)
+            self._by_type = idx
+        return self._by_type
 
     def of_type(self, name: str) -> list[NodeView]:
-        return [n for n in self.nodes if n.itype == name]
+        return self._index().get(name, [])
 
     def can_launch(self, name: str) -> bool:
         cap = self.max_nodes.get(name)
         return cap is None or len(self.of_type(name)) < cap
+
+    def put(self, view: NodeView) -> None:
+        """Add a node, or replace the node with the same id (keeps the index current)."""
+        same = self._index().setdefault(view.itype, [])
+        for i, n in enumerate(same):
+            if n.node_id == view.node_id:
+                same[i] = view
+                break
+        else:
+            same.append(view)
+        for i, n in enumerate(self.nodes):
+            if n.node_id == view.node_id:
+                self.nodes[i] = view
+                return
+        self.nodes.append(view)
 
 
 @dataclass
@@ -113,9 +138,7 @@ def _device(itype: InstanceType) -> DeviceSpec:
 
 
 def _fits(job: Job, itype: InstanceType) -> bool:
-    if job.spec is None:
-        return True
-    return job.spec.bytes_in + job.spec.bytes_out <= itype.memory_gib * 2**30
+    return job.footprint <= itype.memory_gib * 2**30
 
 
 def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, node: NodeView | None,
@@ -167,13 +190,18 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
     state = state or ClusterState()
     key = _key(job.policy)
     out = []
+    costs = job.costs
+    seen: dict[str, Estimate] = {}     # types sharing a device share its estimate
     for itype in catalog:
         ok, why = job.constraints.allows(itype)
         if not ok:
             out.append(Candidate(itype, excluded=why))
             continue
-        if job.spec is not None:
-            est = model.estimate(job.spec, _device(itype), data_on_host=True)
+        if costs is not None:
+            dev = _device(itype)
+            est = seen.get(dev.name)
+            if est is None:
+                est = seen[dev.name] = model.estimate(costs, dev, data_on_host=True)
             run_s = est.total_s
             if not math.isfinite(run_s):
                 out.append(Candidate(itype, excluded=f"{itype.accelerator or 'cpu'} cannot run {job.spec.dtype}"))

@@ -5,9 +5,11 @@
   vCPUs, and for GPU types ``GPU`` and ``accelerator_type:<model>``.
   :func:`autoscaler_config` writes the autoscaler's ``available_node_types`` (min/max
   workers, idle timeout) from the catalog: ``lepton-accel cluster config``.
-* Our placement chooses the type (Ray's autoscaler packs demand but never weighs price);
-  each job becomes a Ray task requesting that type's resource (plus one GPU and the
-  accelerator type on GPU types), with ``max_retries`` so Ray moves it off a dead node.
+* The scheduling is the shared loop (:mod:`.loop`): our placement chooses the type (Ray's
+  autoscaler packs demand but never weighs price); each placed job becomes a Ray task
+  requesting that type's resource (plus one GPU and the accelerator type on GPU types),
+  with ``max_retries`` so Ray moves it off a dead node. This module supplies only what a
+  Ray node does: submit, poll, cancel, and the scale-ahead request.
 * Tasks report their start (job, node, time) to a small tracker actor on the driver's node;
   a second start of the same job means Ray retried it after its node died, and the store
   records ``retried`` with the dead node before ``running`` on the new one.
@@ -29,11 +31,11 @@ from typing import Any
 
 import yaml
 
+from ..perf import MODEL, PerfModel
 from .catalog import Catalog, InstanceType, load_catalog
 from .elastic import ElasticPolicy
-from .jobs import JobError, parse_job
-from .placement import ClusterState, NodeView, place
-from .store import PENDING, UNFINISHED, JobStore
+from .loop import Finished, Lost, NodeInfo, Nodes, Restarted, Run, SchedulingLoop, Started
+from .store import JobStore
 
 HEAD_TYPE = "ray.head.default"
 
@@ -166,37 +168,38 @@ def _tracker_class():
     return StartTracker
 
 
-def _run_job(job_id: str, doc: dict, base_dir: str, kind: str, allow_shell: bool, tracker) -> dict:
-    """Body of the Ray task: report the start, run through the public API, return the result."""
+def _run_job(job_id: str, job, kind: str, allow_shell: bool, roots, tracker) -> dict:
+    """Body of the Ray task: report the start, run the parsed job, return the result."""
     import ray
 
-    from .local import backend_for, local_backends
-    from .runner import execute
+    from .runner import backend_for, execute
 
     node = ray.get_runtime_context().get_node_id()
     ray.get(tracker.started.remote(job_id, node))
-    result = execute(doc, base_dir, backend_for(kind, local_backends()), allow_shell)
+    result = execute(job, backend_for(kind), allow_shell=allow_shell, roots=roots, mark=f"{job_id}.ray")
     result["ray_node"] = node
     return result
 
 
-class RayExecutor:
+class RayExecutor(Nodes):
     """Runs the store's jobs as Ray tasks on typed nodes of a Ray cluster."""
+
+    assigns_nodes = False     # Ray queues the tasks and picks the node
 
     def __init__(self, store: JobStore, catalog: Catalog | None = None, *, address: str | None = None,
                  max_retries: int = 3, allow_shell: bool = False, elastic: ElasticPolicy | None = None,
-                 request_resources: bool = True, metrics=None, poll_s: float = 0.1, log=None):
+                 request_resources: bool = True, metrics=None, model: PerfModel = MODEL, poll_s: float = 0.1,
+                 log=None, test_roots=None, lookahead: int = 256):
         import ray
+
+        from .jobs import test_roots as _roots
 
         self.ray = ray
         self.store = store
         self.catalog = catalog or load_catalog()
         self.max_retries = max_retries
         self.allow_shell = allow_shell
-        self.elastic = elastic or ElasticPolicy()
         self.use_request_resources = request_resources
-        self.metrics = metrics
-        self.poll_s = poll_s
         self.log = log or (lambda msg: None)
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
@@ -209,6 +212,11 @@ class RayExecutor:
         self.refs: dict[Any, str] = {}          # ObjectRef -> job id
         self.nodes_of: dict[str, str] = {}      # job id -> node it last started on
         self._requested: list = []
+        self._events: list = []
+        self.loop = SchedulingLoop(store, self.catalog, self, elastic=elastic or ElasticPolicy(),
+                                   max_attempts=max_retries + 1, model=model, metrics=metrics, log=self.log,
+                                   poll_s=poll_s, lookahead=lookahead, trusted=allow_shell,
+                                   roots=_roots(test_roots or ()))
 
     # ---- cluster view ------------------------------------------------------------------
     def typed_nodes(self) -> dict[str, list[str]]:
@@ -223,134 +231,89 @@ class RayExecutor:
                     out.setdefault(by_res[res], []).append(n["NodeID"])
         return out
 
-    def state(self) -> ClusterState:
-        nodes = [NodeView(nid, t, self.catalog[t].slots) for t, ids in self.typed_nodes().items() for nid in ids]
-        return ClusterState(nodes, {t.name: self.elastic.limits(t.name)[1] for t in self.catalog})
-
     # ---- the loop --------------------------------------------------------------------------
     def run(self, *, batch: str | None = None, timeout: float | None = None) -> None:
-        self.store.scheduler_lock()
         try:
-            self.store.recover()
-            end = None if timeout is None else time.monotonic() + timeout
-            while True:
-                self._place_and_submit(batch)
-                self._track_starts()
-                self._collect()
-                self._check_cancelled()
-                self._request_capacity(batch)
-                if not self.store.jobs(UNFINISHED, batch=batch):
-                    break
-                if end is not None and time.monotonic() > end:
-                    raise TimeoutError(f"jobs still unfinished after {timeout} s")
+            self.loop.run(batch=batch, until_idle=True, timeout=timeout)
         finally:
-            if self.use_request_resources and self._requested:
-                from ray.autoscaler.sdk import request_resources
+            self.loop.close()
 
-                request_resources(bundles=[])
-            self.store.release_lock()
+    # ---- Nodes: what a Ray node does ---------------------------------------------------------
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(nid, t, self.catalog[t].slots) for t, ids in self.typed_nodes().items() for nid in ids]
 
-    def _place_and_submit(self, batch) -> None:
-        pending = self.store.jobs(PENDING, batch=batch)
-        if not pending:
-            return
-        state = self.state()
-        now = time.time()
-        for rec in pending:
-            try:
-                job = parse_job(rec.doc, "", rec.base_dir)
-            except JobError as exc:
-                self.store.transition(rec.id, "failed", from_states=PENDING, error=str(exc), detail=str(exc))
-                continue
-            p = place(job, self.catalog, state, elapsed_s=now - rec.submitted_at)
-            if p.winner is None:
-                self.store.transition(rec.id, "failed", from_states=PENDING, error=p.reason, detail=p.reason)
-                continue
-            t = p.winner.itype
-            if not self.store.transition(rec.id, "placed", from_states=PENDING, itype=t.name,
-                                         est_run_s=p.winner.run_s, est_total_s=p.winner.time_s,
-                                         est_cost=p.winner.cost, explain=p.explain(), detail=p.reason):
-                continue
-            opts: dict[str, Any] = {"resources": {resource_name(t): 1}, "num_cpus": 1,
-                                    "max_retries": self.max_retries, "retry_exceptions": False,
-                                    "name": f"lepton:{rec.name}:{rec.id}"}
-            if t.kind == "gpu":
-                opts.update(num_gpus=1, accelerator_type=t.accelerator)
-            ref = self._task.options(**opts).remote(rec.id, rec.doc, rec.base_dir, t.kind, self.allow_shell,
-                                                    self.tracker)
-            self.refs[ref] = rec.id
-            self.log(f"placed {rec.name} ({rec.id}) on {t.name}: {p.reason}")
+    def slots_of(self, itype: str) -> int:
+        return self.catalog[itype].slots
 
-    def _track_starts(self) -> None:
+    def start(self, run: Run, node_id: str | None) -> None:
+        t = self.catalog[run.itype]
+        opts: dict[str, Any] = {"resources": {resource_name(t): 1}, "num_cpus": 1,
+                                "max_retries": self.max_retries, "retry_exceptions": False,
+                                "name": f"lepton:{run.job.name}:{run.job_id}"}
+        if t.kind == "gpu":
+            opts.update(num_gpus=1, accelerator_type=t.accelerator)
+        ref = self._task.options(**opts).remote(run.job_id, run.job, t.kind, self.allow_shell, self.loop.roots,
+                                                self.tracker)
+        self.refs[ref] = run.job_id
+
+    def _starts(self) -> list:
+        out = []
         for job_id, node, _at in self.ray.get(self.tracker.drain.remote()):
-            rec = self.store.get(job_id)
             prev = self.nodes_of.get(job_id)
-            if prev is not None and rec.state == "running":
+            self.nodes_of[job_id] = node
+            if prev is None:
+                out.append(Started(job_id, node))
+            else:
                 alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
                 why = (f"node {prev} {'died' if prev not in alive else 'lost the task'}; "
                        f"Ray retried the task on {node}")
-                self.store.transition(job_id, "retried", from_states=("running",), detail=why)
-                self.store.transition(job_id, "placed", from_states=("retried",), detail="kept by Ray's retry")
-                self.log(f"retried {rec.name} ({job_id}): {why}")
-            self.nodes_of[job_id] = node
-            self.store.start(job_id, node, rec.itype)
+                out.append(Restarted(job_id, node, why))
+        return out
 
-    def _collect(self) -> None:
+    def poll(self, timeout: float) -> list:
+        out = self._starts()
         if not self.refs:
-            time.sleep(self.poll_s)
-            return
-        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=self.poll_s)
+            time.sleep(timeout)
+            return out
+        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
         if ready:
-            self._track_starts()      # a start report may arrive together with the result
+            out += self._starts()      # a start report may arrive together with the result
         for ref in ready:
             job_id = self.refs.pop(ref)
-            rec = self.store.get(job_id)
-            if rec.state == "placed":  # finished before its start was seen (should not happen)
-                self.store.start(job_id, self.nodes_of.get(job_id, "?"), rec.itype)
             try:
                 result = self.ray.get(ref)
             except self.ray.exceptions.TaskCancelledError:
                 continue
             except self.ray.exceptions.RayError as exc:
-                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                self.store.transition(job_id, "failed", from_states=("running", "placed"), error=msg, detail=msg)
+                out.append(Lost(job_id, None, f"{type(exc).__name__}: {str(exc).splitlines()[0]}", retry=False))
                 continue
-            if result.get("ok") and result.get("verified", True) is not False:
-                self.store.transition(job_id, "done", from_states=("running",), measured_s=result.get("measured_s"),
-                                      backend=result.get("backend"), verified=result.get("verified"),
-                                      result=result, detail=f"on Ray node {result.get('ray_node')}")
-            else:
-                err = result.get("error") or "verification failed"
-                self.store.transition(job_id, "failed", from_states=("running",), measured_s=result.get("measured_s"),
-                                      backend=result.get("backend"), verified=result.get("verified"),
-                                      result=result, error=err, detail=err)
+            out.append(Finished(job_id, None, result))
+        return out
 
-    def _check_cancelled(self) -> None:
-        if not self.refs:
-            return
-        cancelled = {r.id for r in self.store.jobs(["cancelled"], ids=list(self.refs.values()))}
+    def cancel(self, job_id: str) -> None:
         for ref, jid in list(self.refs.items()):
-            if jid in cancelled:
+            if jid == job_id:
                 self.ray.cancel(ref, force=True)
                 self.refs.pop(ref)
 
-    def _request_capacity(self, batch) -> None:
-        """Scale ahead: ask the autoscaler for whole nodes when queued work passes the rule."""
+    def scale(self, targets: dict[str, int], stop: list[str]) -> None:
+        """Scale ahead: ask the autoscaler for whole nodes; idle ones go after its idle
+        timeout (``stop`` is left to it)."""
         if not self.use_request_resources:
             return
-        placed = self.store.jobs(["placed", "running"], batch=batch)
-        by_type: dict[str, list] = {}
-        for r in placed:
-            by_type.setdefault(r.itype, []).append(r)
-        nodes = self.typed_nodes()
         bundles = []
-        for tname, recs in by_type.items():
+        for tname, want in sorted(targets.items()):
             t = self.catalog[tname]
-            busy = sum(r.state == "running" for r in recs)
-            want = self.elastic.target(tname, len(nodes.get(tname, [])), busy, len(recs) - busy, t.slots)
             bundles += [{resource_name(t): t.slots}] * want
         if bundles != self._requested:
             from ray.autoscaler.sdk import request_resources
 
             request_resources(bundles=bundles)
             self._requested = bundles
+
+    def shutdown(self) -> None:
+        if self.use_request_resources and self._requested:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])
+            self._requested = []
