@@ -85,12 +85,16 @@ class Worker:
     conn: object
     pg_start: int | None = None
     cores: set = field(default_factory=set)
-    job: str | None = None
-    attempt: int | None = None
+    jobs: dict = field(default_factory=dict)    # job id -> attempt, in the order sent
+
+    @property
+    def job(self) -> str | None:
+        """The job it runs now (the first of those sent)."""
+        return next(iter(self.jobs), None)
 
     @property
     def busy(self) -> bool:
-        return self.job is not None
+        return bool(self.jobs)
 
     @property
     def pgid(self) -> int:
@@ -104,13 +108,14 @@ class LocalExecutor(Nodes):
                  elastic: ElasticPolicy | None = None, max_workers: int = 4, max_attempts: int = 3,
                  allow_shell: bool = False, metrics: SchedulerMetrics | None = None,
                  model: PerfModel = MODEL, poll_s: float = 0.02, start_method: str | None = None,
-                 log=None, test_roots=None, job_env=(), lookahead: int = 256):
+                 log=None, test_roots=None, job_env=(), lookahead: int = 256, prefetch: int = 8):
         self.store = store
         self.catalog = catalog or load_catalog()
         self.max_nodes_total = max_workers
         self.allow_shell = allow_shell
         self.roots = test_roots
         self.env_names = tuple(job_env)
+        self.prefetch = prefetch
         self.log = log or (lambda msg: None)
         method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         self._ctx = mp.get_context(method)
@@ -148,7 +153,7 @@ class LocalExecutor(Nodes):
 
     # ---- Nodes: what a local node does ---------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(w.node_id, w.itype, 1, frozenset(w.cores)) for w in self.workers.values()]
+        return [NodeInfo(w.node_id, w.itype, 1, frozenset(w.cores), self.prefetch) for w in self.workers.values()]
 
     def attempt_fields(self, node_id: str) -> dict:
         w = self.workers[node_id]
@@ -159,7 +164,7 @@ class LocalExecutor(Nodes):
         if w is None:
             self._events.append(Lost(run.job_id, run.attempt, f"node {node_id} was gone before the job started"))
             return
-        w.job, w.attempt = run.job_id, run.attempt
+        w.jobs[run.job_id] = run.attempt
         if w.kind == "fpga" and run.job.core:
             w.cores.add(run.job.core)
         try:
@@ -176,12 +181,14 @@ class LocalExecutor(Nodes):
         for conn in ready:
             w = conns[conn]
             try:
-                job_id, attempt, result = conn.recv()
+                while True:    # every result waiting on this pipe
+                    job_id, attempt, result = conn.recv()
+                    w.jobs.pop(job_id, None)
+                    out.append(Finished(job_id, attempt, result))
+                    if not w.jobs or not conn.poll(0):
+                        break
             except (EOFError, OSError):
                 self._died(w)
-                continue
-            w.job, w.attempt = None, None
-            out.append(Finished(job_id, attempt, result))
         for w in list(self.workers.values()):   # idle workers that died
             if not w.busy and w.proc.exitcode is not None:
                 self.workers.pop(w.node_id, None)
@@ -194,21 +201,18 @@ class LocalExecutor(Nodes):
         code = w.proc.exitcode
         self.workers.pop(w.node_id, None)
         w.conn.close()
-        if w.job is None:
-            return
-        gone = procs.kill_attempt(w.pgid, w.pg_start, procs.marker(w.job, w.attempt), timeout=10.0)
-        self._events.append(Lost(w.job, w.attempt, f"node {w.node_id} died (exit code {code}) while running "
-                                 "the job", gone=gone, pgid=w.pgid, pg_start=w.pg_start))
-        w.job = None
+        for job_id, attempt in w.jobs.items():
+            gone = procs.kill_attempt(w.pgid, w.pg_start, procs.marker(job_id, attempt), timeout=10.0)
+            self._events.append(Lost(job_id, attempt, f"node {w.node_id} died (exit code {code}) while running "
+                                     "the job", gone=gone, pgid=w.pgid, pg_start=w.pg_start))
+        w.jobs.clear()
 
     def cancel(self, job_id: str) -> None:
         for w in list(self.workers.values()):
-            if w.job == job_id:
-                self.workers.pop(w.node_id, None)
-                procs.kill_attempt(w.pgid, w.pg_start, procs.marker(job_id, w.attempt), timeout=10.0)
-                w.proc.join(timeout=5)
-                w.conn.close()
-                w.job = None
+            if job_id in w.jobs:
+                attempt = w.jobs.pop(job_id)
+                procs.kill_attempt(w.pgid, w.pg_start, procs.marker(job_id, attempt), timeout=10.0)
+                self._died(w)     # the jobs queued behind it are lost with the worker
 
     def attempt_gone(self, job_id, attempt, pgid, pg_start, timeout) -> bool:
         return procs.kill_attempt(pgid, pg_start, procs.marker(job_id, attempt), timeout=timeout)
@@ -270,7 +274,8 @@ class LocalExecutor(Nodes):
         for w in list(self.workers.values()):
             if w.busy:
                 self.workers.pop(w.node_id, None)
-                procs.kill_attempt(w.pgid, w.pg_start, procs.marker(w.job, w.attempt), timeout=10.0)
+                for job_id, attempt in w.jobs.items():
+                    procs.kill_attempt(w.pgid, w.pg_start, procs.marker(job_id, attempt), timeout=10.0)
                 w.proc.join(timeout=5)
                 w.conn.close()
             else:

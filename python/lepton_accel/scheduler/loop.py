@@ -49,6 +49,12 @@ class NodeInfo:
     itype: str
     slots: int = 1
     cores: frozenset = frozenset()   # FPGA core images loaded on it
+    depth: int = 0                   # jobs it takes at once when they are short (0: slots)
+
+
+#: a job estimated shorter than this may queue on a node behind other short ones (it
+#: keeps a worker fed while the loop commits; a long job never waits behind another)
+SHORT_S = 0.05
 
 
 @dataclass
@@ -187,10 +193,12 @@ class Snapshot:
         self.catalog = catalog
         self.slots: dict[str, list[float]] = {}
         self.meta: dict[str, tuple[str, frozenset, bool]] = {}   # node -> (type, cores, up)
+        self.of_type: dict[str, list[str]] = {}
         self._n = 0
         for n in nodes:
             self.slots[n.node_id] = [0.0] * max(n.slots, 1)
             self.meta[n.node_id] = (n.itype, frozenset(n.cores), True)
+            self.of_type.setdefault(n.itype, []).append(n.node_id)
         for e in running:
             s = self.slots.get(e.node)
             if s is not None:
@@ -211,6 +219,7 @@ class Snapshot:
         t = self.catalog.types.get(itype)
         self.slots[nid] = [t.startup_s if t else 0.0] * (t.slots if t else 1)
         self.meta[nid] = (itype, frozenset(), False)
+        self.of_type.setdefault(itype, []).append(nid)
         return nid
 
     def view(self, nid: str) -> NodeView:
@@ -227,7 +236,7 @@ class Snapshot:
         if new:
             node = self._promise(itype)
         elif node not in self.slots:
-            same = [n for n, m in self.meta.items() if m[0] == itype]
+            same = self.of_type.get(itype)
             node = min(same, key=lambda n: min(self.slots[n])) if same else self._promise(itype)
         s = self.slots[node]
         i = s.index(min(s))
@@ -244,12 +253,13 @@ class Snapshot:
 def schedule(queue: list[Entry], snapshot: Snapshot, placed: dict[str, list[Entry]], nodes: list[NodeInfo],
              running_on: dict[str, int], launching: dict[str, int], windows: dict[str, UtilisationWindow], *,
              catalog: Catalog, elastic: ElasticPolicy, model: PerfModel, assigns_nodes: bool,
-             max_nodes_total: int | None, now: float, wall: float, slots_of=None) -> Decision:
+             max_nodes_total: int | None, now: float, wall: float, slots_of=None,
+             short_on: dict[str, bool] | None = None) -> Decision:
     """Queue and cluster state in; placements, starts, launch targets and stops out.
 
     ``queue``: parsed pending jobs in queue order; ``placed``: jobs placed and not started,
     per type, in queue order (this pass's placements are appended); ``running_on``: jobs
-    running per node. ``windows`` (utilisation history per type) is the only state kept
+    running per node; ``short_on``: whether all of a node's running jobs are short. ``windows`` (utilisation history per type) is the only state kept
     between calls, and is updated here."""
     d = Decision()
     slots_of = slots_of or (lambda t: catalog[t].slots)
@@ -274,19 +284,31 @@ def schedule(queue: list[Entry], snapshot: Snapshot, placed: dict[str, list[Entr
         by_type.setdefault(n.itype, []).append(n)
     started: dict[str, int] = {}
     if assigns_nodes:
+        short_on = short_on if short_on is not None else {}
+
+        def takes(n: NodeInfo, e: Entry) -> bool:
+            k = running_on.get(n.node_id, 0)
+            if k < n.slots:
+                return True
+            return k < max(n.depth, n.slots) and short_on.get(n.node_id, False) and (e.est_run_s or 1.0) < SHORT_S
+
         for t, entries in placed.items():
-            idle = [n for n in by_type.get(t, []) if running_on.get(n.node_id, 0) < n.slots]
+            ns = by_type.get(t, [])
+            if not ns:
+                continue
             for e in entries:
+                idle = [n for n in ns if takes(n, e)]
                 if not idle:
-                    break
+                    if running_on and all(running_on.get(n.node_id, 0) >= max(n.depth, n.slots) for n in ns):
+                        break
+                    continue
                 core = e.job.core if e.job is not None else None
-                idle.sort(key=lambda n: (n.node_id != e.hint, core not in n.cores, n.node_id))
-                n = idle[0]
+                n = min(idle, key=lambda n: (running_on.get(n.node_id, 0), n.node_id != e.hint,
+                                             core not in n.cores, n.node_id))
                 d.starts.append((e, n.node_id))
                 running_on[n.node_id] = running_on.get(n.node_id, 0) + 1
+                short_on[n.node_id] = short_on.get(n.node_id, True) and (e.est_run_s or 1.0) < SHORT_S
                 started[t] = started.get(t, 0) + 1
-                if running_on[n.node_id] >= n.slots:
-                    idle.pop(0)
 
     # the elastic rule, per type with work or nodes
     queued = {t: len(v) - started.get(t, 0) for t, v in placed.items()}
@@ -448,8 +470,8 @@ class SchedulingLoop:
 
     # ---- one pass ------------------------------------------------------------------------------
     def step(self) -> None:
-        room = self.lookahead - sum(len(v) for v in self.placed.values())
-        events = self.nodes.poll(0.0 if self.pending and room > 0 else self.poll_s)
+        n_placed = sum(len(v) for v in self.placed.values())
+        events = self.nodes.poll(0.0 if self.pending and n_placed <= self.lookahead // 2 else self.poll_s)
         changes: list[tuple[Change, Callable | None]] = []
         for ev in events:
             self._event_changes(ev, changes)
@@ -546,7 +568,8 @@ class SchedulingLoop:
     def _plan(self, changes) -> None:
         nodes = self.nodes.nodes()
         launching = self.nodes.launching()
-        room = self.lookahead - sum(len(v) for v in self.placed.values())
+        n_placed = sum(len(v) for v in self.placed.values())
+        room = self.lookahead - n_placed if n_placed <= self.lookahead // 2 else 0
         take: list[Entry] = []
         while self.pending and len(take) < min(room, self.per_pass):
             _, _, e = heapq.heappop(self.pending)
@@ -559,16 +582,20 @@ class SchedulingLoop:
             self._unplace(e)
         queue = [e for e in take if e.job is not None]
         running_on: dict[str, int] = {}
+        short_on: dict[str, bool] = {}
         for e in self.running.values():
             running_on[e.node] = running_on.get(e.node, 0) + 1
-        caps = {t.name: self.elastic.limits(t.name)[1] for t in self.catalog}
+            short_on[e.node] = short_on.get(e.node, True) and (e.est_run_s or 1.0) < SHORT_S
         now, wall = time.monotonic(), time.time()
-        snap = Snapshot(self.catalog, nodes, launching, list(self.running.values()), self.placed, caps,
-                        self.nodes.idle_timeout_s, now)
+        snap = None
+        if queue:   # the cluster as placement sees it: built once per pass that places
+            caps = {t.name: self.elastic.limits(t.name)[1] for t in self.catalog}
+            snap = Snapshot(self.catalog, nodes, launching, list(self.running.values()), self.placed, caps,
+                            self.nodes.idle_timeout_s, now)
         d = schedule(queue, snap, self.placed, nodes, running_on, launching, self.windows, catalog=self.catalog,
                      elastic=self.elastic, model=self.model, assigns_nodes=self.nodes.assigns_nodes,
                      max_nodes_total=self.nodes.max_nodes_total, now=now, wall=wall,
-                     slots_of=self.nodes.slots_of)
+                     slots_of=self.nodes.slots_of, short_on=short_on)
         for e, p in d.placements:
             if isinstance(p, Placement):
                 w = p.winner
