@@ -1,7 +1,10 @@
 """Job files: schema validation naming the field; suites; results checked against float64."""
+import os
 import textwrap
+import time
 
 import numpy as np
+import yaml
 
 from lepton_accel import reference
 import pytest
@@ -140,3 +143,174 @@ def test_failures_come_back_as_results():
     job = one({"op": "matmul", "a": A, "b": B})
     res = runner.execute(job, "no-such-backend")
     assert not res["ok"] and "backend" in res["error"]
+
+
+# ---- hostile and careless job files: a clear error naming the field, nothing run --------------
+def _nested(depth):
+    v = [1]
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("job, field", [
+    ({"op": "matmul", "a": {"data": [[1, 2], [3]], "dtype": "float32"}, "b": B}, r"jobs\[0\]\.a\.data: ragged"),
+    ({"op": "matmul", "a": A, "b": B, "priority": 2**63}, r"jobs\[0\]\.priority: .*int64"),
+    ({"op": "matmul", "a": A, "b": B, "priority": -2**63 - 1}, r"jobs\[0\]\.priority: .*int64"),
+    ({"op": "matmul", "a": {"data": _nested(3000), "dtype": "float32"}, "b": B}, r"jobs\[0\]\.a\.data.*: nested deeper"),
+    ({"op": "matmul", "a": {"shape": [10**7, 10**7], "dtype": "float32"}, "b": B}, r"jobs\[0\]\.a\.shape: .*elements"),
+    ({"op": "matmul", "a": {"shape": [1] * 40, "dtype": "float32"}, "b": B}, r"jobs\[0\]\.a\.shape: rank 40"),
+    ({"op": "matmul", "a": {"shape": [2**40, 1], "dtype": "int8"}, "b": {"shape": [1, 2**40], "dtype": "int8"}},
+     r"jobs\[0\]\.a\.shape: .*elements"),
+    ({"op": "matmul", "a": {"data": [[1, 300]], "dtype": "int8"}, "b": {"data": [[1], [2]], "dtype": "int8"}},
+     r"jobs\[0\]\.a\.data: values must lie in \[-128, 127\]"),
+    ({"op": "matmul", "a": {"data": [[1.5, 2]], "dtype": "int8"}, "b": {"data": [[1], [2]], "dtype": "int8"}},
+     r"jobs\[0\]\.a\.data: int8 data must be integers"),
+    ({"op": "matmul", "a": {"data": [[1e6, 2]], "dtype": "float16"}, "b": {"data": [[1], [2]], "dtype": "float16"}},
+     r"jobs\[0\]\.a\.data: values overflow float16"),
+    ({"op": "matmul", "a": A, "b": B, "output": "../out.npy"}, r"jobs\[0\]\.output: .*outside"),
+    ({"op": "matmul", "a": A, "b": B, "output": "/tmp/out.npy"}, r"jobs\[0\]\.output: must be a path relative"),
+    ({"op": "matmul", "a": A, "b": B, "name": "x\x1b[2J\x1b]0;pwned\x07"}, r"jobs\[0\]\.name: control characters"),
+    ({"op": "matmul", "a": A, "b": B, "name": "a\u202eb"}, r"jobs\[0\]\.name: control characters"),
+    ({"op": "matmul", "a": A, "b": B, "deadline_s": float("nan")}, r"jobs\[0\]\.deadline_s: nan is not a finite"),
+    ({"op": "matmul", "a": A, "b": B, "deadline_s": float("inf")}, r"jobs\[0\]\.deadline_s: inf is not a finite"),
+    ({"suite": {"name": "tests"}, "estimate_s": float("inf")}, r"jobs\[0\]\.estimate_s: inf is not a finite"),
+    ({"suite": {"name": "shell", "command": "true", "timeout_s": float("nan")}, "estimate_s": 1},
+     r"jobs\[0\]\.suite\.timeout_s: nan is not a finite"),
+    ({"op": "matmul", "a": {"data": [[float("nan")]], "dtype": "float32"}, "b": {"data": [[1.0]], "dtype": "float32"}},
+     r"jobs\[0\]\.a\.data\[0\]\[0\]: nan is not a finite"),
+    ({"op": "matmul", "a": A, "b": B, "constraints": {"models": ["TPUv9"]}}, r"jobs\[0\]\.constraints\.models\[0\]: unknown"),
+    ({"op": "pool", "a": A, "b": B}, r"jobs\[0\]\.op: unknown op 'pool'; expected one of (matmul, conv2d|conv2d, matmul)"),
+    ({"op": "matmul", "a": A, "b": B, "x": A}, r"jobs\[0\]\.x: only meaningful for conv2d"),
+    ({"op": "conv2d", "x": {"shape": [1, 3, 8, 8], "dtype": "float32"}, "w": {"shape": [4, 3, 3, 3], "dtype": "float32"},
+      "allow_tf32": True}, r"jobs\[0\]\.allow_tf32: only meaningful for matmul"),
+    ({"op": "matmul", "a": A, "b": B, "seed": 2**64}, r"jobs\[0\]\.seed: .*int64"),
+])
+def test_hostile_job_documents_are_refused_naming_the_field(job, field):
+    with pytest.raises(JobError, match=field) as err:
+        one(job)
+    assert len(str(err.value)) <= 500
+
+
+def test_unknown_instance_type_is_caught_at_submission():
+    from lepton_accel.scheduler.catalog import load_catalog
+
+    job = {"op": "matmul", "a": A, "b": B, "constraints": {"instance_types": ["g6.xlarge", "g9.huge"]}}
+    with pytest.raises(JobError, match=r"jobs\[0\]\.constraints\.instance_types\[1\]: unknown instance type 'g9.huge'"):
+        one(job, catalog=load_catalog(use_env=False))
+    assert one(dict(job, constraints={"instance_types": ["g6.xlarge"]}), catalog=load_catalog(use_env=False))
+
+
+def test_npz_pickles_and_special_files_are_refused(tmp_path):
+    rng = np.random.default_rng()
+    np.savez(tmp_path / "a.npz", a=rng.standard_normal((4, 4)).astype(np.float32))
+    np.save(tmp_path / "obj.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    os.mkfifo(tmp_path / "fifo.npy")
+    for name, msg in (("a.npz", r"a\.path: .*not a \.npy array file"), ("obj.npy", r"a\.path: cannot read"),
+                      ("fifo.npy", r"a\.path: .*not a regular file")):
+        with pytest.raises(JobError, match=msg):
+            parse_workload({"op": "matmul", "a": {"path": name}, "b": B}, base_dir=tmp_path)
+
+
+def test_yaml_bombs_are_bounded(tmp_path):
+    from lepton_accel.scheduler import jobs as J
+
+    assert J._Loader is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    laughs = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, "
+               f"*a{i-1}]" for i in range(1, 10)]
+    f = tmp_path / "bomb.yaml"
+    f.write_text("\n".join(laughs) + "\n")          # ~500 bytes, 10**10 values expanded
+    t0 = time.monotonic()
+    with pytest.raises(JobError, match="aliases expand to more than"):
+        load_jobs(f)
+    assert time.monotonic() - t0 < 10
+    # under the expansion limit, but a value whose repr is megabytes: the message is capped
+    f.write_text("x: &x [" + ", ".join(["123456789"] * 1000) + "]\ny: &y [" + ", ".join(["*x"] * 100) + "]\n"
+                 "name: *y\nop: matmul\na: {shape: [2, 2], dtype: float32}\nb: {shape: [2, 2], dtype: float32}\n")
+    with pytest.raises(JobError) as err:
+        load_jobs(f)
+    assert len(str(err.value)) <= 500
+    f.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(JobError, match="nested deeper"):
+        load_jobs(f)
+    f.write_text("a: &a [*a]\n")
+    with pytest.raises(JobError):
+        load_jobs(f)
+    f.write_text("name: x\n" + "#" * (17 * 2**20))
+    with pytest.raises(JobError, match="larger than 16 MiB"):
+        load_jobs(f)
+
+
+SELECTION_REFUSED = [["-p", "evil_plugin"], ["-pevil"], ["--pyargs", "os"], ["--junitxml=/tmp/x.xml"],
+                     ["--basetemp=/"], ["-c", "other.ini"], ["--rootdir=/"], ["-o", "python_files=*"],
+                     ["--override-ini=addopts=-p evil"], ["@args.txt"], ["--confcutdir=/"], ["../elsewhere"],
+                     ["/etc/passwd"], ["test_x.py", "--import-mode=append"], ["-k"]]
+
+
+@pytest.mark.parametrize("args", SELECTION_REFUSED)
+def test_tests_suites_take_selections_only(tmp_path, args):
+    roots = [str(tmp_path)]
+    job = {"suite": {"name": "tests", "args": args}, "estimate_s": 5}
+    with pytest.raises(JobError, match=r"jobs\[0\]\.suite\.args\[\d\]: ") as err:
+        one(job, base_dir=tmp_path, roots=roots)
+    assert "trusted" in str(err.value) or "outside" in str(err.value) or "needs an expression" in str(err.value)
+    assert one(job, base_dir=tmp_path, roots=roots, trusted=True)       # trusted suites: allowed
+    ok = {"suite": {"name": "tests", "args": ["test_x.py::test_ok", "-k", "ok and not slow", "-m", "not gpu", "-q",
+                                              "--tb=short", "-x", "-p", "no:cacheprovider"]}, "estimate_s": 5}
+    assert one(ok, base_dir=tmp_path, roots=roots)
+
+
+def test_tests_suite_outside_a_declared_root_is_refused_and_rechecked_by_the_worker(tmp_path):
+    (tmp_path / "conftest.py").write_text("open('PWNED', 'w').write('1')\n")
+    (tmp_path / "test_x.py").write_text("def test_ok():\n    pass\n")
+    job = {"suite": {"name": "tests", "args": ["test_x.py"]}, "estimate_s": 5}
+    with pytest.raises(JobError, match=r"jobs\[0\]\.suite\.project: .* not inside a declared test root"):
+        one(job, base_dir=tmp_path, roots=[])
+    # accepted where it was trusted, refused by a worker that does not trust it: nothing runs
+    parsed = one(job, base_dir=tmp_path, roots=[], trusted=True)
+    res = runner.execute(parsed, "cpu", allow_shell=False, roots=[])
+    assert not res["ok"] and "declared test root" in res["error"]
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_job_commands_get_a_clean_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2-do-not-leak")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p evil")
+    (tmp_path / "test_env.py").write_text("import os\n\ndef test_env():\n    print(sorted(os.environ.items()))\n"
+                                          "    assert 'SECRET_TOKEN' not in os.environ\n")
+    roots = [str(tmp_path)]
+    job = one({"suite": {"name": "tests", "args": ["-s", "test_env.py"]}, "estimate_s": 5},
+              base_dir=tmp_path, roots=roots)
+    res = runner.execute(job, "cpu", roots=roots)
+    assert res["ok"], res["output_tail"]
+    assert "hunter2" not in res["output_tail"] and "PATH" in res["output_tail"]
+    shell = one({"suite": {"name": "shell", "command": "env"}, "estimate_s": 1}, base_dir=tmp_path)
+    res = runner.execute(shell, "cpu", allow_shell=True)
+    assert res["ok"] and "hunter2" not in res["output_tail"] and "PYTEST_ADDOPTS" not in res["output_tail"]
+    res = runner.execute(shell, "cpu", allow_shell=True, env_names=("SECRET_TOKEN",))   # declared: passed on
+    assert "hunter2" in res["output_tail"]
+
+
+def test_output_is_written_inside_the_job_directory_only(tmp_path):
+    job = one({"op": "matmul", "a": A, "b": B, "output": "out/r.npy", "seed": 3}, base_dir=tmp_path)
+    (tmp_path / "out").mkdir()
+    res = runner.execute(job, "cpu")
+    assert res["ok"] and np.load(tmp_path / "out" / "r.npy").shape == (8, 4)
+    os.remove(tmp_path / "out" / "r.npy")
+    os.rmdir(tmp_path / "out")
+    os.symlink("/tmp", tmp_path / "out")      # swapped for a link after submission
+    res = runner.execute(job, "cpu")
+    assert not res["ok"] and "outside the job's directory" in res["error"]
+
+
+def test_the_op_fields_come_from_the_op_definitions():
+    from lepton_accel.ops import OPS
+    from lepton_accel.scheduler.jobs import op_schema
+
+    for name, opdef in OPS.items():
+        schema = op_schema(opdef)
+        assert set(opdef.operands) <= set(schema["required"])
+        assert set(opdef.job_properties) <= set(schema["properties"])
+    job = one({"op": "matmul", "a": {"shape": [8, 16], "dtype": "float32"}, "b": B, "allow_tf32": True})
+    assert job.spec.params.allow_tf32 is True

@@ -381,8 +381,10 @@ def inline_array(src: dict, where: str) -> np.ndarray:
             raise JobError(f"{where}.data: values must lie in [{info.min}, {info.max}] for {dt}; "
                            f"got {arr.min()}..{arr.max()}")
         return arr.astype(DTYPES[dt])
-    out = arr.astype(DTYPES[dt])
-    if not np.isfinite(out.astype(np.float32)).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(DTYPES[dt])
+        finite = np.isfinite(out.astype(np.float32)).all()
+    if not finite:
         raise JobError(f"{where}.data: values overflow {dt}")
     return out
 
