@@ -275,19 +275,20 @@ class JobStore:
         with self._mutex:
             try:
                 c.execute("BEGIN IMMEDIATE")
-                try:
-                    yield c
-                except BaseException:
-                    c.execute("ROLLBACK")
-                    raise
-                c.execute("COMMIT")
             except sqlite3.Error as exc:
-                if c.in_transaction:
+                raise StoreError(_describe(self.path, exc)) from None
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException as exc:
+                if c.in_transaction:      # SQLite rolls back by itself on some errors (a full disk)
                     try:
                         c.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                raise StoreError(_describe(self.path, exc)) from None
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(_describe(self.path, exc)) from None
+                raise
 
     def _query(self, sql: str, args=()) -> list[sqlite3.Row]:
         with self._mutex:
