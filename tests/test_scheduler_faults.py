@@ -269,3 +269,26 @@ def _status_read_only(db):
         p = _cli("status", "--store", str(db))
     assert p.returncode == 0, p.stderr
     assert "visible" in p.stdout and "queued=1" in p.stdout
+
+
+def test_a_killed_forkserver_costs_a_retry_not_the_run(tmp_path):
+    import multiprocessing.forkserver as fs
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    ids = store.submit(parse_workload({"jobs": [
+        {"name": f"s{i}", "suite": {"name": "shell", "command": "sleep 1.5"}, "estimate_s": 1,
+         "constraints": {"instance_types": ["c7i.large"]}} for i in range(3)]}))
+    ex = LocalExecutor(store, CAT, max_workers=2, allow_shell=True)
+    try:
+        th, err = _run_in_thread(ex, timeout=120)
+        _wait(lambda: store.counts()["running"] >= 1, 60, "a running job")
+        pid = fs._forkserver._forkserver_pid
+        if pid is None:
+            pytest.skip("workers are not started by a forkserver here")
+        os.kill(pid, signal.SIGKILL)
+        th.join(120)
+        assert not th.is_alive() and not err, err
+    finally:
+        ex.close()
+    assert all(r.state == "done" for r in store.jobs(ids=ids))
+    assert any(e["state"] == "retried" and "died" in e["detail"] for e in store.events())
