@@ -3,7 +3,6 @@ at once, one scheduler per store even through a symlink, recovery honours max_at
 private files, one clear line for every store failure."""
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -210,23 +209,29 @@ def _cli(*args, env=None, **kw):
                           env={**os.environ, **(env or {})}, **kw)
 
 
-def _one_line(p):
-    err = p.stderr.strip()
-    assert p.returncode != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
+def _one_line(capsys, *argv):
+    from lepton_accel.scheduler.cli import main
+
+    rc = main(list(argv))          # an uncaught exception fails the test
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, err
     return err
 
 
-def test_store_failures_are_one_line(tmp_path):
+def test_store_failures_are_one_line(tmp_path, capsys):
     db = tmp_path / "jobs.sqlite"
     holder = JobStore(db)
     holder.scheduler_lock()
-    assert "another scheduler is running" in _one_line(_cli("serve", "--until-idle", "--store", str(db)))
+    p = _cli("serve", "--until-idle", "--store", str(db))        # a real second process
+    assert p.returncode == 1 and "another scheduler is running" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     holder.close()
     bad = tmp_path / "corrupt.sqlite"
     bad.write_bytes(os.urandom(8192))
-    assert "corrupt or not a job store" in _one_line(_cli("status", "--store", str(bad)))
-    assert "corrupt or not a job store" in _one_line(_cli("serve", "--until-idle", "--store", str(bad)))
-    assert "no such file" in _one_line(_cli("status", "--store", str(tmp_path / "none.sqlite")))
+    assert "corrupt or not a job store" in _one_line(capsys, "status", "--store", str(bad))
+    assert "corrupt or not a job store" in _one_line(capsys, "serve", "--until-idle", "--store", str(bad))
+    assert "corrupt or not a job store" in _one_line(capsys, "cancel", "abc", "--store", str(bad))
+    assert "no such file" in _one_line(capsys, "status", "--store", str(tmp_path / "none.sqlite"))
     # a full disk (SQLite's page limit stands in for it)
     s = JobStore(tmp_path / "full.sqlite")
     s._conn.execute("PRAGMA max_page_count = 8")
@@ -276,12 +281,12 @@ def test_a_killed_forkserver_costs_a_retry_not_the_run(tmp_path):
 
     store = JobStore(tmp_path / "jobs.sqlite")
     ids = store.submit(parse_workload({"jobs": [
-        {"name": f"s{i}", "suite": {"name": "shell", "command": "sleep 1.5"}, "estimate_s": 1,
-         "constraints": {"instance_types": ["c7i.large"]}} for i in range(3)]}))
+        {"name": f"s{i}", "suite": {"name": "shell", "command": "touch started.$$; sleep 1.5"}, "estimate_s": 1,
+         "constraints": {"instance_types": ["c7i.large"]}} for i in range(3)]}, base_dir=tmp_path))
     ex = LocalExecutor(store, CAT, max_workers=2, allow_shell=True)
     try:
         th, err = _run_in_thread(ex, timeout=120)
-        _wait(lambda: store.counts()["running"] >= 1, 60, "a running job")
+        _wait(lambda: list(tmp_path.glob("started.*")), 60, "a job's command to start")
         pid = fs._forkserver._forkserver_pid
         if pid is None:
             pytest.skip("workers are not started by a forkserver here")

@@ -5,8 +5,6 @@ import ast
 import json
 import re
 import math
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from lepton_accel.perf import PerfModel
 from lepton_accel.scheduler import loop as loop_mod
 from lepton_accel.scheduler.catalog import load_catalog
 from lepton_accel.scheduler.elastic import ElasticPolicy
-from lepton_accel.scheduler.jobs import Job, parse_workload
+from lepton_accel.scheduler.jobs import parse_workload
 from lepton_accel.scheduler.local import LocalExecutor
 from lepton_accel.scheduler.loop import Nodes, SchedulingLoop
 from lepton_accel.scheduler.metrics import SchedulerMetrics
@@ -86,13 +84,15 @@ def test_one_bad_job_fails_with_its_reason_and_the_queue_goes_on(store, tmp_path
 
 
 def test_explain_and_submit_refuse_a_non_finite_estimate_in_one_line(tmp_path):
+    from lepton_accel.scheduler.cli import main
+
     f = tmp_path / "inf.yaml"
     f.write_text("suite: {name: shell, command: 'true'}\nestimate_s: .inf\n")
     for cmd in (["explain", str(f)], ["submit", str(f), "--store", str(tmp_path / "s.sqlite")]):
-        p = subprocess.run([sys.executable, "-m", "lepton_accel.scheduler.cli", *cmd], capture_output=True,
-                           text=True, timeout=60)
-        assert p.returncode != 0 and "estimate_s: inf is not a finite number" in p.stderr
-        assert "Traceback" not in p.stderr
+        with pytest.raises(SystemExit) as exit_:
+            main(cmd)
+        msg = str(exit_.value.code)
+        assert "estimate_s: inf is not a finite number" in msg and len(msg.splitlines()) == 1
 
 
 class NoNodes(Nodes):
@@ -205,7 +205,7 @@ def test_a_ten_thousand_job_backlog_starts_at_once(store):
     assert min(e["id"] for e in ev if e["state"] == "done") < max(e["id"] for e in ev if e["state"] == "placed")
 
 
-def test_format_report_uses_the_catalog_given(tmp_path):
+def test_format_report_uses_the_catalog_given(tmp_path, capsys):
     cat = tmp_path / "cat.yaml"
     cat.write_text("types:\n  my.gpu: {vcpus: 4, memory_gib: 16, accelerator: {model: L4, count: 1}, "
                    "price_per_hour: 0.01}\n")
@@ -217,9 +217,10 @@ def test_format_report_uses_the_catalog_given(tmp_path):
         b: {shape: [6, 3], dtype: float16}
         constraints: {instance_types: [my.gpu]}
     """))
-    p = subprocess.run([sys.executable, "-m", "lepton_accel.scheduler.cli", "run", str(wf), "--catalog", str(cat),
-                        "--store", str(tmp_path / "s.sqlite")], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    row = next(line for line in p.stdout.splitlines() if line.startswith("mine"))
+    from lepton_accel.scheduler.cli import main
+
+    assert main(["run", str(wf), "--catalog", str(cat), "--store", str(tmp_path / "s.sqlite")]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("mine"))
     assert "my.gpu" in row and " L4 " in row, row
     assert "(stand-in)" in row or "cuda" in row

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..perf import DEVICES, KINDS, DeviceSpec
+from ..perf import DEVICES, DeviceSpec
 
 ENV_CATALOG = "LEPTON_ACCEL_CATALOG"
 

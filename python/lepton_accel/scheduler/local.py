@@ -108,7 +108,7 @@ class LocalExecutor(Nodes):
                  elastic: ElasticPolicy | None = None, max_workers: int = 4, max_attempts: int = 3,
                  allow_shell: bool = False, metrics: SchedulerMetrics | None = None,
                  model: PerfModel = MODEL, poll_s: float = 0.02, start_method: str | None = None,
-                 log=None, test_roots=None, job_env=(), lookahead: int = 256, prefetch: int = 8):
+                 log=None, test_roots=None, job_env=(), lookahead: int = 256, prefetch: int = 32):
         self.store = store
         self.catalog = catalog or load_catalog()
         self.max_nodes_total = max_workers

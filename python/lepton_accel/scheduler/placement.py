@@ -97,7 +97,7 @@ class ClusterState:
         self.nodes.append(view)
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     itype: InstanceType
     feasible: bool = False
@@ -137,18 +137,33 @@ def _device(itype: InstanceType) -> DeviceSpec:
     return itype.device()
 
 
-def _fits(job: Job, itype: InstanceType) -> bool:
-    return job.footprint <= itype.memory_gib * 2**30
+_TABLES: dict[int, tuple] = {}
+
+
+def _table(catalog: Catalog) -> list[tuple]:
+    """Per type, computed once per catalog: (type, device, memory bytes, FPGA image load s)."""
+    hit = _TABLES.get(id(catalog))
+    if hit is not None and hit[0] is catalog:
+        return hit[1]
+    rows = []
+    for t in catalog:
+        dev = _device(t)
+        rows.append((t, dev, t.memory_gib * 2**30, dev.image_load_s if t.kind == "fpga" else 0.0))
+    if len(_TABLES) > 64:
+        _TABLES.clear()
+    _TABLES[id(catalog)] = (catalog, rows)
+    return rows
 
 
 def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, node: NodeView | None,
-            elapsed_s: float, idle_s: float = 0.0) -> Candidate:
+            elapsed_s: float, idle_s: float = 0.0, fpga_load: float | None = None) -> Candidate:
     c = Candidate(itype, estimate=est, run_s=run_s)
-    fpga_load = _device(itype).image_load_s if itype.kind == "fpga" else 0.0
+    if fpga_load is None:
+        fpga_load = _device(itype).image_load_s if itype.kind == "fpga" else 0.0
     if node is None:
         c.startup_s, c.image_load_s = itype.startup_s, fpga_load
         c.time_s = c.startup_s + c.image_load_s + run_s
-        c.cost = catalog.launch_cost(itype, c.time_s + idle_s)
+        c.cost = itype.price_per_hour / 3600.0 * catalog.billing.billed_seconds(c.time_s + idle_s)
     else:
         c.node = node.node_id
         c.wait_s = 0.0 if node.free_slots > 0 else node.wait_s
@@ -191,33 +206,45 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
     key = _key(job.policy)
     out = []
     costs = job.costs
-    seen: dict[str, Estimate] = {}     # types sharing a device share its estimate
-    for itype in catalog:
-        ok, why = job.constraints.allows(itype)
-        if not ok:
-            out.append(Candidate(itype, excluded=why))
-            continue
-        if costs is not None:
-            dev = _device(itype)
-            est = seen.get(dev.name)
-            if est is None:
-                est = seen[dev.name] = model.estimate(costs, dev, data_on_host=True)
-            run_s = est.total_s
-            if not math.isfinite(run_s):
-                out.append(Candidate(itype, excluded=f"{itype.accelerator or 'cpu'} cannot run {job.spec.dtype}"))
+    seen: dict[str, tuple] = {}        # types sharing a device share its estimate
+    cons = job.constraints
+    open_ = not (cons.kinds or cons.models or cons.instance_types)
+    idle_s = state.idle_timeout_s
+    footprint = job.footprint
+    suite_s = None if costs is not None else float(job.estimate_s)
+    index = state._index()
+    for itype, dev, mem, load in _table(catalog):
+        if not open_ or itype.retired:
+            ok, why = cons.allows(itype)
+            if not ok:
+                out.append(Candidate(itype, excluded=why))
+                continue
+        if suite_s is None:
+            hit = seen.get(dev.name)
+            if hit is None:
+                est = model.estimate(costs, dev, data_on_host=True)
+                hit = seen[dev.name] = (est, est.total_s)
+            est, run_s = hit
+            if run_s == math.inf or run_s != run_s:
+                out.append(Candidate(itype, excluded=f"{itype.accelerator or 'cpu'} cannot run {costs.dtype}"))
                 continue
         else:
-            est, run_s = None, float(job.estimate_s)
-        if not _fits(job, itype):
+            est, run_s = None, suite_s
+        if footprint > mem:
             out.append(Candidate(itype, excluded=f"operands exceed {itype.memory_gib:g} GiB memory"))
             continue
-        options = [_option(job, itype, catalog, run_s, est, n, elapsed_s, state.idle_timeout_s)
-                   for n in state.of_type(itype.name)]
-        if state.can_launch(itype.name):
-            options.append(_option(job, itype, catalog, run_s, est, None, elapsed_s, state.idle_timeout_s))
-        if not options:
-            out.append(Candidate(itype, excluded="at its node limit"))
+        nodes = index.get(itype.name)
+        cap = state.max_nodes.get(itype.name)
+        launch = cap is None or len(nodes or ()) < cap
+        if not nodes:
+            if not launch:
+                out.append(Candidate(itype, excluded="at its node limit"))
+                continue
+            out.append(_option(job, itype, catalog, run_s, est, None, elapsed_s, idle_s, load))
             continue
+        options = [_option(job, itype, catalog, run_s, est, n, elapsed_s, idle_s, load) for n in nodes]
+        if launch:
+            options.append(_option(job, itype, catalog, run_s, est, None, elapsed_s, idle_s, load))
         feasible = [o for o in options if o.feasible]
         out.append(min(feasible, key=key) if feasible else min(options, key=lambda c: c.time_s))
     return out
@@ -248,8 +275,9 @@ def _reason(job: Job, win: Candidate, feasible: list[Candidate], cands: list[Can
             ratio = nxt.time_s / win.time_s if win.time_s > 0 else math.inf
             parts.append(f"next {nxt.itype.name} takes {nxt.time_s:.4g} s ({ratio:.3g}x)")
     key = _key(job.policy)
-    beaten_by_deadline = [c for c in cands if not c.feasible and c.excluded.startswith("misses deadline")
-                          and key(c) < key(win)]
+    wk = key(win)
+    beaten_by_deadline = [c for c in cands if not c.feasible and c.excluded[:1] == "m"
+                          and c.excluded.startswith("misses deadline") and key(c) < wk] if job.deadline_s else []
     if beaten_by_deadline:
         parts.append("the deadline ruled out the " + ("cheaper " if job.policy == "min_cost" else "")
                      + ", ".join(c.itype.name for c in beaten_by_deadline))
