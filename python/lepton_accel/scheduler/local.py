@@ -121,6 +121,9 @@ class LocalExecutor(Nodes):
         self._ctx = mp.get_context(method)
         if method == "forkserver":
             self._ctx.set_forkserver_preload(["lepton_accel.scheduler.runner"])
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()   # its imports overlap ours: the first worker starts sooner
         self._available = local_backends()
         self.workers: dict[str, Worker] = {}
         self._ids = itertools.count(1)

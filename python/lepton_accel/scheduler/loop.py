@@ -367,7 +367,7 @@ class SchedulingLoop:
 
     def __init__(self, store: JobStore, catalog: Catalog, nodes: Nodes, *, elastic: ElasticPolicy,
                  max_attempts: int = 3, model: PerfModel = MODEL, metrics=None, log=None,
-                 poll_s: float = 0.02, lookahead: int = 256, per_pass: int = 256, trusted: bool = False,
+                 poll_s: float = 0.02, lookahead: int = 256, per_pass: int = 64, trusted: bool = False,
                  roots=None, on_finish=None):
         self.store, self.catalog, self.nodes = store, catalog, nodes
         self.elastic, self.max_attempts, self.model = elastic, max_attempts, model
