@@ -224,3 +224,15 @@ def test_format_report_uses_the_catalog_given(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith("mine"))
     assert "my.gpu" in row and " L4 " in row, row
     assert "(stand-in)" in row or "cuda" in row
+
+
+def test_jobs_submitted_while_the_loop_runs_are_picked_up(store):
+    lp = SchedulingLoop(store, CAT, NoNodes(), elastic=ElasticPolicy())
+    lp.open()
+    lp.step()
+    assert not lp.entries
+    (jid,) = store.submit(parse_workload(mm("late")))
+    lp._last_refresh = 0.0
+    lp.step()
+    assert store.get(jid).state == "placed" and jid in lp.entries
+    lp.close()

@@ -207,7 +207,7 @@ class Job:
     def kind(self) -> str:
         return "op" if self.spec is not None else "suite"
 
-    @property
+    @cached_property
     def core(self) -> str | None:
         """The FPGA core image this job needs (jobs with the same core share a loaded node)."""
         if self.spec is None:

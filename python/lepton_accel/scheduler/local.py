@@ -27,7 +27,7 @@ from .catalog import Catalog, load_catalog
 from .elastic import ElasticPolicy
 from .loop import Finished, Lost, NodeInfo, Nodes, Run, SchedulerError, SchedulingLoop
 from .metrics import SchedulerMetrics
-from .runner import backend_for, local_backends
+from .runner import backend_for
 from .store import JobStore
 
 
@@ -42,9 +42,11 @@ def _parent_gone(pid: int) -> bool:
     return False
 
 
-def worker_main(conn, node_id: str, backend: str, scheduler_pid: int, allow_shell: bool, roots=None,
+def worker_main(conn, node_id: str, kind: str, scheduler_pid: int, allow_shell: bool, roots=None,
                 env_names=()) -> None:
-    """Run jobs sent over ``conn`` until told to stop or the scheduler is gone."""
+    """Run jobs sent over ``conn`` until told to stop or the scheduler is gone. The worker
+    finds its backend itself (the node kind's native one when this machine has it), so
+    the scheduler does not wait for the backends' availability checks."""
     try:
         os.setpgid(0, 0)          # the leader of a group the scheduler can kill as a whole
     except OSError:
@@ -52,6 +54,8 @@ def worker_main(conn, node_id: str, backend: str, scheduler_pid: int, allow_shel
     procs.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .runner import execute
+
+    backend = backend_for(kind)
 
     gone = lambda: _parent_gone(scheduler_pid)   # noqa: E731
     while True:
@@ -80,7 +84,6 @@ class Worker:
     node_id: str
     itype: str
     kind: str
-    backend: str
     proc: mp.process.BaseProcess
     conn: object
     pg_start: int | None = None
@@ -120,11 +123,10 @@ class LocalExecutor(Nodes):
         method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         self._ctx = mp.get_context(method)
         if method == "forkserver":
-            self._ctx.set_forkserver_preload(["lepton_accel.scheduler.runner"])
+            self._ctx.set_forkserver_preload(["lepton_accel.scheduler.runner", "lepton_accel.backends"])
             from multiprocessing import forkserver
 
             forkserver.ensure_running()   # its imports overlap ours: the first worker starts sooner
-        self._available = local_backends()
         self.workers: dict[str, Worker] = {}
         self._ids = itertools.count(1)
         self._spawn_failures = 0
@@ -237,11 +239,10 @@ class LocalExecutor(Nodes):
     def _spawn(self, itype: str) -> Worker | None:
         t = self.catalog[itype]
         node_id = f"{itype}#{next(self._ids)}"
-        backend = backend_for(t.kind, self._available)
         try:
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(target=worker_main, name=f"lepton-worker {node_id}",
-                                     args=(child, node_id, backend, os.getpid(), self.allow_shell,
+                                     args=(child, node_id, t.kind, os.getpid(), self.allow_shell,
                                            self.loop.roots, self.env_names), daemon=True)
             proc.start()
         except Exception as exc:   # e.g. the forkserver was killed: say so once, try again later
@@ -253,9 +254,9 @@ class LocalExecutor(Nodes):
             return None
         self._spawn_failures = 0
         child.close()
-        w = Worker(node_id, itype, t.kind, backend, proc, parent, procs.start_time(proc.pid))
+        w = Worker(node_id, itype, t.kind, proc, parent, procs.start_time(proc.pid))
         self.workers[node_id] = w
-        self.log(f"scale out: started {node_id} (backend {backend})")
+        self.log(f"scale out: started {node_id} ({t.kind} node)")
         return w
 
     def _stop(self, w: Worker, kill: bool = False) -> None:

@@ -384,6 +384,7 @@ class SchedulingLoop:
         self.fenced: dict[str, tuple] = {}            # job -> (attempt, pgid, pg_start, why, retry)
         self.windows: dict[str, UtilisationWindow] = {}
         self._seq = 0
+        self._queue_read = False
         self._event = 0
         self._last_refresh = 0.0
         self._last_fence = 0.0
@@ -412,6 +413,7 @@ class SchedulingLoop:
             self.placed.clear()
             self.running.clear()
             self._seq = 0
+            self._queue_read = False
             self._load_new()
 
     def _recover(self) -> None:
@@ -426,27 +428,37 @@ class SchedulingLoop:
             self.log(f"recovered {jid}: was running when the scheduler stopped")
 
     def _load_new(self) -> None:
-        for r in self.store.light(["queued", "placed", "retried", "running"], after_seq=self._seq,
-                                  batch=self.batch):
-            self._seq = max(self._seq, r["seq"])
-            if r["id"] in self.entries:
+        if not self._queue_read:   # the whole queue, once: unfinished rows only (by the state index)
+            rows, top = self.store.light_snapshot(["queued", "placed", "retried", "running"], batch=self.batch)
+            self._queue_read = True
+        else:                   # then what was submitted since
+            rows = self.store.light(after_seq=self._seq, batch=self.batch)
+            top = rows[-1][0] if rows else self._seq
+        fresh = []
+        placed_types = set()
+        for (seq, jid, _batch, name, prio, deadline, state, itype, node, attempts, submitted, est,
+             _pgid, _pg_start) in rows:
+            if jid in self.entries or state not in ("queued", "placed", "retried", "running"):
                 continue
-            e = Entry(r["id"], r["seq"], r["name"], r["priority"], r["deadline_s"], r["submitted_at"],
-                      r["state"], r["attempts"], r["itype"], r["node"], r["est_run_s"])
-            if e.state == "running":     # fenced: its previous attempt may still run
-                if e.id in self.fenced:
-                    self.entries[e.id] = e
+            if state == "running" and jid not in self.fenced:   # running elsewhere: not ours
                 continue
-            self.entries[e.id] = e
-            if e.state == "placed":
-                self.placed.setdefault(e.itype, []).append(e)
+            e = Entry(jid, seq, name, prio, deadline, submitted, state, attempts, itype, node, est)
+            self.entries[jid] = e
+            if state == "placed":
+                self.placed.setdefault(itype, []).append(e)
+                placed_types.add(itype)
+            elif state != "running":     # a fenced job waits for its previous attempt
+                fresh.append((e.key, e.seq, e))
+        self._seq = max(self._seq, top)
+        if fresh:
+            if len(fresh) > len(self.pending):
+                self.pending.extend(fresh)
+                heapq.heapify(self.pending)
             else:
-                heapq.heappush(self.pending, (e.key, e.seq, e))
-        for entries in self.placed.values():
-            entries.sort(key=lambda e: e.key)
-        rows = self.store.light(after_seq=self._seq, batch=self.batch)
-        if rows:
-            self._seq = max(self._seq, rows[-1]["seq"])
+                for item in fresh:
+                    heapq.heappush(self.pending, item)
+        for t in placed_types:
+            self.placed[t].sort(key=lambda e: e.key)
 
     def _parse(self, entries: list[Entry]) -> list[tuple[Entry, str]]:
         """Parse the jobs not parsed yet (once each); returns those that failed, with why."""

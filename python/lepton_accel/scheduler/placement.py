@@ -158,20 +158,22 @@ def _table(catalog: Catalog) -> list[tuple]:
 def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, node: NodeView | None,
             elapsed_s: float, idle_s: float = 0.0, fpga_load: float | None = None) -> Candidate:
     c = Candidate(itype, estimate=est, run_s=run_s)
+    fpga = itype.kind == "fpga"
     if fpga_load is None:
-        fpga_load = _device(itype).image_load_s if itype.kind == "fpga" else 0.0
+        fpga_load = _device(itype).image_load_s if fpga else 0.0
     if node is None:
         c.startup_s, c.image_load_s = itype.startup_s, fpga_load
-        c.time_s = c.startup_s + c.image_load_s + run_s
+        c.time_s = c.startup_s + fpga_load + run_s
         c.cost = itype.price_per_hour / 3600.0 * catalog.billing.billed_seconds(c.time_s + idle_s)
     else:
         c.node = node.node_id
-        c.wait_s = 0.0 if node.free_slots > 0 else node.wait_s
-        c.image_load_s = 0.0 if (job.core in node.cores or itype.kind != "fpga") else fpga_load
-        c.time_s = c.wait_s + c.image_load_s + run_s
+        c.wait_s = wait = 0.0 if node.free_slots > 0 else node.wait_s
+        c.image_load_s = load = fpga_load if fpga and job.core not in node.cores else 0.0
+        c.time_s = wait + load + run_s
         c.extends_s, c.cost = _extension(catalog, itype, node, c.time_s, idle_s)
-    if job.deadline_s is not None and elapsed_s + c.time_s > job.deadline_s:
-        c.excluded = (f"misses deadline {job.deadline_s:g} s: {elapsed_s + c.time_s:.3g} s on "
+    deadline = job.deadline_s
+    if deadline is not None and elapsed_s + c.time_s > deadline:
+        c.excluded = (f"misses deadline {deadline:g} s: {elapsed_s + c.time_s:.3g} s on "
                       f"{c.where}")
     else:
         c.feasible = True

@@ -471,6 +471,26 @@ class JobStore:
         q = f"SELECT {', '.join(LIGHT)} FROM jobs" + q + " AND seq > ? ORDER BY seq"
         return self._query(q, [*args, after_seq])
 
+    def light_snapshot(self, states: Iterable[str], batch: str | None = None) -> tuple[list, int]:
+        """Light rows in ``states`` and the newest ``seq`` of the store, read in one
+        snapshot: every job submitted later has a larger ``seq``."""
+        q, args = self._where(states, None, batch)
+        with self._mutex:
+            c = self._conn
+            own = not c.in_transaction
+            try:
+                if own:
+                    c.execute("BEGIN")
+                rows = c.execute(f"SELECT {', '.join(LIGHT)} FROM jobs" + q + " ORDER BY seq", args).fetchall()
+                top = c.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0]
+                if own:
+                    c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if own and c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise StoreError(_describe(self.path, exc)) from None
+        return rows, top
+
     def docs(self, ids: Iterable[str]) -> dict[str, tuple[dict, str]]:
         """id -> (document, base_dir) for these jobs."""
         out = {}
