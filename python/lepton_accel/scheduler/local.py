@@ -69,14 +69,14 @@ def worker_main(conn, node_id: str, kind: str, scheduler_pid: int, allow_shell: 
             return
         if msg is None:
             return
-        job_id, attempt, job = msg
-        result = execute(job, backend, allow_shell=allow_shell, roots=roots, env_names=env_names,
-                         mark=procs.marker(job_id, attempt), abandon=gone)
-        result["pid"] = os.getpid()
-        try:
-            conn.send((job_id, attempt, result))
-        except (BrokenPipeError, EOFError, OSError):
-            return
+        for job_id, attempt, job in msg:      # the jobs sent in one pass, in order
+            result = execute(job, backend, allow_shell=allow_shell, roots=roots, env_names=env_names,
+                             mark=procs.marker(job_id, attempt), abandon=gone)
+            result["pid"] = os.getpid()
+            try:
+                conn.send((job_id, attempt, result))
+            except (BrokenPipeError, EOFError, OSError):
+                return
 
 
 @dataclass
@@ -89,6 +89,7 @@ class Worker:
     pg_start: int | None = None
     cores: set = field(default_factory=set)
     jobs: dict = field(default_factory=dict)    # job id -> attempt, in the order sent
+    outbox: list = field(default_factory=list)  # started this pass, not sent yet
 
     @property
     def job(self) -> str | None:
@@ -172,10 +173,17 @@ class LocalExecutor(Nodes):
         w.jobs[run.job_id] = run.attempt
         if w.kind == "fpga" and run.job.core:
             w.cores.add(run.job.core)
-        try:
-            w.conn.send((run.job_id, run.attempt, run.job))
-        except (BrokenPipeError, OSError):
-            self._died(w)
+        w.outbox.append((run.job_id, run.attempt, run.job))
+
+    def flush(self) -> None:
+        """Send each worker the jobs started for it this pass, in one message."""
+        for w in list(self.workers.values()):
+            if w.outbox:
+                batch, w.outbox = w.outbox, []
+                try:
+                    w.conn.send(batch)
+                except (BrokenPipeError, OSError):
+                    self._died(w)
 
     def poll(self, timeout: float) -> list:
         out, self._events = self._events, []

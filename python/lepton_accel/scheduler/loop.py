@@ -134,6 +134,9 @@ class Nodes:
     def poll(self, timeout: float) -> list:
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """The pass's starts are all made (an executor may send them together)."""
+
     def cancel(self, job_id: str) -> None:
         raise NotImplementedError
 
@@ -633,6 +636,7 @@ class SchedulingLoop:
             for (ch, cb), t in zip(changes, results):
                 if cb is not None:
                     cb(t)
+        self.nodes.flush()
         if not self.nodes.assigns_nodes:       # hand placed jobs to an executor that queues them
             for entries in self.placed.values():
                 for e in entries:
