@@ -155,29 +155,37 @@ def _table(catalog: Catalog) -> list[tuple]:
     return rows
 
 
-def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, node: NodeView | None,
-            elapsed_s: float, idle_s: float = 0.0, fpga_load: float | None = None) -> Candidate:
-    c = Candidate(itype, estimate=est, run_s=run_s)
-    fpga = itype.kind == "fpga"
-    if fpga_load is None:
-        fpga_load = _device(itype).image_load_s if fpga else 0.0
+def _score(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, node: NodeView | None,
+           idle_s: float, fpga_load: float) -> tuple:
+    """(time, cost, node id, wait, image load, extension, start-up) of one option."""
     if node is None:
-        c.startup_s, c.image_load_s = itype.startup_s, fpga_load
-        c.time_s = c.startup_s + fpga_load + run_s
-        c.cost = itype.price_per_hour / 3600.0 * catalog.billing.billed_seconds(c.time_s + idle_s)
-    else:
-        c.node = node.node_id
-        c.wait_s = wait = 0.0 if node.free_slots > 0 else node.wait_s
-        c.image_load_s = load = fpga_load if fpga and job.core not in node.cores else 0.0
-        c.time_s = wait + load + run_s
-        c.extends_s, c.cost = _extension(catalog, itype, node, c.time_s, idle_s)
+        t = itype.startup_s + fpga_load + run_s
+        return (t, itype.price_per_hour / 3600.0 * catalog.billing.billed_seconds(t + idle_s), None, 0.0,
+                fpga_load, 0.0, itype.startup_s)
+    wait = 0.0 if node.free_slots > 0 else node.wait_s
+    load = fpga_load if fpga_load and job.core not in node.cores else 0.0
+    t = wait + load + run_s
+    ext, cost = _extension(catalog, itype, node, t, idle_s)
+    return (t, cost, node.node_id, wait, load, ext, 0.0)
+
+
+def _candidate(job: Job, itype: InstanceType, run_s: float, est, opt: tuple, elapsed_s: float) -> Candidate:
+    t, cost, node, wait, load, ext, startup = opt
+    c = Candidate(itype, False, "", node, est, run_s, wait, startup, load, t, cost, ext)
     deadline = job.deadline_s
-    if deadline is not None and elapsed_s + c.time_s > deadline:
-        c.excluded = (f"misses deadline {deadline:g} s: {elapsed_s + c.time_s:.3g} s on "
-                      f"{c.where}")
+    if deadline is not None and elapsed_s + t > deadline:
+        c.excluded = f"misses deadline {deadline:g} s: {elapsed_s + t:.3g} s on {c.where}"
     else:
         c.feasible = True
     return c
+
+
+def _option(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, est, node: NodeView | None,
+            elapsed_s: float, idle_s: float = 0.0, fpga_load: float | None = None) -> Candidate:
+    if fpga_load is None:
+        fpga_load = _device(itype).image_load_s if itype.kind == "fpga" else 0.0
+    return _candidate(job, itype, run_s, est, _score(job, itype, catalog, run_s, node, idle_s, fpga_load),
+                      elapsed_s)
 
 
 def _extension(catalog: Catalog, itype: InstanceType, node: NodeView, end_s: float,
@@ -214,6 +222,8 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
     idle_s = state.idle_timeout_s
     footprint = job.footprint
     suite_s = None if costs is not None else float(job.estimate_s)
+    deadline = job.deadline_s
+    min_cost = job.policy != "min_time"
     index = state._index()
     for itype, dev, mem, load in _table(catalog):
         if not open_ or itype.retired:
@@ -238,17 +248,22 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
         nodes = index.get(itype.name)
         cap = state.max_nodes.get(itype.name)
         launch = cap is None or len(nodes or ()) < cap
-        if not nodes:
-            if not launch:
-                out.append(Candidate(itype, excluded="at its node limit"))
-                continue
-            out.append(_option(job, itype, catalog, run_s, est, None, elapsed_s, idle_s, load))
+        if not nodes and not launch:
+            out.append(Candidate(itype, excluded="at its node limit"))
             continue
-        options = [_option(job, itype, catalog, run_s, est, n, elapsed_s, idle_s, load) for n in nodes]
+        opts = [_score(job, itype, catalog, run_s, n, idle_s, load) for n in nodes or ()]
         if launch:
-            options.append(_option(job, itype, catalog, run_s, est, None, elapsed_s, idle_s, load))
-        feasible = [o for o in options if o.feasible]
-        out.append(min(feasible, key=key) if feasible else min(options, key=lambda c: c.time_s))
+            opts.append(_score(job, itype, catalog, run_s, None, idle_s, load))
+        if len(opts) > 1:
+            ok = opts if deadline is None else [o for o in opts if elapsed_s + o[0] <= deadline]
+            if ok:
+                best = min(ok, key=(lambda o: (o[1], o[0], o[2] or "")) if min_cost
+                           else (lambda o: (o[0], o[1], o[2] or "")))
+            else:
+                best = min(opts, key=lambda o: o[0])
+        else:
+            best = opts[0]
+        out.append(_candidate(job, itype, run_s, est, best, elapsed_s))
     return out
 
 
