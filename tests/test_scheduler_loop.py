@@ -236,3 +236,14 @@ def test_jobs_submitted_while_the_loop_runs_are_picked_up(store):
     lp.step()
     assert store.get(jid).state == "placed" and jid in lp.entries
     lp.close()
+
+
+def test_a_node_runs_on_its_native_backend_when_this_machine_has_it():
+    from lepton_accel.backends import get
+    from lepton_accel.perf import KINDS, NATIVE_BACKEND
+    from lepton_accel.scheduler.runner import backend_for
+
+    for kind in KINDS:
+        native = NATIVE_BACKEND[kind]
+        assert backend_for(kind) == (native if get(native).available()[0] else "cpu")
+    assert backend_for("fpga", available={"cpu"}) == "cpu" and backend_for("gpu", {"cpu", "cuda"}) == "cuda"

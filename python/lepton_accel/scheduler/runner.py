@@ -35,17 +35,19 @@ JOB_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ"
 _TAIL = 4000
 
 
-def local_backends() -> set[str]:
-    import lepton_accel as la
-
-    return {b["name"] for b in la.backends() if b["available"]}
-
-
 def backend_for(kind: str, available: set[str] | None = None) -> str:
-    """The backend a node of ``kind`` runs its jobs on here: its native one, else cpu."""
+    """The backend a node of ``kind`` runs its jobs on here: its native one, else cpu
+    (only the native backend's availability is checked)."""
     native = NATIVE_BACKEND[kind]
-    available = local_backends() if available is None else available
-    return native if native in available else "cpu"
+    if available is not None:
+        return native if native in available else "cpu"
+    from ..backends import get
+
+    try:
+        ok, _ = get(native).available()
+    except Exception:  # a backend that cannot even say: not here
+        ok = False
+    return native if ok else "cpu"
 
 
 # ---- inputs -------------------------------------------------------------------------------
