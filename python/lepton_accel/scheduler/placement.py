@@ -213,7 +213,6 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
                model: PerfModel = MODEL, elapsed_s: float = 0.0) -> list[Candidate]:
     """The best option on every catalog type (feasible or with the reason it is not)."""
     state = state or ClusterState()
-    key = _key(job.policy)
     out = []
     costs = job.costs
     seen: dict[str, tuple] = {}        # types sharing a device share its estimate
