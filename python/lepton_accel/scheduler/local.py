@@ -13,6 +13,7 @@ every process of its attempt killed (:mod:`.procs`) before the job is recorded o
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import multiprocessing as mp
 import os
@@ -58,25 +59,30 @@ def worker_main(conn, node_id: str, kind: str, scheduler_pid: int, allow_shell: 
     backend = backend_for(kind)
 
     gone = lambda: _parent_gone(scheduler_pid)   # noqa: E731
+    todo: collections.deque = collections.deque()
     while True:
-        if not conn.poll(0.5):
+        if not todo and not conn.poll(0.5):
             if gone():
                 return
             continue
         try:
-            msg = conn.recv()
+            while conn.poll(0):      # take everything sent so far: the scheduler never waits on a full pipe
+                msg = conn.recv()
+                if msg is None:
+                    return
+                todo.extend(msg)
         except EOFError:
             return
-        if msg is None:
+        if not todo:
+            continue
+        job_id, attempt, job = todo.popleft()
+        result = execute(job, backend, allow_shell=allow_shell, roots=roots, env_names=env_names,
+                         mark=procs.marker(job_id, attempt), abandon=gone)
+        result["pid"] = os.getpid()
+        try:
+            conn.send((job_id, attempt, result))
+        except (BrokenPipeError, EOFError, OSError):
             return
-        for job_id, attempt, job in msg:      # the jobs sent in one pass, in order
-            result = execute(job, backend, allow_shell=allow_shell, roots=roots, env_names=env_names,
-                             mark=procs.marker(job_id, attempt), abandon=gone)
-            result["pid"] = os.getpid()
-            try:
-                conn.send((job_id, attempt, result))
-            except (BrokenPipeError, EOFError, OSError):
-                return
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Worker:
     kind: str
     proc: mp.process.BaseProcess
     conn: object
+    pgid: int = 0                 # its process group: the worker leads it
     pg_start: int | None = None
     cores: set = field(default_factory=set)
     jobs: dict = field(default_factory=dict)    # job id -> attempt, in the order sent
@@ -99,10 +106,6 @@ class Worker:
     @property
     def busy(self) -> bool:
         return bool(self.jobs)
-
-    @property
-    def pgid(self) -> int:
-        return self.proc.pid
 
 
 class LocalExecutor(Nodes):
@@ -262,7 +265,7 @@ class LocalExecutor(Nodes):
             return None
         self._spawn_failures = 0
         child.close()
-        w = Worker(node_id, itype, t.kind, proc, parent, procs.start_time(proc.pid))
+        w = Worker(node_id, itype, t.kind, proc, parent, proc.pid, procs.start_time(proc.pid))
         self.workers[node_id] = w
         self.log(f"scale out: started {node_id} ({t.kind} node)")
         return w
