@@ -395,6 +395,7 @@ class SchedulingLoop:
         self._opened = False
         self._loaded = False
         self._subscribed = False
+        self._scale: tuple[dict, list] = ({}, [])     # the pass's launch targets and stops
 
     # ---- opening: lock, recover, load ---------------------------------------------------------
     def open(self, batch: str | None = None) -> None:
@@ -643,7 +644,7 @@ class SchedulingLoop:
                     if not e.handed and e.job is not None and self.entries.get(e.id) is e:
                         e.handed = True
                         self.nodes.start(Run(e.id, None, e.job, e.itype), None)
-        targets, stop = getattr(self, "_scale", ({}, []))
+        targets, stop = self._scale
         self._scale = ({}, [])
         self.nodes.scale(targets, stop)
 
