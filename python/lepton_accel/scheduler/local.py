@@ -164,6 +164,10 @@ class LocalExecutor(Nodes):
     def nodes(self) -> list[NodeInfo]:
         return [NodeInfo(w.node_id, w.itype, 1, frozenset(w.cores), self.prefetch) for w in self.workers.values()]
 
+    def node_pids(self) -> dict[str, tuple[str, int]]:
+        """node -> (instance type, worker pid): what the metrics sample."""
+        return {w.node_id: (w.itype, w.proc.pid) for w in self.workers.values()}
+
     def attempt_fields(self, node_id: str) -> dict:
         w = self.workers[node_id]
         return {"pgid": w.pgid, "pg_start": w.pg_start}

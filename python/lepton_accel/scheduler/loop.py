@@ -257,12 +257,13 @@ def schedule(queue: list[Entry], snapshot: Snapshot, placed: dict[str, list[Entr
              running_on: dict[str, int], launching: dict[str, int], windows: dict[str, UtilisationWindow], *,
              catalog: Catalog, elastic: ElasticPolicy, model: PerfModel, assigns_nodes: bool,
              max_nodes_total: int | None, now: float, wall: float, slots_of=None,
-             short_on: dict[str, bool] | None = None) -> Decision:
+             short_on: dict[str, bool] | None = None, cpu: dict[str, float] | None = None) -> Decision:
     """Queue and cluster state in; placements, starts, launch targets and stops out.
 
     ``queue``: parsed pending jobs in queue order; ``placed``: jobs placed and not started,
     per type, in queue order (this pass's placements are appended); ``running_on``: jobs
-    running per node; ``short_on``: whether all of a node's running jobs are short. ``windows`` (utilisation history per type) is the only state kept
+    running per node; ``short_on``: whether all of a node's running jobs are short; ``cpu``:
+    mean node CPU utilisation per type (0..1), for a policy that uses it. ``windows`` (utilisation history per type) is the only state kept
     between calls, and is updated here."""
     d = Decision()
     slots_of = slots_of or (lambda t: catalog[t].slots)
@@ -328,7 +329,7 @@ def schedule(queue: list[Entry], snapshot: Snapshot, placed: dict[str, list[Entr
         busy, q = busy_of.get(t, 0), max(queued.get(t, 0), 0)
         win = windows.setdefault(t, UtilisationWindow(elastic.window_s))
         win.add(busy, len(ns) * slots, now)
-        want = elastic.target(t, have, busy, q, slots)
+        want = elastic.target(t, have, busy, q, slots, cpu=(cpu or {}).get(t))
         if want > have:
             grow = want - have
             while max_nodes_total is not None and total + grow > max_nodes_total:
@@ -345,7 +346,7 @@ def schedule(queue: list[Entry], snapshot: Snapshot, placed: dict[str, list[Entr
             d.targets[t] = have + grow
         elif q or busy:
             d.targets[t] = have
-        if ns and should_scale_in(elastic, t, len(ns), q, win, now):
+        if ns and should_scale_in(elastic, t, len(ns), q, win, now, cpu=(cpu or {}).get(t)):
             idle = [n for n in ns if not running_on.get(n.node_id) and n.node_id not in stopping]
             if idle:
                 d.stop.append(idle[-1].node_id)
@@ -611,7 +612,8 @@ class SchedulingLoop:
         d = schedule(queue, snap, self.placed, nodes, running_on, launching, self.windows, catalog=self.catalog,
                      elastic=self.elastic, model=self.model, assigns_nodes=self.nodes.assigns_nodes,
                      max_nodes_total=self.nodes.max_nodes_total, now=now, wall=wall,
-                     slots_of=self.nodes.slots_of, short_on=short_on)
+                     slots_of=self.nodes.slots_of, short_on=short_on,
+                     cpu=self.metrics.cpu_by_type() if self.metrics is not None and self.elastic.use_cpu else None)
         for e, p in d.placements:
             if isinstance(p, Placement):
                 w = p.winner
@@ -713,6 +715,7 @@ class SchedulingLoop:
         for n in self.nodes.nodes():
             nodes[n.itype] = nodes.get(n.itype, 0) + 1
         self.metrics.set_pool(nodes, {t: len(v) for t, v in self.placed.items()})
+        self.metrics.sample_nodes(self.nodes, force)
 
     # ---- running -------------------------------------------------------------------------------
     def unfinished(self) -> bool:
