@@ -203,9 +203,50 @@ def cmd_serve(args) -> int:
 
 
 # ---- status / cancel / logs -----------------------------------------------------------------------
+def status_frame(store, metrics_url: str | None = None, sampler=None, limit: int = 15):
+    """One frame of ``status --watch``: the store's jobs and, from the scheduler's metrics
+    endpoint (or sampled here, for the nodes running jobs on this machine), the nodes and
+    their utilisation."""
+    from .monitor import fetch_metrics, status_view
+
+    metrics = fetch_metrics(metrics_url) if metrics_url else None
+    sample = None
+    if metrics is None and sampler is not None:
+        pids = {r.node: (r.itype, r.pgid) for r in store.jobs(["running"]) if r.node and r.pgid}
+        sample = sampler.sample(pids)
+    view = status_view(store, metrics, sample, limit=limit, safe=safe)
+    if metrics_url and metrics is None:
+        from rich.console import Group
+        from rich.text import Text
+
+        view = Group(view, Text(f"metrics: {metrics_url} does not answer", style="yellow"))
+    return view
+
+
+def _watch(args, store) -> int:
+    try:
+        from rich.live import Live
+    except ImportError:
+        print("error: status --watch needs rich (pip install 'lepton_accel[monitor]')", file=sys.stderr)
+        return 1
+    from .monitor import Sampler
+
+    sampler = Sampler()
+    try:
+        with Live(status_frame(store, args.metrics_url, sampler, args.limit), auto_refresh=False,
+                  screen=False) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(status_frame(store, args.metrics_url, sampler, args.limit), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+
+
 @_guarded
 def cmd_status(args) -> int:
     store = _store(args, readonly=True)
+    if args.watch:
+        return _watch(args, store)
     if args.job:
         try:
             r = store.get(args.job)
@@ -330,6 +371,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("job", nargs="?", help="a job id (or unique prefix)")
     p.add_argument("--all", action="store_true", help="list every job, not only recent ones")
     p.add_argument("--limit", type=int, default=20, help="finished jobs to list (default 20)")
+    p.add_argument("--watch", action="store_true",
+                   help="a live table of jobs, nodes and utilisation, refreshed until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
+    p.add_argument("--metrics-url", metavar="URL",
+                   help="the scheduler's metrics (e.g. http://127.0.0.1:9464/metrics): every node and its "
+                        "utilisation; without it --watch samples the nodes running jobs on this machine")
     _common(p)
     p.set_defaults(func=cmd_status)
 
