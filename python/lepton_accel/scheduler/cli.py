@@ -319,11 +319,105 @@ def cmd_explain(args) -> int:
 
     catalog = load_catalog(args.catalog)
     jobs = _load(args.file, args, catalog)
+    placements = []
     for i, job in enumerate(jobs):
         if i:
             print()
-        print(safe(place(job, catalog).explain()))
+        placements.append(place(job, catalog))
+        print(safe(placements[-1].explain()))
+    if args.plot:
+        try:
+            plot_placements(placements, args.plot)
+        except ImportError:
+            print("error: --plot needs matplotlib (pip install 'lepton_accel[monitor]')", file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def plot_placements(placements, path) -> list:
+    """A PNG: per job, every candidate instance type's estimated time (x) against its
+    cost (y), log-log; feasible types as dots, the chosen one as a star, types ruled out
+    by the deadline (or other limits that leave an estimate) as grey crosses, the deadline
+    as a dashed line. Returns what each panel shows: (job name, [(type, time s, cost $,
+    "chosen" | "feasible" | "ruled out")])."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")      # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    n = max(len(placements), 1)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    colour = {"cpu": "tab:blue", "gpu": "tab:green", "fpga": "tab:orange"}
+    shown: list = []
+    for ax, p in zip(axes.flat, placements):
+        job = p.job
+        plotted = False
+        xs: list[float] = []
+        ys: list[float] = []
+        shown.append((job.name, []))
+        for c in p.candidates:
+            if not (math.isfinite(c.time_s) and math.isfinite(c.cost)):
+                continue
+            cost = max(c.cost, 1e-9)          # a warm node's zero marginal cost, on a log axis
+            if c is p.winner:
+                ax.scatter([c.time_s], [cost], marker="*", s=320, color=colour.get(c.itype.kind, "k"),
+                           edgecolors="black", linewidths=1.2, zorder=4)
+                ax.annotate(f"{c.itype.name} (chosen)", (c.time_s, cost), textcoords="offset points",
+                            xytext=(8, 8), fontsize=8, fontweight="bold")
+            elif c.feasible:
+                ax.scatter([c.time_s], [cost], s=40, color=colour.get(c.itype.kind, "k"), zorder=3)
+                ax.annotate(c.itype.name, (c.time_s, cost), textcoords="offset points", xytext=(5, -10),
+                            fontsize=7)
+            else:
+                ax.scatter([c.time_s], [cost], marker="x", s=40, color="0.6", zorder=2)
+                ax.annotate(f"{c.itype.name} ({c.excluded.split(' (')[0]})", (c.time_s, cost),
+                            textcoords="offset points", xytext=(5, -10), fontsize=6, color="0.5")
+            plotted = True
+            shown[-1][1].append((c.itype.name, c.time_s, c.cost,
+                                 "chosen" if c is p.winner else ("feasible" if c.feasible else "ruled out")))
+            xs.append(c.time_s)
+            ys.append(cost)
+        if job.deadline_s:
+            ax.axvline(job.deadline_s, color="tab:red", linestyle="--", linewidth=1)
+            ax.annotate(f"deadline {job.deadline_s:g} s", (job.deadline_s, 1), xycoords=("data", "axes fraction"),
+                        xytext=(-4, -12), textcoords="offset points", ha="right", fontsize=7, color="tab:red")
+            xs.append(job.deadline_s)
+        if plotted:   # log axes only where the values spread over more than a decade
+            ax.margins(0.15)
+            for vals, scale, lim, axis in ((xs, ax.set_xscale, ax.set_xlim, ax.xaxis),
+                                           (ys, ax.set_yscale, ax.set_ylim, ax.yaxis)):
+                if max(vals) / min(vals) > 10:
+                    scale("log")
+                else:
+                    axis.get_major_formatter().set_useOffset(False)
+                    if max(vals) - min(vals) < 0.02 * max(vals):   # (nearly) equal: a readable span
+                        lim(0.9 * min(vals), 1.1 * max(vals))
+        else:
+            ax.text(0.5, 0.5, "no instance type can run it", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"{job.name} (policy {job.policy})", fontsize=10)
+        ax.set_xlabel("estimated time to result, s (start-up + load + run)", fontsize=8)
+        ax.set_ylabel("estimated cost, $", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(placements):]:
+        ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", color=col, label=f"{kind} type") for kind, col in colour.items()]
+    handles += [Line2D([], [], marker="*", markersize=14, linestyle="", color="w", markeredgecolor="k",
+                       label="chosen"),
+                Line2D([], [], marker="x", linestyle="", color="0.6", label="ruled out (e.g. misses the deadline)"),
+                Line2D([], [], linestyle="--", color="tab:red", label="deadline")]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, 1 - 0.25 / rows))
+    fig.suptitle("candidate instance types per job: estimated time vs cost", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / rows))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return shown
 
 
 # ---- cluster config -------------------------------------------------------------------------------
@@ -392,6 +486,7 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("explain", help="show every instance type's time and cost for a job")
     p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("--plot", metavar="PNG", help="also write a time-versus-cost scatter of the candidates per job")
     _roots_arg(p)
     _common(p, store=False, catalog=True)
     p.set_defaults(func=cmd_explain)
