@@ -17,7 +17,8 @@ kind's own parameters):
 3. if ``<cache>/{tag}-{key[:16]}/libmodel.so`` exists (tag e.g. ``matmul-r{R}c{C}-{dtype}``
    or ``conv2d-r{R}c{C}-{dtype}-xl{XL}-d{depth}``), it is used; otherwise Verilator builds
    it there (``verilator --cc --exe --build -j 2 -O3`` with the harness, linked as a
-   shared library), with a progress message on stderr.
+   shared library), saying on stderr what it is doing (generating Verilog, verilating,
+   compiling, linking): a progress display on a terminal (rich), plain lines otherwise.
 
 The cache root is ``$LEPTON_ACCEL_CACHE/fpga`` if that variable is set, else
 ``~/.cache/lepton_accel/fpga``. Builds are serialised per directory with a lock file, and
@@ -26,11 +27,13 @@ half-built library.
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import hashlib
 import importlib.resources
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,12 +167,105 @@ def model_path(cfg: CoreConfig, sources: dict[str, str] | None = None) -> Path:
     return cache_root() / f"{cfg.tag}-{_key(cfg, sources)[:16]}" / LIB_NAME
 
 
+#: a C++ compile (or link) in Verilator's make output
+_COMPILE = re.compile(r"^\s*(?:ccache\s+)?\S*(?:g\+\+|c\+\+|clang\+\+)\s")
+
+
+class BuildProgress:
+    """What a model build is doing, on ``stream`` (default stderr): a rich progress
+    display when it is a terminal (and rich is installed), plain lines otherwise. Stages
+    advance as the tool's output shows them (:meth:`feed`)."""
+
+    STAGES = ("generating Verilog", "verilating", "compiling C++", "linking")
+
+    def __init__(self, title: str, stream=None, *, rich: bool | None = None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.title = title
+        self.stage = -1
+        self.compiled = 0
+        self.t0 = time.monotonic()
+        self._bar = None
+        use_rich = rich if rich is not None else getattr(self.stream, "isatty", lambda: False)()
+        if use_rich:
+            try:
+                from rich.console import Console
+                from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            except ImportError:
+                use_rich = False
+        if use_rich:
+            self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[what]}"), TimeElapsedColumn(),
+                                 console=Console(file=self.stream, force_terminal=rich or None), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(title, total=len(self.STAGES), what="")
+        else:
+            print(f"lepton_accel: {title} ...", file=self.stream, flush=True)
+
+    def to(self, stage: int, detail: str = "") -> None:
+        if stage <= self.stage and not detail:
+            return
+        new = stage > self.stage
+        self.stage = max(stage, self.stage)
+        what = self.STAGES[self.stage] + (f" ({detail})" if detail else "")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.stage, what=what)
+            self._bar.refresh()
+        elif new:
+            shown = what if self.stage == 0 else self.STAGES[self.stage]
+            print(f"lepton_accel:   {shown} (+{time.monotonic() - self.t0:.0f} s)", file=self.stream, flush=True)
+
+    def feed(self, line: str) -> None:
+        """One line of the build tool's output."""
+        if _COMPILE.match(line):
+            if " -shared" in line or f"-o {LIB_NAME}" in line:
+                self.to(3)
+            else:
+                self.compiled += 1
+                self.to(2, f"{self.compiled} files")
+        elif self.stage < 2 and (line.startswith("make") or "Verilation Report" in line
+                                 or "V e r i l a t i o n" in line):
+            self.to(2 if line.startswith("make") else 1)
+
+    def done(self, ok: bool) -> None:
+        took = time.monotonic() - self.t0
+        if self._bar is not None:
+            self._bar.update(self._task, completed=len(self.STAGES) if ok else self.stage,
+                             what=f"built in {took:.0f} s" if ok else
+                             f"failed while {self.STAGES[max(self.stage, 0)]}")
+            self._bar.stop()
+        if ok:
+            if self._bar is None:
+                print(f"lepton_accel: model built in {took:.0f} s", file=self.stream, flush=True)
+        elif self._bar is None:
+            print(f"lepton_accel: model build failed after {took:.0f} s, while "
+                  f"{self.STAGES[max(self.stage, 0)]}", file=self.stream, flush=True)
+
+
+def _run_build(cmd: list[str], cwd: Path, progress: BuildProgress | None) -> tuple[int, str]:
+    """Run the build, feeding its output to ``progress`` line by line; the exit status and
+    the last of the output."""
+    tail: collections.deque = collections.deque(maxlen=400)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=verilator_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace")
+    try:
+        for line in proc.stdout:
+            tail.append(line)
+            if progress is not None:
+                progress.feed(line)
+    finally:
+        proc.stdout.close()
+        rc = proc.wait()
+    return rc, "".join(tail)[-6000:]
+
+
 def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
     """Path of the built model of cfg, building it if needed; and whether it was built now."""
     missing = toolchain_missing()
     if missing:
         raise BuildError(f"cannot build the Verilator model: {missing}")
+    t_gen = time.monotonic()
     sources = generate_sources(cfg)
+    gen_s = time.monotonic() - t_gen
     lib = model_path(cfg, sources)
     if lib.exists():
         return lib, False
@@ -180,21 +276,23 @@ def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
         if lib.exists():  # another process built it meanwhile
             return lib, False
         t0 = time.monotonic()
+        progress = None
         if not quiet:
-            print(f"lepton_accel: building the Verilator model of the {cfg.rows}x{cfg.cols} "
-                  f"{cfg.dtype} {cfg.kind} core in {final} (once per configuration and RTL "
-                  f"version; this takes a minute or so) ...", file=sys.stderr, flush=True)
+            progress = BuildProgress(f"building the Verilator model of the {cfg.rows}x{cfg.cols} {cfg.dtype} "
+                                     f"{cfg.kind} core in {final} (once per configuration and RTL version; "
+                                     f"this takes a minute or so)")
+            progress.to(0, f"{gen_s:.1f} s")
+            progress.to(1)
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        ok = False
         try:
             for name, text in sources.items():
                 (work / name).write_text(text)
-            proc = subprocess.run(verilator_command(cfg, work), cwd=work, env=verilator_env(),
-                                  capture_output=True, text=True)
+            rc, log = _run_build(verilator_command(cfg, work), work, progress)
             built = work / "obj_dir" / LIB_NAME
-            if proc.returncode != 0 or not built.exists():
-                log = (proc.stdout + proc.stderr)[-6000:]
+            if rc != 0 or not built.exists():
                 raise BuildError(f"Verilator build of {cfg.tag} failed "
-                                 f"(exit {proc.returncode}):\n{log}")
+                                 f"(exit {rc}):\n{log}")
             shutil.copy2(built, work / LIB_NAME)
             info = {"kind": cfg.kind, "config": cfg.params(),
                     "key": _key(cfg, sources),
@@ -205,10 +303,10 @@ def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
             if final.exists():  # left over from an interrupted run
                 shutil.rmtree(final, ignore_errors=True)
             os.replace(work, final)
+            ok = True
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
-        if not quiet:
-            print(f"lepton_accel: model built in {time.monotonic() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
+            if progress is not None:
+                progress.done(ok)
         return lib, True

@@ -1,0 +1,76 @@
+"""The first model build says what it is doing: stages advance from the build tool's own
+output; plain lines when stderr is not a terminal, a rich progress display when it is."""
+import io
+import sys
+
+import pytest
+
+from lepton_accel.fpga import build
+
+LINES = ["make: Entering directory '/x/obj_dir'\n",
+         "ccache g++  -I.  -MMD -O2 -c -o Vlx_top.o Vlx_top.cpp\n",
+         "c++ -O2 -I. -c -o lx_harness.o ../lx_harness.cpp\n",
+         "python verilator_includer -DVL_INCLUDE_OPT=include Vlx_top.cpp > Vlx_top__ALL.cpp\n",
+         "c++ -O2 -I. -c -o Vlx_top__ALL.o Vlx_top__ALL.cpp\n",
+         "c++ -shared lx_harness.o Vlx_top__ALL.a -o libmodel.so\n",
+         "make: Leaving directory '/x/obj_dir'\n",
+         "- V e r i l a t i o n   R e p o r t: rev 5\n"]
+
+
+def test_stages_follow_the_tool_output_as_plain_lines():
+    out = io.StringIO()
+    p = build.BuildProgress("building the model", out)
+    p.to(0, "0.4 s")
+    p.to(1)
+    seen = []
+    for line in LINES:
+        p.feed(line)
+        seen.append(p.stage)
+    p.done(True)
+    assert seen == [2, 2, 2, 2, 2, 3, 3, 3]          # never goes back on the late report
+    assert p.compiled == 3
+    text = out.getvalue().splitlines()
+    assert text[0] == "lepton_accel: building the model ..."
+    assert [t.split(" (")[0].strip() for t in text[1:5]] == ["lepton_accel:   generating Verilog", "lepton_accel:   verilating",
+                                                              "lepton_accel:   compiling C++", "lepton_accel:   linking"]
+    assert "0.4 s" in text[1] and text[-1].startswith("lepton_accel: model built in")
+
+
+def test_a_terminal_gets_a_rich_progress_display():
+    pytest.importorskip("rich")
+    out = io.StringIO()
+    p = build.BuildProgress("building the model", out, rich=True)
+    p.to(1)
+    for line in LINES[:3]:
+        p.feed(line)
+    p.done(False)
+    text = out.getvalue()
+    assert "\x1b[" in text                            # drawn for a terminal
+    assert "building the model" in text and "compiling C++ (2 files)" in text and "failed" in text
+
+
+def test_build_model_reports_each_stage_and_keeps_the_tool_log(tmp_path, monkeypatch, capfd):
+    pytest.importorskip("amaranth")
+    monkeypatch.setenv("LEPTON_ACCEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "toolchain_missing", lambda: None)
+    script = ("import os, sys, time\n"
+              "print(\"make: Entering directory 'obj_dir'\", flush=True)\n"
+              "print('c++ -O2 -c -o a.o a.cpp', flush=True)\n"
+              "print('c++ -shared a.o -o libmodel.so', flush=True)\n"
+              "os.makedirs('obj_dir', exist_ok=True)\n"
+              "if os.environ.get('FAIL'): print('error: %Error: boom', flush=True); sys.exit(2)\n"
+              "open('obj_dir/libmodel.so', 'wb').write(b'x')\n")
+    monkeypatch.setattr(build, "verilator_command", lambda cfg, out_dir, jobs=2: [sys.executable, "-c", script])
+    from lepton_accel import fpga
+
+    cfg = fpga.MatmulConfig(2, 3, "int8")
+    lib, built = build.build_model(cfg)
+    err = capfd.readouterr().err
+    assert built and lib.read_bytes() == b"x"
+    for stage in ("building the Verilator model", "generating Verilog", "verilating", "compiling C++", "linking",
+                  "model built in"):
+        assert stage in err
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(build.BuildError, match=r"(?s)exit 2.*%Error: boom"):
+        build.build_model(fpga.MatmulConfig(3, 2, "int8"))
+    assert "model build failed" in capfd.readouterr().err
