@@ -20,7 +20,7 @@ LINES = ["make: Entering directory '/x/obj_dir'\n",
 def test_stages_follow_the_tool_output_as_plain_lines():
     out = io.StringIO()
     p = build.BuildProgress("building the model", out)
-    p.to(0, "0.4 s")
+    p.to(0, "took 0.4 s")
     p.to(1)
     seen = []
     for line in LINES:
@@ -33,7 +33,7 @@ def test_stages_follow_the_tool_output_as_plain_lines():
     assert text[0] == "lepton_accel: building the model ..."
     assert [t.split(" (")[0].strip() for t in text[1:5]] == ["lepton_accel:   generating Verilog", "lepton_accel:   verilating",
                                                               "lepton_accel:   compiling C++", "lepton_accel:   linking"]
-    assert "0.4 s" in text[1] and text[-1].startswith("lepton_accel: model built in")
+    assert text[1].endswith("generating Verilog (took 0.4 s)") and text[-1].startswith("lepton_accel: model built in")
 
 
 def test_a_terminal_gets_a_rich_progress_display():
@@ -61,6 +61,9 @@ def test_build_model_reports_each_stage_and_keeps_the_tool_log(tmp_path, monkeyp
               "if os.environ.get('FAIL'): print('error: %Error: boom', flush=True); sys.exit(2)\n"
               "open('obj_dir/libmodel.so', 'wb').write(b'x')\n")
     monkeypatch.setattr(build, "verilator_command", lambda cfg, out_dir, jobs=2: [sys.executable, "-c", script])
+    sources = {}
+    real = build.generate_sources
+    monkeypatch.setattr(build, "generate_sources", lambda c: dict(sources.get(c) or sources.setdefault(c, real(c))))
     from lepton_accel import fpga
 
     cfg = fpga.MatmulConfig(2, 3, "int8")
@@ -71,6 +74,7 @@ def test_build_model_reports_each_stage_and_keeps_the_tool_log(tmp_path, monkeyp
                   "model built in"):
         assert stage in err
     monkeypatch.setenv("FAIL", "1")
+    script += "# another build command: another cache key\n"
     with pytest.raises(build.BuildError, match=r"(?s)exit 2.*%Error: boom"):
-        build.build_model(fpga.MatmulConfig(3, 2, "int8"))
+        build.build_model(cfg)
     assert "model build failed" in capfd.readouterr().err

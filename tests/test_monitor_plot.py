@@ -1,8 +1,6 @@
 """`lepton-accel explain --plot`: the time-versus-cost scatter shows every candidate with
 an estimate, marks the chosen type, and shows types the deadline rules out as such."""
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -47,12 +45,13 @@ def test_plot_marks_the_chosen_type_and_the_ruled_out(tmp_path):
     assert {pt[0] for pt in shown[2][1]} <= {t.name for t in CAT if t.kind == "gpu"}
 
 
-def test_explain_command_writes_the_png(tmp_path):
+def test_explain_command_writes_the_png(tmp_path, capsys):
+    from lepton_accel.scheduler.cli import main
+
     job = tmp_path / "job.yaml"
     job.write_text("name: mm\nop: matmul\na: {shape: [40, 30], dtype: int8}\nb: {shape: [30, 20], dtype: int8}\n")
     out = tmp_path / "x.png"
-    p = subprocess.run([sys.executable, "-m", "lepton_accel.scheduler.cli", "explain", str(job), "--plot", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert "<- chosen" in p.stdout and f"wrote {out}" in p.stderr
+    assert main(["explain", str(job), "--plot", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "<- chosen" in cap.out and f"wrote {out}" in cap.err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -79,15 +79,34 @@ def test_one_frame_shows_jobs_nodes_and_utilisation(tmp_path, cat):
 
 
 def test_watch_refreshes_until_interrupted(tmp_path):
+    import pty
+    import select
+
     store = JobStore(tmp_path / "jobs.sqlite")
     store.close()
-    env = dict(os.environ, COLUMNS="120")
+    master, slave = pty.openpty()           # a terminal: the view redraws in place
+    env = dict(os.environ, COLUMNS="120", LINES="40", TERM="xterm")
     p = subprocess.Popen([sys.executable, "-m", "lepton_accel.scheduler.cli", "status", "--watch", "--interval",
-                          "0.2", "--store", str(tmp_path / "jobs.sqlite")], stdout=subprocess.PIPE,
+                          "0.2", "--store", str(tmp_path / "jobs.sqlite")], stdin=slave, stdout=slave,
                          stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(3.0)
-    assert p.poll() is None                 # still refreshing
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=20)
+    os.close(slave)
+    out = b""
+    try:
+        end = time.monotonic() + 90
+        while out.count(b"jobs: none") < 3 and time.monotonic() < end:   # drawn, then redrawn
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    break
+        assert out.count(b"jobs: none") >= 3, out[-2000:]
+        assert p.poll() is None                 # still refreshing
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=30)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
     assert p.returncode == 0, err
-    assert "jobs: none" in out and "nodes" in out and "Traceback" not in err
+    assert b"nodes" in out and "Traceback" not in err

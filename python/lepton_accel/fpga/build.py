@@ -211,8 +211,8 @@ class BuildProgress:
             self._bar.update(self._task, completed=self.stage, what=what)
             self._bar.refresh()
         elif new:
-            shown = what if self.stage == 0 else self.STAGES[self.stage]
-            print(f"lepton_accel:   {shown} (+{time.monotonic() - self.t0:.0f} s)", file=self.stream, flush=True)
+            shown = what if self.stage == 0 else f"{self.STAGES[self.stage]} (+{time.monotonic() - self.t0:.0f} s)"
+            print(f"lepton_accel:   {shown}", file=self.stream, flush=True)
 
     def feed(self, line: str) -> None:
         """One line of the build tool's output."""
@@ -281,7 +281,7 @@ def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
             progress = BuildProgress(f"building the Verilator model of the {cfg.rows}x{cfg.cols} {cfg.dtype} "
                                      f"{cfg.kind} core in {final} (once per configuration and RTL version; "
                                      f"this takes a minute or so)")
-            progress.to(0, f"{gen_s:.1f} s")
+            progress.to(0, f"took {gen_s:.1f} s")
             progress.to(1)
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         ok = False

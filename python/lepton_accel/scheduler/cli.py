@@ -351,7 +351,8 @@ def plot_placements(placements, path) -> list:
     n = max(len(placements), 1)
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    height = 4.4 * rows + 1.0          # inches: the panels, and the title and legend above them
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, height), squeeze=False)
     colour = {"cpu": "tab:blue", "gpu": "tab:green", "fpga": "tab:orange"}
     shown: list = []
     for ax, p in zip(axes.flat, placements):
@@ -412,9 +413,12 @@ def plot_placements(placements, path) -> list:
                        label="chosen"),
                 Line2D([], [], marker="x", linestyle="", color="0.6", label="ruled out (e.g. misses the deadline)"),
                 Line2D([], [], linestyle="--", color="tab:red", label="deadline")]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, 1 - 0.25 / rows))
-    fig.suptitle("candidate instance types per job: estimated time vs cost", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / rows))
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8,
+               bbox_to_anchor=(0.5, 1 - 0.45 / height))
+    fig.suptitle("candidate instance types per job: estimated time vs cost", fontsize=12, y=1 - 0.12 / height)
+    # a fixed layout (tight_layout would draw the figure twice more)
+    fig.subplots_adjust(left=0.75 / (6.4 * cols), right=1 - 0.25 / (6.4 * cols), bottom=0.55 / height,
+                        top=1 - 1.15 / height, hspace=0.9 / 4.4, wspace=0.9 / 6.4 * cols / cols)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return shown

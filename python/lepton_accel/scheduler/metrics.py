@@ -146,8 +146,9 @@ class SchedulerMetrics:
             from .monitor import Sampler
 
             self.sampler = Sampler()
-        pids = getattr(nodes, "node_pids", None)
-        self.observe(self.sampler.sample(pids() if pids else {}, now), pool=pids() if pids else {})
+        named = getattr(nodes, "node_pids", None)
+        pool = named() if named else {}
+        self.observe(self.sampler.sample(pool, now), pool=pool)
 
     def count_past_deadline(self, store, wall: float | None = None) -> dict[str, int]:
         wall = time.time() if wall is None else wall
