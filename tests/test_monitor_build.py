@@ -2,6 +2,7 @@
 output; plain lines when stderr is not a terminal, a rich progress display when it is."""
 import io
 import sys
+import time
 
 import pytest
 
@@ -78,3 +79,23 @@ def test_build_model_reports_each_stage_and_keeps_the_tool_log(tmp_path, monkeyp
     with pytest.raises(build.BuildError, match=r"(?s)exit 2.*%Error: boom"):
         build.build_model(cfg)
     assert "model build failed" in capfd.readouterr().err
+
+
+def test_slow_verilog_generation_is_announced(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("LEPTON_ACCEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "toolchain_missing", lambda: None)
+    monkeypatch.setattr(build, "GENERATE_NOTICE_S", 0.05)
+
+    def slow(cfg):
+        time.sleep(0.4)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(build, "generate_sources", slow)
+    from lepton_accel import fpga
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        build.build_model(fpga.MatmulConfig(2, 2, "int8"))
+    assert "generating the Verilog of the 2x2 int8 matmul core" in capfd.readouterr().err
+    with pytest.raises(RuntimeError):
+        build.build_model(fpga.MatmulConfig(2, 2, "int8"), quiet=True)
+    assert capfd.readouterr().err == ""

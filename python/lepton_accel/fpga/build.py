@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -167,6 +168,8 @@ def model_path(cfg: CoreConfig, sources: dict[str, str] | None = None) -> Path:
     return cache_root() / f"{cfg.tag}-{_key(cfg, sources)[:16]}" / LIB_NAME
 
 
+#: seconds of Verilog generation after which a line says that it is under way
+GENERATE_NOTICE_S = 2.0
 #: a C++ compile (or link) in Verilator's make output
 _COMPILE = re.compile(r"^\s*(?:ccache\s+)?\S*(?:g\+\+|c\+\+|clang\+\+)\s")
 
@@ -264,7 +267,19 @@ def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
     if missing:
         raise BuildError(f"cannot build the Verilator model: {missing}")
     t_gen = time.monotonic()
-    sources = generate_sources(cfg)
+    notice = None
+    if not quiet:   # the key needs the Verilog; say so when generating it takes a while
+        notice = threading.Timer(GENERATE_NOTICE_S, lambda: print(
+            f"lepton_accel: generating the Verilog of the {cfg.rows}x{cfg.cols} {cfg.dtype} {cfg.kind} core "
+            f"(to find or build its model) ...", file=sys.stderr, flush=True))
+        notice.daemon = True
+        notice.start()
+    try:
+        sources = generate_sources(cfg)
+    finally:
+        if notice is not None:
+            notice.cancel()
+            notice.join()
     gen_s = time.monotonic() - t_gen
     lib = model_path(cfg, sources)
     if lib.exists():
