@@ -176,3 +176,33 @@ def test_cpu_in_use_holds_scale_in():
     assert should_scale_in(on, "c", 2, 0, w, now, cpu=0.05)
     assert not should_scale_in(on, "c", 2, 0, w, now, cpu=0.3)   # above this type's 0.1
     assert should_scale_in(ElasticPolicy(window_s=1.0), "c", 2, 0, w, now, cpu=0.3)   # not used
+
+
+def test_a_local_run_with_the_cpu_rule_on_finishes_and_sees_the_jobs_cpu(tmp_path):
+    from lepton_accel.scheduler.catalog import load_catalog
+    from lepton_accel.scheduler.jobs import parse_workload
+    from lepton_accel.scheduler.local import LocalExecutor
+    from lepton_accel.scheduler.store import JobStore
+
+    f = tmp_path / "cat.yaml"
+    f.write_text("replace: true\ntypes:\n  one.cpu: {vcpus: 2, memory_gib: 4, price_per_hour: 0.1, startup_s: 0}\n")
+    cat = load_catalog(f, use_env=False)
+    store = JobStore(tmp_path / "jobs.sqlite")
+    spin = f"{sys.executable} -c \"import time\nt = time.time()\nwhile time.time() - t < 1.2: pass\""
+    ids = store.submit(parse_workload({"jobs": [{"name": f"spin{i}", "suite": {"name": "shell", "command": spin},
+                                                 "estimate_s": 0.2} for i in range(3)]}, catalog=cat))
+    metrics = SchedulerMetrics(sample_s=0.1)
+    policy = ElasticPolicy(use_cpu=True, max_nodes=2, window_s=0.2, cpu_per_type={"one.cpu": (0.9, 0.05)})
+    ex = LocalExecutor(store, cat, max_workers=2, allow_shell=True, metrics=metrics, elastic=policy)
+    cpus = []
+    try:
+        end = time.monotonic() + 40
+        while store.unfinished() and time.monotonic() < end:
+            ex.step()
+            cpus.append(metrics.cpu_by_type().get("one.cpu"))
+    finally:
+        ex.close()
+        recs = store.jobs(ids=ids)
+        store.close()
+    assert all(r.state == "done" for r in recs), [(r.name, r.state, r.error) for r in recs]
+    assert max(c for c in cpus if c is not None) > 0.1      # the spinning jobs were seen using CPU
