@@ -1,6 +1,6 @@
 """The scheduler's commands for ``lepton-accel`` (and ``python -m lepton_accel.scheduler.cli``).
 
-``add_commands(subparsers)`` adds: submit, run, serve, status, cancel, logs, explain and
+``add_commands(subparsers)`` adds: submit, run, serve, status, cancel, logs, explain, ci and
 ``cluster config``. Each sets ``func`` (``args.func(args)`` returns the exit status).
 """
 from __future__ import annotations
@@ -424,6 +424,13 @@ def plot_placements(placements, path) -> list:
     return shown
 
 
+# ---- ci -------------------------------------------------------------------------------------------
+def cmd_ci(args) -> int:
+    from . import ci
+
+    return ci.run(args)
+
+
 # ---- cluster config -------------------------------------------------------------------------------
 @_guarded
 def cmd_cluster_config(args) -> int:
@@ -494,6 +501,26 @@ def add_commands(subparsers) -> None:
     _roots_arg(p)
     _common(p, store=False, catalog=True)
     p.set_defaults(func=cmd_explain)
+
+    p = subparsers.add_parser("ci", help="run a pytest suite as jobs grouped by the hardware its tests need")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="a project, or a test file or directory in one (default: this package's own suite)")
+    p.add_argument("--deadline", type=float, default=None, metavar="S",
+                   help="seconds the suite may take: each group is split into enough shards (parallel nodes, "
+                        "at most --max-per-type) to fit")
+    p.add_argument("--require-hardware", action="store_true",
+                   help="fail a group that needs a GPU/FPGA but ran on a worker without it")
+    p.add_argument("--junit", metavar="OUT.xml", help="write the merged JUnit XML report here")
+    p.add_argument("--timeout", type=float, default=None, help="give up on the shards after this many seconds")
+    p.add_argument("--max-workers", type=int, default=max(2, min(4, os.cpu_count() or 2)),
+                   help="worker processes in all (default: 2..4 by CPU count)")
+    p.add_argument("--max-per-type", type=int, default=2,
+                   help="worker processes (nodes) per instance type: the most shards a group gets")
+    p.add_argument("--job-env", action="append", default=[], metavar="NAME",
+                   help="pass this environment variable on to the shards (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log placement and scaling decisions")
+    _common(p, catalog=True)
+    p.set_defaults(func=cmd_ci)
 
     p = subparsers.add_parser("cluster", help="Ray cluster helpers")
     sub = p.add_subparsers(dest="cluster_command", required=True)

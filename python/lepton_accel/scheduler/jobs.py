@@ -116,7 +116,10 @@ _OP_FIELDS: dict[str, Any] = {
 _SUITE = {
     "type": "object",
     "properties": {"name": {"enum": list(SUITES)}, "args": _STR_LIST, "project": {"type": "string", "minLength": 1},
-                   "command": {"type": "string"}, "timeout_s": _POSITIVE},
+                   "command": {"type": "string"}, "timeout_s": _POSITIVE,
+                   # the worker writes pytest's JUnit XML to a file of its own choosing and
+                   # returns it with the result (a path is never taken from a job file)
+                   "junit": {"type": "boolean"}},
     "required": ["name"], "additionalProperties": False,
 }
 

@@ -33,6 +33,8 @@ JOB_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ"
            "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
            "NVIDIA_VISIBLE_DEVICES")
 _TAIL = 4000
+#: the largest JUnit XML report a suite sends back with its result
+MAX_JUNIT_BYTES = 8 * 2**20
 
 
 def backend_for(kind: str, available: set[str] | None = None) -> str:
@@ -148,9 +150,13 @@ def run_suite(job: Job, *, allow_shell: bool = False, roots=None, env_names=(), 
     try:
         if suite["name"] == "shell":
             argv, shell, cwd = suite["command"], True, job.base_dir
+            junit = None
         else:
             cwd = suite_project(suite, job.base_dir)
             extra = ["--benchmark-only"] if suite["name"] == "benchmarks" else []
+            junit = os.path.join(tmp, "junit.xml") if suite.get("junit") else None
+            if junit:   # the path is the worker's own (its private directory), never the job's
+                extra.append(f"--junitxml={junit}")
             argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--confcutdir={cwd}",
                     f"--basetemp={os.path.join(tmp, 'basetemp')}", *extra, *suite.get("args", [])]
             shell = False
@@ -181,11 +187,25 @@ def run_suite(job: Job, *, allow_shell: bool = False, roots=None, env_names=(), 
             if p.poll() is None:
                 p.kill()
         tail = out.decode("utf-8", "replace")[-_TAIL:]
-        return {"ok": p.returncode == 0, "returncode": p.returncode, "measured_s": time.perf_counter() - t0,
-                "verified": p.returncode == 0, "output_tail": tail,
-                **({} if p.returncode == 0 else {"error": f"suite exited with {p.returncode}"})}
+        result = {"ok": p.returncode == 0, "returncode": p.returncode, "measured_s": time.perf_counter() - t0,
+                  "verified": p.returncode == 0, "output_tail": tail,
+                  **({} if p.returncode == 0 else {"error": f"suite exited with {p.returncode}"})}
+        if junit:
+            result["junit_xml"] = _read_report(junit)
+        return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_report(path: str) -> str | None:
+    """The suite's JUnit XML (None when pytest wrote none or it is too large to send)."""
+    try:
+        if os.path.getsize(path) > MAX_JUNIT_BYTES:
+            return None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def execute(job: Job, backend: str, *, allow_shell: bool = False, roots=None, env_names=(),
@@ -193,8 +213,10 @@ def execute(job: Job, backend: str, *, allow_shell: bool = False, roots=None, en
     """Run one parsed job; never raises (errors come back in the result)."""
     try:
         if job.suite is not None:
-            return run_suite(job, allow_shell=allow_shell, roots=roots, env_names=env_names, mark=mark,
-                             abandon=abandon)
+            result = run_suite(job, allow_shell=allow_shell, roots=roots, env_names=env_names, mark=mark,
+                               abandon=abandon)
+            result.setdefault("backend", backend)   # the hardware the node had (a suite's tests use it)
+            return result
         return run_op(job, backend)
     except Exception as exc:  # reported as the job's failure
         return {"ok": False, "backend": backend, "error": f"{type(exc).__name__}: {exc}"[:2000]}
