@@ -100,6 +100,13 @@ def test_config_errors_name_the_key(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.lepton_accel.ci]\ndefault_s = 'long'\n")
     with pytest.raises(ci.CIError, match="default_s"):
         ci.load_config(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.lepton_accel.ci.markers]\nray = {max_shards = 0}\n")
+    with pytest.raises(ci.CIError, match="ray.max_shards"):
+        ci.load_config(tmp_path)
+    own = ci.load_config(ROOT)
+    assert own.markers["ray"]["max_shards"] == 1
+    assert ci.constraints_of("ray", own) == {"kind": "cpu"} and ci.shard_cap("ray", own, 4) == 1
+    assert ci.shard_cap("gpu", own, 4) == 4
     cfg = ci.load_config(SAMPLE)
     assert cfg.markers == {"gpu": {"kind": "gpu"}} and cfg.default_s == 0.5
 

@@ -77,6 +77,10 @@ def load_config(root: str | os.PathLike) -> CIConfig:
     markers = table.get("markers", {})
     if not isinstance(markers, dict) or not all(isinstance(v, dict) for v in markers.values()):
         raise CIError(f"{where}.markers: expected marker = {{kind = ..., models = [...]}} entries")
+    for m, entry in markers.items():
+        cap = entry.get("max_shards")
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise CIError(f"{where}.markers.{m}.max_shards: expected an integer >= 1")
     for key in ("default_s", "shard_overhead_s"):
         v = table.get(key, 1.0)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 <= v < 1e7):
@@ -146,9 +150,17 @@ def group_tests(tests: Iterable, config: CIConfig) -> dict[str, list[str]]:
 
 
 def constraints_of(group: str, config: CIConfig) -> dict:
+    """The job constraints of a group (its entry less ``max_shards``)."""
     if group in config.markers:
-        return dict(config.markers[group])
+        return {k: v for k, v in config.markers[group].items() if k != "max_shards"}
     return {"kind": "cpu"}
+
+
+def shard_cap(group: str, config: CIConfig, max_shards: int) -> int:
+    """The most shards a group gets: the per-type cap, or less where its entry says
+    (``max_shards = 1`` keeps tests that must run serially in one shard)."""
+    own = config.markers.get(group, {}).get("max_shards")
+    return max_shards if own is None else min(max_shards, own)
 
 
 # ---- shard planning --------------------------------------------------------------------------
@@ -368,7 +380,7 @@ def format_table(reports: list[GroupReport], require_hardware: bool) -> str:
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     out.insert(1, "  ".join("-" * w for w in widths))
     for r in reports:
-        if not r.on_hardware:
+        if not r.on_hardware and r.backends:
             out.append(f"{r.name}: needs a {r.kind} but ran on {','.join(sorted(set(r.backends))) or 'nothing'} "
                        f"(a stand-in worker without that hardware): its {r.count(PASSED)} passing tests are not "
                        "counted as passed")
@@ -436,7 +448,8 @@ def plan_jobs(collection: Collection, config: CIConfig, known: Mapping[str, floa
     plan, docs = [], []
     for g, ids in groups.items():
         dur = {t: known.get(t, config.default_s) for t in ids}
-        shards = plan_shards(dur, budget_s=_budget(deadline_s, cons[g], catalog), max_shards=max_shards,
+        shards = plan_shards(dur, budget_s=_budget(deadline_s, cons[g], catalog),
+                             max_shards=shard_cap(g, config, max_shards),
                              overhead_s=config.shard_overhead_s)
         for i, shard in enumerate(shards):
             est = config.shard_overhead_s + sum(dur[t] for t in shard)
