@@ -107,6 +107,10 @@ with open(sys.argv[1], "w") as f:
 """
 
 
+#: files that make a directory a pytest project (its rootdir and configuration)
+_CONFIG_FILES = ("pyproject.toml", "pytest.ini", ".pytest.ini", "tox.ini", "setup.cfg")
+
+
 @dataclass
 class Collection:
     root: str                          # pytest's rootdir: node ids are relative to it
@@ -120,10 +124,13 @@ def collect(path: str | os.PathLike, *, timeout: float = 600.0) -> Collection:
     if not target.exists():
         raise CIError(f"{path}: no such file or directory")
     cwd = target if target.is_dir() else target.parent
+    # a project directory: its own testpaths decide what is collected
+    project = target.is_dir() and any((target / f).is_file() for f in _CONFIG_FILES)
+    select = [] if project else [str(target)]
     with tempfile.TemporaryDirectory(prefix="lepton-ci-") as tmp:
         out = os.path.join(tmp, "collected.json")
         try:
-            p = subprocess.run([sys.executable, "-c", _COLLECT, out, str(target)], cwd=cwd, capture_output=True,
+            p = subprocess.run([sys.executable, "-c", _COLLECT, out, *select], cwd=cwd, capture_output=True,
                                text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise CIError(f"{path}: collecting the tests took longer than {timeout:g} s") from None
@@ -511,14 +518,19 @@ def run(args) -> int:
             ex.close()
         records = {r.id: r for r in store.jobs(ids=ids)}
         reports = build_report(groups, dict(zip(ids, plan)), records, catalog)
-        durations.record(collection.root, {c.id: c.time_s for rep in reports for c in rep.cases
-                                           if c.outcome != SKIPPED})
     except CIError as exc:
         print(f"error: {safe(exc)}", file=sys.stderr)
         return 2
     except (StoreError, SchedulerError, JobError, sqlite3.Error, OSError) as exc:
         print(f"error: {safe(exc)}", file=sys.stderr)
         return 2
+    try:   # for the next plan; a run whose durations cannot be kept still reports
+        durations.record(collection.root, {c.id: c.time_s for rep in reports for c in rep.cases
+                                           if c.outcome != SKIPPED})
+    except sqlite3.Error as exc:
+        print(f"warning: test durations not recorded: {safe(exc)}", file=sys.stderr)
+    finally:
+        store.close()
     print(format_table(reports, args.require_hardware))
     if args.junit:
         write_junit(reports, args.junit, args.require_hardware)
