@@ -241,3 +241,34 @@ def test_collection_errors_and_missing_paths_exit_2(tmp_path, capsys):
     assert "Traceback (most recent call last)" not in err
     assert main(["ci", str(tmp_path / "absent"), "--store", str(tmp_path / "s.sqlite")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_sample_suite_on_a_ray_cluster(tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from lepton_accel.cli import main
+    from lepton_accel.scheduler.ray_executor import resource_name
+
+    catalog = load_catalog(use_env=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        # the cheapest CPU and GPU types, where placement puts the groups; the GPU node
+        # declares a GPU to Ray, but this machine's workers have no CUDA device
+        cluster.add_node(num_cpus=1, resources={resource_name(catalog["c7i.large"]): 1})
+        cluster.add_node(num_cpus=1, num_gpus=1, resources={resource_name(catalog["g6.xlarge"]): 1,
+                                                            "accelerator_type:L4": 1})
+        rc = main(["ci", str(SAMPLE), "--ray", cluster.address, "--store", str(tmp_path / "s.sqlite"),
+                   "--timeout", "180"])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:4]}
+    assert rows["cpu"][2] == "c7i.large" and rows["cpu"][5:8] == ["4", "1", "1"], out
+    assert rows["gpu"][2] == "g6.xlarge", out
+    if not _cuda_here():
+        assert rows["gpu"][3] == "cpu" and "NOT RUN ON ITS HARDWARE" in out, out

@@ -508,7 +508,7 @@ def run(args) -> int:
         ex = _executor(args, store, catalog, collection.root)
         try:
             try:
-                ex.run(batch=batch, until_idle=True, timeout=args.timeout)
+                ex.run(batch=batch, timeout=args.timeout)
             except TimeoutError as exc:
                 print(f"error: {exc}; cancelling the rest", file=sys.stderr)
                 for r in store.jobs(ids=ids):
@@ -547,10 +547,29 @@ def _own_checkout() -> str:
 
 def _executor(args, store, catalog, root):
     from .elastic import ElasticPolicy
-    from .local import LocalExecutor
     from .metrics import SchedulerMetrics
 
     log = (lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr)) if args.verbose else None
+    if getattr(args, "ray", None):
+        from .ray_executor import RayExecutor
+
+        return _RayRun(RayExecutor(store, catalog, address=args.ray, elastic=ElasticPolicy(max_nodes=args.max_per_type),
+                                   metrics=SchedulerMetrics(), log=log, test_roots=[root]))
+    from .local import LocalExecutor
+
     return LocalExecutor(store, catalog, elastic=ElasticPolicy(max_nodes=args.max_per_type),
                          max_workers=args.max_workers, metrics=SchedulerMetrics(), log=log, test_roots=[root],
                          job_env=args.job_env)
+
+
+class _RayRun:
+    """The Ray executor as the command drives it (its run closes its own loop)."""
+
+    def __init__(self, ex):
+        self.ex = ex
+
+    def run(self, *, batch, timeout) -> None:
+        self.ex.run(batch=batch, timeout=timeout)
+
+    def close(self) -> None:
+        pass

@@ -518,6 +518,9 @@ def add_commands(subparsers) -> None:
                    help="worker processes (nodes) per instance type: the most shards a group gets")
     p.add_argument("--job-env", action="append", default=[], metavar="NAME",
                    help="pass this environment variable on to the shards (repeatable)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run the shards on this Ray cluster ('auto': the one this machine is part of) "
+                        "instead of local workers")
     p.add_argument("-v", "--verbose", action="store_true", help="log placement and scaling decisions")
     _common(p, catalog=True)
     p.set_defaults(func=cmd_ci)
