@@ -47,7 +47,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import fastjsonschema
-import jsonschema
 import numpy as np
 import yaml
 
@@ -268,14 +267,18 @@ class _Schema:
     the most precise error to report."""
 
     def __init__(self, schema: dict):
-        self.fast = fastjsonschema.compile(schema)
-        self.full = jsonschema.Draft202012Validator(schema)
+        self.schema = schema
+        self._fast = None  # compiled on first use: the CLI's start-up does not pay for it
 
     def check(self, doc, prefix: str) -> None:
+        if self._fast is None:
+            self._fast = fastjsonschema.compile(self.schema)
         try:
-            self.fast(doc)
+            self._fast(doc)
         except fastjsonschema.JsonSchemaException as exc:
-            _schema_error(self.full, doc, prefix)
+            import jsonschema  # only to word the error: it finds the most precise one
+
+            _schema_error(jsonschema.Draft202012Validator(self.schema), doc, prefix)
             raise JobError(f"{prefix or 'job'}: {clip(exc.message, 200)}") from None
 
 
