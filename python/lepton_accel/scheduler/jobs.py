@@ -56,6 +56,8 @@ from ..perf import DEVICES, KINDS
 
 POLICIES = ("min_cost", "min_time")
 SUITES = ("tests", "benchmarks", "shell")
+OPTIMIZERS = ("adam", "sgd")
+MAX_TRAIN_WORKERS = 64
 ENV_ALLOW_SHELL = "LEPTON_ACCEL_ALLOW_SHELL"
 ENV_TEST_ROOTS = "LEPTON_ACCEL_TEST_ROOTS"
 
@@ -122,6 +124,32 @@ _SUITE = {
     "required": ["name"], "additionalProperties": False,
 }
 
+_ENTRY = {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", "maxLength": 300}
+_TRAIN = {
+    "type": "object",
+    "properties": {
+        "model": {"enum": ["seed_cnn"]},
+        "entry": _ENTRY,
+        "data": {"type": "string", "minLength": 1},
+        "layers": {"enum": ["lepton", "torch"]},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 2**20},
+        "optimizer": {"enum": list(OPTIMIZERS)},
+        "lr": _POSITIVE,
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        "workers": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_TRAIN_WORKERS},
+                              {"const": "auto"}]},
+        "checkpoint_every": {
+            "type": "object",
+            "properties": {"steps": {"type": "integer", "minimum": 1}, "epochs": {"type": "integer", "minimum": 1}},
+            "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+        },
+        "timeout_s": _POSITIVE,
+    },
+    "required": ["epochs", "batch_size"],
+    "additionalProperties": False,
+}
+
 
 def op_schema(opdef: OpDef) -> dict[str, Any]:
     """JSON schema of one operation job of ``opdef`` (after workload defaults are merged)."""
@@ -133,6 +161,10 @@ def op_schema(opdef: OpDef) -> dict[str, Any]:
 #: JSON schema of a suite job
 SUITE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {**_COMMON, "suite": _SUITE},
                                 "required": ["suite", "estimate_s"], "additionalProperties": False}
+
+#: JSON schema of a data-parallel training job
+TRAIN_SCHEMA: dict[str, Any] = {"type": "object", "properties": {**_COMMON, "train": _TRAIN},
+                                "required": ["train"], "additionalProperties": False}
 
 #: JSON schema of a workload file: a list of jobs with optional shared defaults
 WORKLOAD_SCHEMA: dict[str, Any] = {
@@ -198,6 +230,7 @@ class Job:
     doc: dict[str, Any] = field(repr=False, compare=False)
     spec: OpSpec | None = None
     suite: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
     priority: int = 0
     deadline_s: float | None = None
     policy: str = "min_cost"
@@ -207,7 +240,7 @@ class Job:
 
     @property
     def kind(self) -> str:
-        return "op" if self.spec is not None else "suite"
+        return "op" if self.spec is not None else ("train" if self.train is not None else "suite")
 
     @cached_property
     def core(self) -> str | None:
@@ -289,6 +322,7 @@ def _op_validator(name: str) -> _Schema:
 
 _SUITE_VALIDATOR = _Schema(SUITE_SCHEMA)
 _WORKLOAD_VALIDATOR = _Schema(WORKLOAD_SCHEMA)
+_TRAIN_VALIDATOR = _Schema(TRAIN_SCHEMA)
 
 
 @functools.lru_cache(maxsize=8)
@@ -545,15 +579,48 @@ def check_suite(suite: dict, base_dir, where: str, *, trusted: bool, roots) -> N
         i += 1
 
 
+# ---- training -----------------------------------------------------------------------------
+def _train(train: dict, where: str) -> dict:
+    """A train section with its defaults filled in (the schema has checked the types)."""
+    if ("model" in train) == ("entry" in train):
+        raise JobError(f"{where}.model: give either model (seed_cnn) or entry (module:function), "
+                       "not both" if "model" in train else f"{where}.model: missing (seed_cnn, or "
+                       "entry: module:function)")
+    if "entry" in train and ("data" in train or "layers" in train):
+        f = "data" if "data" in train else "layers"
+        raise JobError(f"{where}.{f}: only meaningful with model: seed_cnn (an entry point builds its "
+                       "own data and model)")
+    out = {"optimizer": "adam", "lr": 3e-3, "seed": 0, "workers": 1, "checkpoint_every": {"epochs": 1},
+           **train}
+    if "model" in out:
+        out.setdefault("data", "digits")
+        out.setdefault("layers", "lepton")
+    if isinstance(out["workers"], int) and out["batch_size"] < out["workers"]:
+        raise JobError(f"{where}.batch_size: {out['batch_size']} is smaller than workers "
+                       f"({out['workers']}); the global batch is split across the workers")
+    return out
+
+
 # ---- jobs ---------------------------------------------------------------------------------
 def _parse(doc: dict, where: str, base_dir, catalog, trusted: bool, roots, validate: bool) -> Job:
     check_values(doc, where)
-    if "op" in doc and "suite" in doc:
-        raise JobError(f"{_field(where, ['op'])}: a job has either 'op' (an operation) or 'suite', not both")
+    kinds = [k for k in ("op", "suite", "train") if k in doc]
+    if len(kinds) > 1:
+        raise JobError(f"{_field(where, [kinds[1]])}: a job has one of 'op' (an operation), 'suite' or "
+                       f"'train', not {' and '.join(repr(k) for k in kinds)}")
     if "name" in doc and isinstance(doc["name"], str):
         _check_name(doc["name"], _field(where, ["name"]))
-    spec = suite = None
-    if "op" in doc:
+    spec = suite = train = None
+    if "train" in doc:
+        for f in _op_fields():
+            if f in doc:
+                raise JobError(f"{_field(where, [f])}: only meaningful for an operation job (op: ...)")
+        if validate:
+            _TRAIN_VALIDATOR.check(doc, where)
+        doc = json.loads(json.dumps(doc))
+        train = _train(doc["train"], _field(where, ["train"]))
+        name = doc.get("name") or f"train-{train.get('model') or train['entry']}"
+    elif "op" in doc:
         opdef = OPS.get(doc["op"]) if isinstance(doc["op"], str) else None
         if opdef is None:
             raise JobError(f"{_field(where, ['op'])}: unknown op {clip(repr(doc['op']), 60)}; expected one "
@@ -583,7 +650,8 @@ def _parse(doc: dict, where: str, base_dir, catalog, trusted: bool, roots, valid
         check_suite(suite, base_dir, where, trusted=trusted, roots=test_roots() if roots is None else roots)
         name = doc.get("name") or f"suite-{suite['name']}"
     else:
-        raise JobError(f"{_field(where, ['op'])}: missing: a job needs 'op' ({' or '.join(OPS)}) or 'suite'")
+        raise JobError(f"{_field(where, ['op'])}: missing: a job needs 'op' ({' or '.join(OPS)}), 'suite' or "
+                       "'train'")
     c = doc.get("constraints") or {}
     kinds = c.get("kind", ())
     cons = Constraints(kinds=(kinds,) if isinstance(kinds, str) else tuple(kinds),
@@ -601,7 +669,7 @@ def _parse(doc: dict, where: str, base_dir, catalog, trusted: bool, roots, valid
     doc["name"] = name
     if spec is not None:
         doc.setdefault("seed", 0)
-    return Job(name=name, doc=doc, spec=spec, suite=suite, priority=int(doc.get("priority", 0)),
+    return Job(name=name, doc=doc, spec=spec, suite=suite, train=train, priority=int(doc.get("priority", 0)),
                deadline_s=doc.get("deadline_s"), policy=doc.get("policy", "min_cost"),
                constraints=cons, estimate_s=doc.get("estimate_s"), base_dir=str(base_dir))
 

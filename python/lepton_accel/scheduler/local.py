@@ -44,7 +44,7 @@ def _parent_gone(pid: int) -> bool:
 
 
 def worker_main(conn, node_id: str, kind: str, scheduler_pid: int, allow_shell: bool, roots=None,
-                env_names=()) -> None:
+                env_names=(), artifacts: str | None = None) -> None:
     """Run jobs sent over ``conn`` until told to stop or the scheduler is gone. The worker
     finds its backend itself (the node kind's native one when this machine has it), so
     the scheduler does not wait for the backends' availability checks."""
@@ -77,7 +77,8 @@ def worker_main(conn, node_id: str, kind: str, scheduler_pid: int, allow_shell: 
             continue
         job_id, attempt, job = todo.popleft()
         result = execute(job, backend, allow_shell=allow_shell, roots=roots, env_names=env_names,
-                         mark=procs.marker(job_id, attempt), abandon=gone)
+                         mark=procs.marker(job_id, attempt), abandon=gone, job_id=job_id, attempt=attempt,
+                         artifacts=artifacts)
         result["pid"] = os.getpid()
         try:
             conn.send((job_id, attempt, result))
@@ -123,6 +124,8 @@ class LocalExecutor(Nodes):
         self.roots = test_roots
         self.env_names = tuple(job_env)
         self.prefetch = prefetch
+        #: train jobs' checkpoints and models: <store>.artifacts/<job id>/, next to the store
+        self.artifacts = str(store.path.parent / (store.path.name + ".artifacts"))
         self.log = log or (lambda msg: None)
         method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         self._ctx = mp.get_context(method)
@@ -204,7 +207,10 @@ class LocalExecutor(Nodes):
                 while True:    # every result waiting on this pipe
                     job_id, attempt, result = conn.recv()
                     w.jobs.pop(job_id, None)
-                    out.append(Finished(job_id, attempt, result))
+                    if result.get("lost"):   # a train job lost a process: retried from its checkpoint
+                        out.append(Lost(job_id, attempt, result.get("error", "a training process was lost")))
+                    else:
+                        out.append(Finished(job_id, attempt, result))
                     if not w.jobs or not conn.poll(0):
                         break
             except (EOFError, OSError):
@@ -258,7 +264,7 @@ class LocalExecutor(Nodes):
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(target=worker_main, name=f"lepton-worker {node_id}",
                                      args=(child, node_id, t.kind, os.getpid(), self.allow_shell,
-                                           self.loop.roots, self.env_names), daemon=True)
+                                           self.loop.roots, self.env_names, self.artifacts), daemon=True)
             proc.start()
         except Exception as exc:   # e.g. the forkserver was killed: say so once, try again later
             self._spawn_failures += 1

@@ -203,6 +203,13 @@ def _extension(catalog: Catalog, itype: InstanceType, node: NodeView, end_s: flo
     return new - old, itype.price_per_second * (billed(node.age_s + new) - billed(node.age_s + old))
 
 
+def train_estimate_s(job: Job) -> float:
+    """A train job's run time when the job file gives none."""
+    from .train import estimate_s
+
+    return estimate_s(job.train)
+
+
 def _key(policy: str):
     if policy == "min_time":
         return lambda c: (c.time_s, c.cost, c.itype.name, c.node or "")
@@ -220,7 +227,8 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
     open_ = not (cons.kinds or cons.models or cons.instance_types)
     idle_s = state.idle_timeout_s
     footprint = job.footprint
-    suite_s = None if costs is not None else float(job.estimate_s)
+    suite_s = None if costs is not None else float(job.estimate_s if job.estimate_s is not None
+                                                   else train_estimate_s(job))
     deadline = job.deadline_s
     min_cost = job.policy != "min_time"
     index = state._index()
@@ -313,7 +321,9 @@ def explain(p: Placement) -> str:
     job = p.job
     lines = [f"job {job.name}: " + (f"{job.spec.op} {job.spec.dtype} GEMM {'x'.join(map(str, job.spec.gemm_shape))} "
                                      f"(batch, M, N, K), {job.spec.flops / 1e9:.3g} GFLOP"
-                                     if job.spec else f"suite {job.suite['name']}, ~{job.estimate_s:g} s")
+                                     if job.spec else (f"train {job.train.get('model') or job.train.get('entry')}, "
+                                                         f"{job.train['epochs']} epochs" if job.train else
+                                                         f"suite {job.suite['name']}, ~{job.estimate_s:g} s"))
              + f"; policy {job.policy}" + (f"; deadline {job.deadline_s:g} s" if job.deadline_s else "")]
     hdr = f"  {'type':<14} {'device':<10} {'where':<16} {'run s':>10} {'start s':>8} {'load s':>7} {'total s':>10} {'cost $':>10}  note"
     lines.append(hdr)

@@ -208,10 +208,29 @@ def _read_report(path: str) -> str | None:
         return None
 
 
-def execute(job: Job, backend: str, *, allow_shell: bool = False, roots=None, env_names=(),
-            mark: str | None = None, abandon=None) -> dict[str, Any]:
-    """Run one parsed job; never raises (errors come back in the result)."""
+def run_train(job: Job, *, job_id: str | None, attempt: int | None, artifacts: str | None, env_names=(),
+              mark: str | None = None, abandon=None) -> dict[str, Any]:
+    from .train import run_train as _run
+
+    if artifacts is None or job_id is None:
+        return {"ok": False, "error": "train jobs need an artifact directory (this executor gives none)"}
+    tmp = tempfile.mkdtemp(prefix="lepton-job-")
     try:
+        return _run(job, job_id=job_id, attempt=attempt or 1, artifacts=artifacts,
+                    env=job_env(mark, tmp, env_names), abandon=abandon)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def execute(job: Job, backend: str, *, allow_shell: bool = False, roots=None, env_names=(),
+            mark: str | None = None, abandon=None, job_id: str | None = None, attempt: int | None = None,
+            artifacts: str | None = None) -> dict[str, Any]:
+    """Run one parsed job; never raises (errors come back in the result). ``artifacts``:
+    the directory under which a train job keeps its checkpoints (per job id)."""
+    try:
+        if job.train is not None:
+            return run_train(job, job_id=job_id, attempt=attempt, artifacts=artifacts, env_names=env_names,
+                             mark=mark, abandon=abandon)
         if job.suite is not None:
             result = run_suite(job, allow_shell=allow_shell, roots=roots, env_names=env_names, mark=mark,
                                abandon=abandon)

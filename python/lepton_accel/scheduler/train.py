@@ -1,0 +1,321 @@
+"""The ``train`` job kind: data-parallel training on n local processes.
+
+A worker that runs a train job starts n training processes (``python -m
+lepton_accel.scheduler.train``), which join one ``torch.distributed`` group (gloo, over
+127.0.0.1), each train on its shard of the data (``DistributedSampler``) with the
+gradients averaged every step (``DistributedDataParallel``). Rank 0 writes checkpoints
+(model, optimizer, step, the position in the epoch, the metrics so far) into the job's
+artifact directory; a later attempt of the same job starts from the newest one, so a
+lost process or a restarted scheduler costs at most ``checkpoint_every`` of work.
+
+Every process of an attempt carries the attempt's marker, dies with the worker
+(``PR_SET_PDEATHSIG``) and stays in the worker's process group, so the scheduler's
+kill of an attempt reaches all of them. A training process that ends badly ends the
+attempt: the others are killed and the result says ``lost`` with the cause, which the
+executor records as ``retried``.
+
+Torch runs on one thread per process (on a small machine the pools of n processes
+would otherwise fight over the cores).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from . import procs
+from .jobs import Job
+
+CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.jsonl"      # one line per step computed: {"attempt", "step", "epoch"}
+RANKS = "ranks.json"             # the training processes of the running attempt
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+def workers_for(train: dict) -> int:
+    """The number of training processes (``auto``: one per core here, at most 2)."""
+    w = train["workers"]
+    if w == "auto":
+        return max(1, min(2, os.cpu_count() or 1))
+    return int(w)
+
+
+def estimate_s(train: dict) -> float:
+    """The run time placement assumes: start-up of the processes plus a per-sample cost."""
+    return 10.0 + 2e-3 * train["epochs"] * 1437
+
+
+def artifact_dir(root: str, job_id: str) -> str:
+    path = os.path.join(root, job_id)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_setup() -> None:
+    procs.die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with {code}"
+
+
+def _tail(path: str, n: int = 1500) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - n, 0))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def checkpoint_info(adir: str) -> dict | None:
+    """What the newest checkpoint holds (step, epoch, position), without the tensors."""
+    path = os.path.join(adir, CHECKPOINT + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run_train(job: Job, *, job_id: str, attempt: int, artifacts: str, env: dict,
+              abandon=None) -> dict[str, Any]:
+    """Run one attempt of a train job on n local processes; the job's result (or the
+    reason it was lost)."""
+    train = job.train
+    n = workers_for(train)
+    adir = artifact_dir(artifacts, job_id)
+    before = checkpoint_info(adir)
+    with open(os.path.join(adir, "job.json"), "w") as f:
+        json.dump({"train": train, "base_dir": os.path.realpath(job.base_dir), "workers": n}, f)
+    port = _free_port()
+    env = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    t0 = time.perf_counter()
+    ranks = []
+    try:
+        for r in range(n):
+            log = open(os.path.join(adir, f"rank{r}.log"), "wb")
+            try:
+                ranks.append(subprocess.Popen(
+                    [sys.executable, "-m", "lepton_accel.scheduler.train", adir, str(r), str(n), str(attempt)],
+                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    preexec_fn=_child_setup, cwd=adir))
+            finally:
+                log.close()
+        with open(os.path.join(adir, RANKS), "w") as f:
+            json.dump({"attempt": attempt, "pids": [p.pid for p in ranks]}, f)
+        timeout = float(train.get("timeout_s", DEFAULT_TIMEOUT_S))
+        while True:
+            codes = [p.poll() for p in ranks]
+            bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if bad:
+                time.sleep(0.3)             # a peer's death makes the others fail too: find the first cause
+                codes = [p.poll() for p in ranks]
+                bad = sorted(((r, c) for r, c in enumerate(codes) if c not in (None, 0)),
+                             key=lambda rc: (rc[1] > 0, rc[0]))
+                r, c = bad[0]
+                ck = checkpoint_info(adir)
+                why = (f"training process rank {r} of {n} (pid {ranks[r].pid}) {_describe_exit(c)}; "
+                       + (f"resuming from the checkpoint at step {ck['step']}" if ck else "no checkpoint yet"))
+                if c > 0:
+                    why += f"; its output ends: {_tail(os.path.join(adir, f'rank{r}.log'), 600)}"
+                    return {"ok": False, "backend": "cpu", "error": why, "measured_s": time.perf_counter() - t0}
+                return {"ok": False, "lost": True, "backend": "cpu", "error": why,
+                        "measured_s": time.perf_counter() - t0}
+            if all(c == 0 for c in codes):
+                break
+            if abandon is not None and abandon():
+                return {"ok": False, "error": "abandoned: the scheduler is gone"}
+            if time.perf_counter() - t0 > timeout:
+                return {"ok": False, "backend": "cpu", "error": f"training timed out after {timeout:g} s"}
+            time.sleep(0.05)
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+        for p in ranks:
+            p.wait()
+    with open(os.path.join(adir, "result.json")) as f:
+        metrics = json.load(f)
+    measured = time.perf_counter() - t0
+    return {"ok": True, "backend": "cpu", "measured_s": measured, "workers": n,
+            "resumed_from": before, "train": metrics, "model_path": metrics["model_path"],
+            "artifacts": adir, "checkpoints": metrics["checkpoints"]}
+
+
+# ---- one training process ----------------------------------------------------------------
+def _build(train: dict, base_dir: str):
+    """(model, train dataset, test dataset, loss function) of a train section."""
+    import torch
+
+    if "entry" in train:
+        mod, _, fn = train["entry"].partition(":")
+        built = getattr(importlib.import_module(mod), fn)(seed=train["seed"])
+        model, train_ds, test_ds, loss = built
+        return model, train_ds, test_ds, loss, {}
+    from ..torch import cnn
+
+    data = train["data"]
+    if data != "digits" and not os.path.isabs(data):
+        data = os.path.join(base_dir, data)
+    ds = cnn.load_data(data, seed=train["seed"])
+    model = cnn.build_model(train["layers"], seed=train["seed"], num_classes=len(ds.classes))
+    tds = torch.utils.data.TensorDataset(ds.train.x, ds.train.y)
+    vds = torch.utils.data.TensorDataset(ds.test.x, ds.test.y)
+    extra = {"classes": ds.classes, "normalize": [ds.mean, ds.std], "config": dict(model.config)}
+    return model, tds, vds, cnn.loss_fn, extra
+
+
+def _evaluate(model, ds, loss_fn) -> tuple[float, float]:
+    import torch
+
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for xb, yb in torch.utils.data.DataLoader(ds, batch_size=256):
+            out = model(xb)
+            total += float(loss_fn(out, yb)) * len(yb)
+            correct += int((out.argmax(1) == yb).sum())
+            n += len(yb)
+    model.train()
+    return total / max(n, 1), correct / max(n, 1)
+
+
+def _save(path: str, blob: dict, info: dict) -> None:
+    import torch
+
+    tmp = path + ".tmp"
+    torch.save(blob, tmp)
+    os.replace(tmp, path)                  # a kill mid-write leaves the previous checkpoint
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def train_process(adir: str, rank: int, world: int, attempt: int) -> None:
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    torch.set_num_threads(1)
+    with open(os.path.join(adir, "job.json")) as f:
+        spec = json.load(f)
+    train = spec["train"]
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:
+        pass
+    model, train_ds, test_ds, loss_fn, extra = _build(train, spec["base_dir"])
+    per_rank = max(1, train["batch_size"] // world)
+    opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[train["optimizer"]]
+    opt = opt_cls(model.parameters(), lr=train["lr"])
+    ckpt_path = os.path.join(adir, CHECKPOINT)
+    state = {"step": 0, "epoch": 0, "position": 0, "history": [], "checkpoints": [], "step_s": []}
+    if os.path.exists(ckpt_path):
+        blob = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        state = blob["state"]
+    ddp = DistributedDataParallel(model)
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=train["seed"])
+    every = train["checkpoint_every"]
+    steps_per_epoch = math.ceil(len(train_ds) / (per_rank * world))
+    progress = open(os.path.join(adir, PROGRESS), "a") if rank == 0 else None
+
+    def checkpoint() -> None:
+        if rank != 0:
+            return
+        info = {"step": state["step"], "epoch": state["epoch"], "position": state["position"],
+                "attempt": attempt, "time": time.time()}
+        state["checkpoints"].append(info)
+        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, info)
+
+    for epoch in range(state["epoch"], train["epochs"]):
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler)
+        seen, total_loss, correct, t_epoch = 0, 0.0, 0, time.perf_counter()
+        for i, (xb, yb) in enumerate(loader):
+            if i < state["position"]:          # done before the checkpoint: skipped, not recomputed
+                continue
+            t = time.perf_counter()
+            out = ddp(xb)
+            loss = loss_fn(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()                    # DDP averages the gradients across the ranks here
+            opt.step()
+            state["step"] += 1
+            state["position"] = i + 1
+            state["step_s"].append(time.perf_counter() - t)
+            seen += len(yb)
+            total_loss += loss.item() * len(yb)
+            correct += int((out.detach().argmax(1) == yb).sum())
+            if progress is not None:
+                progress.write(json.dumps({"attempt": attempt, "step": state["step"], "epoch": epoch}) + "\n")
+                progress.flush()
+            if "steps" in every and state["step"] % every["steps"] == 0 and state["position"] < steps_per_epoch:
+                checkpoint()
+        test_loss, test_acc = _evaluate(model, test_ds, loss_fn) if rank == 0 else (None, None)
+        state["history"].append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
+                                 "accuracy": correct / max(seen, 1), "test_loss": test_loss,
+                                 "test_accuracy": test_acc, "seconds": time.perf_counter() - t_epoch,
+                                 "attempt": attempt, "resumed": seen < len(sampler)})
+        state["epoch"], state["position"] = epoch + 1, 0
+        if "steps" in every or (epoch + 1) % every["epochs"] == 0 or epoch + 1 == train["epochs"]:
+            checkpoint()
+    if rank == 0:
+        model_path = os.path.join(adir, "model.pt")
+        torch.save({"state_dict": model.state_dict(), **extra}, model_path)
+        step_s = sorted(state["step_s"])
+        result = {"epochs": state["history"], "steps": state["step"], "workers": world,
+                  "steps_per_epoch": steps_per_epoch, "per_rank_batch": per_rank,
+                  "step_s_median": step_s[len(step_s) // 2] if step_s else None,
+                  "test_accuracy": state["history"][-1]["test_accuracy"] if state["history"] else None,
+                  "checkpoints": state["checkpoints"], "model_path": model_path}
+        with open(os.path.join(adir, "result.json.tmp"), "w") as f:
+            json.dump(result, f)
+        os.replace(os.path.join(adir, "result.json.tmp"), os.path.join(adir, "result.json"))
+        progress.close()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def read_progress(adir: str) -> list[dict]:
+    """The steps computed, in order, over every attempt (rank 0's record)."""
+    try:
+        with open(os.path.join(adir, PROGRESS)) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":
+    train_process(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
