@@ -172,6 +172,8 @@ def _build(train: dict, base_dir: str):
 
     if "entry" in train:
         mod, _, fn = train["entry"].partition(":")
+        if base_dir not in sys.path:         # a module beside the job file
+            sys.path.insert(0, base_dir)
         built = getattr(importlib.import_module(mod), fn)(seed=train["seed"])
         model, train_ds, test_ds, loss = built
         return model, train_ds, test_ds, loss, {}
