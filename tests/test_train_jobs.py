@@ -24,7 +24,7 @@ def test_a_train_job_parses_with_its_defaults():
 
 
 def test_an_entry_point_replaces_model_and_data():
-    job = parse_workload({"train": {"entry": "mypkg.models:build", "epochs": 1, "batch_size": 8}})[0]
+    job = parse_workload({"train": {"entry": "mypkg.models:build", "epochs": 1, "batch_size": 8}, "estimate_s": 30})[0]
     assert job.train["entry"] == "mypkg.models:build" and "data" not in job.train
     assert job.name == "train-mypkg.models:build"
 

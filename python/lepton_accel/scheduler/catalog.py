@@ -34,6 +34,7 @@ class InstanceType:
     retired: str | None = None      # date the cloud retired the type, if it did
     startup_s: float = 60.0         # boot-to-ready assumption for a new node
     source: str = ""
+    network_gbps: float | None = None   # per node, the published maximum (a data-parallel job's all-reduce)
 
     @property
     def family(self) -> str:
@@ -66,7 +67,8 @@ class InstanceType:
         return {"name": self.name, "kind": self.kind, "vcpus": self.vcpus,
                 "memory_gib": self.memory_gib, "price_per_hour": self.price_per_hour,
                 "accelerator": self.accelerator, "accelerator_count": self.accelerator_count,
-                "retired": self.retired, "startup_s": self.startup_s, "source": self.source}
+                "retired": self.retired, "startup_s": self.startup_s, "source": self.source,
+                "network_gbps": self.network_gbps}
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def _parse_type(name: str, raw: dict, startup: dict, where: str) -> InstanceType
         price_per_hour=price, accelerator=model, accelerator_count=count,
         retired=str(raw["retired"]) if raw.get("retired") else None,
         startup_s=float(raw.get("startup_s", startup.get(kind, 60.0))),
-        source=str(raw.get("source", "")))
+        source=str(raw.get("source", "")),
+        network_gbps=float(raw["network_gbps"]) if raw.get("network_gbps") is not None else None)
 
 
 def load_catalog(path: str | os.PathLike | None = None, *, use_env: bool = True) -> Catalog:

@@ -619,6 +619,9 @@ def _parse(doc: dict, where: str, base_dir, catalog, trusted: bool, roots, valid
             _TRAIN_VALIDATOR.check(doc, where)
         doc = json.loads(json.dumps(doc))
         train = _train(doc["train"], _field(where, ["train"]))
+        if "entry" in train and "estimate_s" not in doc:
+            raise JobError(f"{_field(where, ['estimate_s'])}: missing (placement needs a duration for an "
+                           "entry-point model, whose layers it cannot see)")
         name = doc.get("name") or f"train-{train.get('model') or train['entry']}"
     elif "op" in doc:
         opdef = OPS.get(doc["op"]) if isinstance(doc["op"], str) else None

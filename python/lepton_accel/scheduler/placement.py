@@ -111,6 +111,8 @@ class Candidate:
     time_s: float = math.inf
     cost: float = math.inf
     extends_s: float = 0.0          # warm node: how far the job pushes back the node's release
+    workers: int = 1                # a train job's data-parallel workers (nodes of the type)
+    weighed: tuple = ()             # a train job's options: one dict per worker count
 
     @property
     def where(self) -> str:
@@ -203,13 +205,6 @@ def _extension(catalog: Catalog, itype: InstanceType, node: NodeView, end_s: flo
     return new - old, itype.price_per_second * (billed(node.age_s + new) - billed(node.age_s + old))
 
 
-def train_estimate_s(job: Job) -> float:
-    """A train job's run time when the job file gives none."""
-    from .train import estimate_s
-
-    return estimate_s(job.train)
-
-
 def _key(policy: str):
     if policy == "min_time":
         return lambda c: (c.time_s, c.cost, c.itype.name, c.node or "")
@@ -227,8 +222,8 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
     open_ = not (cons.kinds or cons.models or cons.instance_types)
     idle_s = state.idle_timeout_s
     footprint = job.footprint
-    suite_s = None if costs is not None else float(job.estimate_s if job.estimate_s is not None
-                                                   else train_estimate_s(job))
+    trained = job.train is not None and job.estimate_s is None   # timed by the perf model
+    suite_s = None if costs is not None or trained else float(job.estimate_s)
     deadline = job.deadline_s
     min_cost = job.policy != "min_time"
     index = state._index()
@@ -238,7 +233,16 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
             if not ok:
                 out.append(Candidate(itype, excluded=why))
                 continue
-        if suite_s is None:
+        weighed = ()
+        if trained:
+            from .train import weigh
+
+            weighed = [w for w in weigh(job.train, dev, itype.network_gbps, model) if math.isfinite(w["run_s"])]
+            if not weighed:
+                out.append(Candidate(itype, excluded=f"{itype.accelerator or 'cpu'} cannot run float32 training"))
+                continue
+            est, run_s, n = _pick_workers(weighed, itype, catalog, job, elapsed_s)
+        elif suite_s is None:
             hit = seen.get(dev.name)
             if hit is None:
                 est = model.estimate(costs, dev, data_on_host=True)
@@ -270,8 +274,25 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
                 best = min(opts, key=lambda o: o[0])
         else:
             best = opts[0]
-        out.append(_candidate(job, itype, run_s, est, best, elapsed_s))
+        c = _candidate(job, itype, run_s, est, best, elapsed_s)
+        if trained:     # n workers are n nodes of the type, each billed
+            c.workers, c.weighed = n, tuple(weighed)
+            c.cost *= n
+        out.append(c)
     return out
+
+
+def _pick_workers(weighed, itype, catalog, job, elapsed_s):
+    """The worker count of a train job on a type: by its policy, within the deadline."""
+    def cost(w):
+        return w["workers"] * catalog.launch_cost(itype, itype.startup_s + w["run_s"])
+
+    key = (lambda w: (cost(w), w["run_s"])) if job.policy != "min_time" else (lambda w: (w["run_s"], cost(w)))
+    for w in weighed:
+        w["cost"] = cost(w)
+    ok = [w for w in weighed if job.deadline_s is None or elapsed_s + itype.startup_s + w["run_s"] <= job.deadline_s]
+    best = min(ok or weighed, key=key)
+    return None, best["run_s"], best["workers"]
 
 
 def place(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
@@ -340,4 +361,16 @@ def explain(p: Placement) -> str:
         lines.append(f"  {c.itype.name:<14} {dev:<10} {c.where:<16} {c.run_s:>10.4g} {c.startup_s:>8.3g} "
                      f"{c.image_load_s:>7.3g} {c.time_s:>10.4g} {c.cost:>10.3g}  {mark}")
     lines.append(("winner: " if p.winner else "no placement: ") + p.reason)
+    if p.winner is not None and p.winner.weighed:
+        w = p.winner
+        lines.append(f"workers weighed on {w.itype.name} (n nodes, each billed; all-reduce of "
+                     f"{w.weighed[0]['grad_bytes'] / 1e3:.4g} kB over {w.itype.network_gbps or 0:g} Gbps):")
+        for o in w.weighed:
+            c = o["cost"]
+            lines.append(f"  n={o['workers']:<3} step {o['step_s'] * 1e3:8.3g} ms (compute {o['compute_s'] * 1e3:.3g}"
+                         f" + all-reduce {o['allreduce_s'] * 1e3:.3g})  run {o['run_s']:8.4g} s  cost ${c:.3g}"
+                         + ("  <- chosen" if o["workers"] == w.workers else ""))
+        lines.append(f"  chose n={w.workers}: the lowest {'cost' if job.policy == 'min_cost' else 'time'}"
+                     + (" within the deadline" if job.deadline_s else ""))
     return "\n".join(lines)
+

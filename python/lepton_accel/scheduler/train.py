@@ -48,9 +48,64 @@ def workers_for(train: dict) -> int:
     return int(w)
 
 
-def estimate_s(train: dict) -> float:
-    """The run time placement assumes: start-up of the processes plus a per-sample cost."""
-    return 10.0 + 2e-3 * train["epochs"] * 1437
+#: training samples of the shipped digits split (1,797 images, 20 % held out)
+DIGITS_TRAIN = 1437
+#: the worker counts ``workers: auto`` weighs
+AUTO_WORKERS = (1, 2, 4, 8)
+
+
+def seed_cnn_layers(batch: int, input_size: int = 16, channels: int = 1, classes: int = 10):
+    """The seed CNN's step as OpSpecs: forward, and backward (grad-input and grad-weight of
+    each conv, the two GEMMs of each dense layer), for one rank's batch; and its parameter
+    count (the gradient that is all-reduced)."""
+    from ..ops import CONV2D_GRAD_INPUT, CONV2D_GRAD_WEIGHT, conv2d_spec, matmul_spec
+
+    s1 = input_size - 2
+    p1 = s1 // 2
+    s2 = p1 - 2
+    flat = 64 * (s2 // 2) ** 2
+    f32 = "float32"
+    specs = []
+    params = 0
+    for cin, cout, hw, first in ((channels, 32, input_size, True), (32, 64, p1, False)):
+        x, w, oh = (batch, cin, hw, hw), (cout, cin, 3, 3), hw - 2
+        dy = (batch, cout, oh, oh)
+        specs.append(conv2d_spec(x, f32, w, f32, bias_shape=(cout,), bias_dtype=f32, activation="relu"))
+        specs.append(CONV2D_GRAD_WEIGHT.spec((x, dy), (f32, f32), kernel_hw=(3, 3)))
+        if not first:     # the input's gradient is not needed
+            specs.append(CONV2D_GRAD_INPUT.spec((dy, w), (f32, f32), input_hw=(hw, hw)))
+        params += cout * cin * 9 + cout
+    for fin, fout in ((flat, 64), (64, classes)):
+        specs.append(matmul_spec((batch, fin), f32, (fin, fout), f32, bias_shape=(fout,), bias_dtype=f32))
+        specs.append(matmul_spec((batch, fout), f32, (fout, fin), f32))     # dX = dY W^T
+        specs.append(matmul_spec((fin, batch), f32, (batch, fout), f32))    # dW = X^T dY
+        params += fin * fout + fout
+    return specs, params
+
+
+def step_estimate(train: dict, device, n: int, network_gbps: float | None, model=None) -> dict:
+    """One step on n data-parallel workers of a device: compute of a rank's share of the
+    global batch (the perf model, forward and backward), plus the ring all-reduce of the
+    gradient, 2 (n-1)/n x its bytes over the network."""
+    from ..perf import MODEL
+    from .jobs import SpecCosts
+
+    model = model or MODEL
+    per_rank = max(1, train["batch_size"] // n)
+    specs, params = seed_cnn_layers(per_rank)
+    compute = sum(model.estimate(SpecCosts(sp), device, data_on_host=True).total_s for sp in specs)
+    grad_bytes = 4 * params
+    comm = 0.0 if n == 1 or not network_gbps else 2 * (n - 1) / n * grad_bytes / (network_gbps * 1e9 / 8)
+    steps = math.ceil(DIGITS_TRAIN / (per_rank * n))
+    return {"workers": n, "compute_s": compute, "allreduce_s": comm, "step_s": compute + comm,
+            "steps_per_epoch": steps, "run_s": train["epochs"] * steps * (compute + comm),
+            "grad_bytes": grad_bytes}
+
+
+def weigh(train: dict, device, network_gbps, model=None) -> list[dict]:
+    """The worker counts placement considers for a train job (one when it names one)."""
+    ns = AUTO_WORKERS if train["workers"] == "auto" else (int(train["workers"]),)
+    return [step_estimate(train, device, n, network_gbps, model) for n in ns]
 
 
 def artifact_dir(root: str, job_id: str) -> str:
