@@ -20,6 +20,7 @@ would otherwise fight over the cores).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -159,6 +160,11 @@ def run_train(job: Job, *, job_id: str, attempt: int, artifacts: str, env: dict,
     """Run one attempt of a train job on n local processes; the job's result (or the
     reason it was lost)."""
     train = job.train
+    missing = [m for m in ("torch", *(("sklearn",) if train.get("data") == "digits" else ()))
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"ok": False, "backend": "cpu", "error": f"train jobs need {' and '.join(missing)} "
+                "(pip install \"lepton_accel[torch]\", PyTorch's CPU build)"}
     n = workers_for(train)
     adir = artifact_dir(artifacts, job_id)
     before = checkpoint_info(adir)
