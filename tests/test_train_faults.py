@@ -109,7 +109,8 @@ def build(seed):
 def test_a_killed_process_of_an_entry_point_job_resumes_from_its_checkpoint(tmp_path):
     (tmp_path / "blobs.py").write_text(ENTRY)
     job = parse_workload({"name": "blobs", "train": {"entry": "blobs:build", "epochs": 2, "batch_size": 32,
-                                                     "workers": 2, "checkpoint_every": {"steps": 4}}},
+                                                     "workers": 2, "checkpoint_every": {"steps": 4}},
+                          "estimate_s": 30},
                          base_dir=tmp_path)[0]
     db = tmp_path / "jobs.sqlite"
     store = JobStore(db)
