@@ -5,8 +5,12 @@ from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXIStreamSignature", "AXILiteSignature", "AXILiteTarget", "beat_layout",
-           "connect_streams", "CoreRegisters"]
+__all__ = ["RESP_OKAY", "RESP_SLVERR", "AXIStreamSignature", "AXILiteSignature",
+           "AXILiteTarget", "beat_layout", "connect_streams", "CoreRegisters"]
+
+
+#: AXI response codes (BRESP/RRESP)
+RESP_OKAY, RESP_SLVERR = 0, 2
 
 
 def beat_layout(width: int) -> data.StructLayout:
@@ -47,8 +51,9 @@ class AXILiteTarget(wiring.Component):
     """AXI4-Lite target turning transactions into single-cycle register accesses.
 
     Writes: address and data are taken independently (either may come first); when
-    both are held and no response is pending, ``w_stb`` pulses with ``w_addr``,
-    ``w_data``, ``w_strb`` and the OKAY response is raised. Reads: on an accepted read
+    both are held and no response is pending, the response is raised: OKAY, with
+    ``w_stb`` pulsing with ``w_addr``, ``w_data``, ``w_strb``, when every WSTRB bit is
+    set; SLVERR and no ``w_stb`` for a partial write (the registers are whole words). Reads: on an accepted read
     address ``r_stb`` pulses with ``r_addr`` and ``r_data`` (combinational from the
     register file) is captured into RDATA. One transaction of each kind is in flight
     at a time; every channel honours its ready/valid handshake.
@@ -75,13 +80,17 @@ class AXILiteTarget(wiring.Component):
         with m.If(bus.wvalid & bus.wready):
             m.d.sync += [w_full.eq(1), self.w_data.eq(bus.wdata), self.w_strb.eq(bus.wstrb)]
 
-        m.d.comb += [self.w_addr.eq(awaddr),
-                     self.w_stb.eq(aw_full & w_full & ~bus.bvalid)]
-        with m.If(self.w_stb):
-            m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1)]
+        # Registers take whole words only: a write with any strobe low changes nothing
+        # and is answered SLVERR (AXI4-Lite allows that instead of honouring the lanes).
+        accept = Signal()
+        m.d.comb += [accept.eq(aw_full & w_full & ~bus.bvalid),
+                     self.w_addr.eq(awaddr),
+                     self.w_stb.eq(accept & self.w_strb.all())]
+        with m.If(accept):
+            m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1),
+                         bus.bresp.eq(Mux(self.w_strb.all(), RESP_OKAY, RESP_SLVERR))]
         with m.If(bus.bvalid & bus.bready):
             m.d.sync += bus.bvalid.eq(0)
-        m.d.comb += bus.bresp.eq(0)
 
         m.d.comb += [
             bus.arready.eq(~bus.rvalid),
@@ -116,7 +125,8 @@ class CoreRegisters:
     error strobes named in ``err_strobes`` (ERROR field -> signal), and the counters
     ``cycles`` (64 bits), ``tiles_done``, ``stall_in``, ``stall_out``.
 
-    Provides a write strobe per register (:attr:`wr`, by name; full-word writes only),
+    Provides a write strobe per register (:attr:`wr`, by name; full-word writes only: the
+    target answers a partial one SLVERR),
     CTRL.START / BIAS_EN (BIAS_EN of the START write applies to that job), sticky w1c
     ERROR bits, STATUS.BUSY / DONE / ERROR plus ``status_extra`` (STATUS field -> signal),
     and :meth:`read`, the read mux over ID, VERSION, CONFIG, CTRL, STATUS, ERROR, the
