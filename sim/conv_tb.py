@@ -236,6 +236,7 @@ async def test_registers(dut):
     await tb.write("ID", 0x12345678)
     assert await tb.read("ID") == cr.CORE_ID
     assert await tb.axil.read_dword(0xFC) == 0
+    await tb.check_strobes("KERNEL")
     bad = cr.field_mask("ERROR", "BAD_DIM")
     # a zero kernel size, then an image larger than the memory: both refused
     job = cr.ConvJob.make((1, 3, 3, 1), (1, 1, 1, 1))
@@ -316,6 +317,21 @@ async def test_reset_and_tlast(dut):
     await tb.run_job(x, w, None, job, x_tlast=False)
     assert await tb.read("ERROR") == cr.field_mask("ERROR", "X_LAST")
     await tb.write("ERROR", 0xFFFFFFFF)
+
+
+@cocotb.test()
+async def test_stall_corners(dut):
+    """Stall on TLAST, bias handoff under backpressure, back-to-back jobs."""
+    tb = TB(dut)
+    await tb.start()
+    C = tb.cols
+    job = cr.ConvJob.make((1, 4, 4, 2), (3 * C, 2, 1, 1))  # 3 channel tiles per pixel tile
+
+    def args(with_bias):
+        x, w = tb.rand((1, 4, 4, 2)), tb.rand((3 * C, 2, 1, 1))
+        return x, w, tb.rand_bias(job.oc) if with_bias else None, job
+
+    await tb.stall_corners(args, tb.run_job)
 
 
 @cocotb.test()

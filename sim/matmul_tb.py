@@ -193,6 +193,7 @@ async def test_registers(dut):
     assert await tb.read("ID") == regmap.CORE_ID
     # unmapped addresses read 0
     assert await tb.axil.read_dword(0xFC) == 0
+    await tb.check_strobes("M")
 
     # START with a zero dimension is refused and flagged
     await tb.write("K", 0)
@@ -338,6 +339,20 @@ async def test_tlast_checks(dut):
     assert err == regmap.field_mask("ERROR", "A_LAST") | regmap.field_mask("ERROR", "B_LAST")
     await tb.write("ERROR", err)
     assert await tb.read("ERROR") == 0
+
+
+@cocotb.test()
+async def test_stall_corners(dut):
+    """Stall on TLAST, bias handoff under backpressure, back-to-back jobs."""
+    tb = TB(dut)
+    await tb.start()
+    R, C = tb.rows, tb.cols
+
+    def job(with_bias):  # 3x3 tiles, K short of the drain: the inputs wait on it too
+        a, b = tb.rand_matrix((3 * R, 2)), tb.rand_matrix((2, 3 * C))
+        return a, b, tb.rand_bias(3 * C) if with_bias else None
+
+    await tb.stall_corners(job, tb.run_job)
 
 
 @cocotb.test()

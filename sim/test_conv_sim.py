@@ -10,6 +10,7 @@ import json
 import pytest
 
 import harness
+from axi_checkers import STALL_POINTS
 from harness import Conv2dConfig
 
 pytestmark = pytest.mark.sim
@@ -29,7 +30,7 @@ SLOW = [
 ]
 POINTS = ",".join(f"conv.{p}" for p in ("kernel", "stride", "pad", "dilation", "groups",
                                         "ocg", "pixels", "batch", "bias", "wraps",
-                                        "backpressure"))
+                                        "backpressure")) + "," + ",".join(STALL_POINTS)
 
 
 def _need(sim):

@@ -10,6 +10,7 @@ import json
 import pytest
 
 import harness
+from axi_checkers import STALL_POINTS
 from harness import MatmulConfig
 
 pytestmark = pytest.mark.sim
@@ -28,7 +29,7 @@ SLOW = [
     ("icarus", 8, 8, "int16"),
 ]
 ALL_POINTS = "matmul.m,matmul.n,matmul.k,matmul.bias,matmul.extremes,matmul.wraps," \
-             "matmul.backpressure,matmul.k_x_bias"
+             "matmul.backpressure,matmul.k_x_bias," + ",".join(STALL_POINTS)
 
 
 def _need(sim):
