@@ -178,8 +178,10 @@ def table(results) -> str:
             "|---|---|---|---|---|---|"]
     for r in results:
         cell = r["caught_by"].replace("|", "\\|")
-        if r["failed_tests"]:
-            cell = f"{', '.join(dict.fromkeys(r['failed_tests']))} — {cell}"
+        failed = list(dict.fromkeys(r["failed_tests"]))
+        if failed:
+            more = f" (+{len(failed) - 2} more)" if len(failed) > 2 else ""
+            cell = f"{', '.join(failed[:2])}{more} — {cell}"
         rows.append(f"| {r['mutant']} | {r['file']} | {r['what']} | "
                     f"{'yes' if r['caught'] else 'NO'} | {cell} | {r['wall_s']} |")
     return "\n".join(rows)

@@ -53,10 +53,10 @@ class AXILiteTarget(wiring.Component):
     Writes: address and data are taken independently (either may come first); when
     both are held and no response is pending, the response is raised: OKAY, with
     ``w_stb`` pulsing with ``w_addr``, ``w_data``, ``w_strb``, when every WSTRB bit is
-    set; SLVERR and no ``w_stb`` for a partial write (the registers are whole words). Reads: on an accepted read
-    address ``r_stb`` pulses with ``r_addr`` and ``r_data`` (combinational from the
-    register file) is captured into RDATA. One transaction of each kind is in flight
-    at a time; every channel honours its ready/valid handshake.
+    set; SLVERR and no ``w_stb`` for a partial write (the registers are whole words).
+    Reads: on an accepted read address ``r_stb`` pulses with ``r_addr`` and ``r_data``
+    (combinational from the register file) is captured into RDATA. One transaction of
+    each kind is in flight at a time; every channel honours its ready/valid handshake.
     """
 
     def __init__(self, addr_width: int, data_width: int = 32):

@@ -256,7 +256,8 @@ def start_checkers(dut, rmap, inputs, output="c"):
 
     cocotb.start_soon(lite_reset())
     cocotb.start_soon(_channel(dut, clk, rst, a + " AW", s("awvalid"), s("awready"),
-                               [s("awaddr")], on_fire=lambda v: (lite["aw"].append(v[0]), write_taken())))
+                               [s("awaddr")],
+                               on_fire=lambda v: (lite["aw"].append(v[0]), write_taken())))
     cocotb.start_soon(_channel(dut, clk, rst, a + " W", s("wvalid"), s("wready"),
                                [s("wdata"), s("wstrb")],
                                on_fire=lambda v: (lite["w"].append(v), write_taken())))

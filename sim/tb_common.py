@@ -1,8 +1,9 @@
 """Testbench machinery shared by matmul_tb and conv_tb.
 
 The clock, the cocotbext-axi bus models on a core's ports (from its register map's
-PORT_PREFIX), register access by name, the protocol checkers (axi_checkers), random backpressure, output-frame collection,
-DONE polling and the functional-coverage report. Each testbench keeps its own jobs,
+PORT_PREFIX), the protocol checkers of axi_checkers on every channel, register access by
+name, random backpressure, output-frame collection, DONE polling, the WSTRB and
+stall-corner checks and the functional-coverage report. Each testbench keeps its own jobs,
 random data, scoreboard and coverage points.
 """
 
@@ -17,8 +18,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, with_timeout
 from axi_checkers import STALL_POINTS, start_checkers
 from cocotb_coverage import coverage
-from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiResp, AxiStreamBus, AxiStreamSink,
-                           AxiStreamSource)
+from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiResp, AxiStreamBus,
+                           AxiStreamSink, AxiStreamSource)
 
 CLK_NS = 4  # 250 MHz, the F1/F2 kernel clock
 
