@@ -124,8 +124,12 @@ def _failures(build: Path):
     for xml in sorted(build.rglob("*.result.xml")):
         for tc in ET.parse(xml).getroot().iter("testcase"):
             for f in tc.findall("failure") + tc.findall("error"):
-                msg = (f.get("message") or f.text or "").strip().splitlines()
-                out.append((tc.get("name"), msg[0][:160] if msg else ""))
+                lines = [ln.strip() for ln in (f.get("message") or f.text or "").splitlines()
+                         if ln.strip() and not ln.startswith("Traceback")]
+                # the exception line of a traceback, else the message's first line
+                exc = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception)\b", ln)]
+                out.append((tc.get("name"), (exc[-1] if exc else lines[0] if lines
+                                             else "")[:160]))
     return out
 
 
@@ -161,7 +165,7 @@ def run_one(mutant: Mutant | None, timeout: float = 900.0) -> dict:
     elif proto:
         caught_by = f"protocol checker: {proto}"
     elif fails:
-        caught_by = "; ".join(f"{t}: {m}" for t, m in fails[:2])
+        caught_by = f"{fails[0][0]}: {fails[0][1]}"
     else:
         tail = [ln for ln in log.strip().splitlines() if ln.strip()][-1:] or [str(rc)]
         caught_by = tail[0][:160]
@@ -174,16 +178,19 @@ def run_one(mutant: Mutant | None, timeout: float = 900.0) -> dict:
 
 
 def table(results) -> str:
-    rows = ["| mutant | file | what it breaks | caught | what caught it | time (s) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| mutant | file | what it breaks | result | failed cocotb tests | first failure |"
+            " time (s) |",
+            "|---|---|---|---|---|---|---|"]
     for r in results:
-        cell = r["caught_by"].replace("|", "\\|")
+        cell = r["caught_by"][:150].replace("|", "\\|")
         failed = list(dict.fromkeys(r["failed_tests"]))
-        if failed:
-            more = f" (+{len(failed) - 2} more)" if len(failed) > 2 else ""
-            cell = f"{', '.join(failed[:2])}{more} — {cell}"
-        rows.append(f"| {r['mutant']} | {r['file']} | {r['what']} | "
-                    f"{'yes' if r['caught'] else 'NO'} | {cell} | {r['wall_s']} |")
+        more = f" (+{len(failed) - 2} more)" if len(failed) > 2 else ""
+        if r["mutant"] == "(none)":
+            result = "failed (baseline broken)" if r["caught"] else "passed (baseline)"
+        else:
+            result = "caught" if r["caught"] else "NOT CAUGHT"
+        rows.append(f"| {r['mutant']} | {r['file']} | {r['what']} | {result} | "
+                    f"{', '.join(failed[:2])}{more} | {cell} | {r['wall_s']} |")
     return "\n".join(rows)
 
 
