@@ -18,6 +18,7 @@ from .._native import core
 from ..arrays import ArrayView, to_caller_kind
 from ..dtypes import DTYPES, is_integer
 from ..ops import Conv2dParams, OpSpec
+from ..ops.conv2d import im2col_windows
 from ..perf import MODEL
 from .base import Backend, RunStats
 
@@ -74,20 +75,6 @@ def epilogue(acc: np.ndarray, bias: np.ndarray | None, activation: str | None,
     elif activation == "gelu":
         numerics.gelu_(acc)
     return acc.astype(DTYPES[out_dtype], copy=False)
-
-
-def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
-    """(N, H, W, C) -> strided windows (N, OH, OW, C, KH, KW), copying only for padding."""
-    p = spec.params
-    (pt, pb), (pl, pr) = p.padding
-    if pt or pb or pl or pr:
-        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    _, _, kh, kw = spec.shapes[1]
-    (dh, dw), (sh, sw) = p.dilation, p.stride
-    win = np.lib.stride_tricks.sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
-                                                    axis=(1, 2))
-    oh, ow = p.spatial(spec.out_shape)
-    return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
 
 
 def native_depthwise(spec: OpSpec) -> bool:

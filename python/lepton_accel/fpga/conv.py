@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import OpSpec, conv2d_spec
+from ..ops.conv2d import im2col_windows
 from .conv_driver import ConvUnsupported
 from .driver_base import CoreRun
 from .matmul_driver import MatmulDriver
 
-__all__ = ["conv2d_run", "conv2d_on_matmul_core", "im2col_windows", "conv2d"]
+__all__ = ["conv2d_run", "conv2d_on_matmul_core", "conv2d"]
 
 
 def conv2d_run(spec: OpSpec, x, w, bias=None, dtype: str | None = None,
@@ -38,21 +39,6 @@ def conv2d_run(spec: OpSpec, x, w, bias=None, dtype: str | None = None,
     run = mdrv.measure(lambda: conv2d_on_matmul_core(mdrv, spec, x, w, bias))
     run.reason = reason
     return run
-
-
-def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
-    """(N, H, W, C) -> the strided windows (N, OH, OW, C, KH, KW) of spec's convolution
-    (a view; only padding copies)."""
-    p = spec.params
-    (pt, pb), (pl, pr) = p.padding
-    if pt or pb or pl or pr:
-        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    _, _, kh, kw = spec.shapes[1]
-    (dh, dw), (sh, sw) = p.dilation, p.stride
-    win = np.lib.stride_tricks.sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
-                                                    axis=(1, 2))
-    oh, ow = p.spatial(spec.out_shape)
-    return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
 
 
 def conv2d_on_matmul_core(drv: MatmulDriver, spec: OpSpec, x, w, bias) -> np.ndarray:

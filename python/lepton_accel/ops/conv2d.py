@@ -132,6 +132,21 @@ def conv_reference(x, w, p: Conv2dParams, out_hw, integer: bool) -> np.ndarray:
     return out
 
 
+def im2col_windows(x: np.ndarray, spec: OpSpec) -> np.ndarray:
+    """(N, H, W, C) -> the strided windows (N, OH, OW, C, KH, KW) of spec's convolution
+    (a view; only padding copies). The host kernels of every backend share it."""
+    p = spec.params
+    (pt, pb), (pl, pr) = p.padding
+    if pt or pb or pl or pr:
+        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    _, _, kh, kw = spec.shapes[1]
+    (dh, dw), (sh, sw) = p.dilation, p.stride
+    win = np.lib.stride_tricks.sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
+                                                    axis=(1, 2))
+    oh, ow = p.spatial(spec.out_shape)
+    return win[:, ::sh, ::sw, :, ::dh, ::dw][:, :oh, :ow]
+
+
 class Conv2d(OpDef):
     name = "conv2d"
     operands = ("x", "w")
