@@ -12,13 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "python" / "lepton_accel"
 
 
-def test_import_contracts_hold():
+def test_import_contracts_hold(tmp_path):
     exe = shutil.which("lint-imports")
     if exe is None:
         pytest.skip("import-linter is not installed (pip install '.[test]')")
-    # run from python/ so that the source tree, not an installed copy, is analysed
-    env = {"PYTHONPATH": str(ROOT / "python"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    res = subprocess.run([exe, str(ROOT / "pyproject.toml")], cwd=ROOT / "python", env=env,
+    # The source tree, not an installed copy, is analysed, laid out as the wheel lays it out:
+    # hdl/ becomes lepton_accel.hdl (pyproject's wheel.packages).
+    tree = tmp_path / "src"
+    shutil.copytree(PKG, tree / "lepton_accel",
+                    ignore=shutil.ignore_patterns("hdl", "__pycache__", "*.so"))
+    shutil.copytree(ROOT / "hdl", tree / "lepton_accel" / "hdl",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    res = subprocess.run([exe, str(ROOT / "pyproject.toml")], cwd=tree, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert "0 broken" in res.stdout
