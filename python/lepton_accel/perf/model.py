@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..ops import OpSpec
 from .devices import DEVICES, DeviceSpec
 
 
-@dataclass(frozen=True)
-class Estimate:
+class Estimate(NamedTuple):
+    """One op's predicted time on one device (a tuple: placement builds thousands a second)."""
+
     device: str
     compute_s: float
     memory_s: float

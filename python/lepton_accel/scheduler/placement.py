@@ -171,6 +171,32 @@ def _score(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, node: 
     return (t, cost, node.node_id, wait, load, ext, 0.0)
 
 
+def _options(job: Job, itype: InstanceType, catalog: Catalog, run_s: float, nodes, launch: bool,
+             idle_s: float, fpga_load: float):
+    """The scores of every warm node of the type and, when one may be launched, a new node."""
+    if nodes:
+        core = job.core
+        per_s = itype.price_per_second
+        billed = catalog.billing.billed_seconds
+        for node in nodes:
+            wait = 0.0 if node.free_slots > 0 else node.wait_s
+            load = fpga_load if fpga_load and core not in node.cores else 0.0
+            t = wait + load + run_s
+            old = node.work_end_s + idle_s       # the node's release without the job ...
+            if old < 0.0:
+                old = 0.0
+            new = t + idle_s                     # ... and with it
+            if new < old:
+                new = old
+            if node.age_s is None:
+                cost = per_s * (new - old)
+            else:
+                cost = per_s * (billed(node.age_s + new) - billed(node.age_s + old))
+            yield (t, cost, node.node_id, wait, load, new - old, 0.0)
+    if launch:
+        yield _score(job, itype, catalog, run_s, None, idle_s, fpga_load)
+
+
 def _candidate(job: Job, itype: InstanceType, run_s: float, est, opt: tuple, elapsed_s: float) -> Candidate:
     t, cost, node, wait, load, ext, startup = opt
     c = Candidate(itype, False, "", node, est, run_s, wait, startup, load, t, cost, ext)
@@ -262,18 +288,19 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
         if not nodes and not launch:
             out.append(Candidate(itype, excluded="at its node limit"))
             continue
-        opts = [_score(job, itype, catalog, run_s, n, idle_s, load) for n in nodes or ()]
-        if launch:
-            opts.append(_score(job, itype, catalog, run_s, None, idle_s, load))
-        if len(opts) > 1:
-            ok = opts if deadline is None else [o for o in opts if elapsed_s + o[0] <= deadline]
-            if ok:
-                best = min(ok, key=(lambda o: (o[1], o[0], o[2] or "")) if min_cost
-                           else (lambda o: (o[0], o[1], o[2] or "")))
-            else:
-                best = min(opts, key=lambda o: o[0])
-        else:
-            best = opts[0]
+        # The best option of this type, in one pass: among those within the deadline by the
+        # policy's key, else the fastest (which then carries the deadline's exclusion).
+        best = best_key = fastest = None
+        for o in _options(job, itype, catalog, run_s, nodes, launch, idle_s, load):
+            if fastest is None or o[0] < fastest[0]:
+                fastest = o
+            if deadline is not None and elapsed_s + o[0] > deadline:
+                continue
+            k = (o[1], o[0], o[2] or "") if min_cost else (o[0], o[1], o[2] or "")
+            if best_key is None or k < best_key:
+                best, best_key = o, k
+        if best is None:
+            best = fastest
         c = _candidate(job, itype, run_s, est, best, elapsed_s)
         if trained:     # n workers are n nodes of the type, each billed
             c.workers, c.weighed = n, tuple(weighed)
