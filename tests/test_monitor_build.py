@@ -99,3 +99,32 @@ def test_slow_verilog_generation_is_announced(tmp_path, monkeypatch, capfd):
     with pytest.raises(RuntimeError):
         build.build_model(fpga.MatmulConfig(2, 2, "int8"), quiet=True)
     assert capfd.readouterr().err == ""
+
+
+def test_a_built_model_is_found_again_without_generating_its_verilog(tmp_path, monkeypatch):
+    pytest.importorskip("amaranth")
+    monkeypatch.setenv("LEPTON_ACCEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "toolchain_missing", lambda: None)
+    script = "import os\nos.makedirs('obj_dir', exist_ok=True)\nopen('obj_dir/libmodel.so', 'wb').write(b'x')\n"
+    monkeypatch.setattr(build, "verilator_command", lambda cfg, out_dir, jobs=2: [sys.executable, "-c", script])
+    calls = []
+    real = build.generate_sources
+    monkeypatch.setattr(build, "generate_sources", lambda c: calls.append(c) or real(c))
+    from lepton_accel import fpga
+
+    cfg = fpga.MatmulConfig(2, 3, "int8")
+    lib, built = build.build_model(cfg, quiet=True)
+    assert built and len(calls) == 1
+    assert build.build_model(cfg, quiet=True) == (lib, False) and len(calls) == 1   # the index, no Verilog
+    other = fpga.MatmulConfig(3, 2, "int8")                     # other inputs: not found by the index
+    lib2, built2 = build.build_model(other, quiet=True)
+    assert built2 and lib2 != lib and len(calls) == 2
+    # a model removed from the cache is not trusted from the index: the sources are made again
+    import shutil
+    shutil.rmtree(lib.parent)
+    lib3, built3 = build.build_model(cfg, quiet=True)
+    assert built3 and lib3 == lib and lib3.exists() and len(calls) == 3
+    # the index entry names a directory of the cache, nothing else
+    entry = build._index_entry(cfg, build._input_key(cfg))
+    entry.write_text("../../elsewhere\n")
+    assert build.build_model(cfg, quiet=True) == (lib, False) and len(calls) == 4

