@@ -2,11 +2,12 @@
 glue both cores share (stream ports to the core, the common register behaviour)."""
 
 from amaranth import Const, Module, Mux, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["RESP_OKAY", "RESP_SLVERR", "AXIStreamSignature", "AXILiteSignature",
-           "AXILiteTarget", "beat_layout", "connect_streams", "CoreRegisters"]
+           "AXILiteTarget", "RegisterSlice", "beat_layout", "connect_streams",
+           "CoreRegisters"]
 
 
 #: AXI response codes (BRESP/RRESP)
@@ -17,6 +18,45 @@ def beat_layout(width: int) -> data.StructLayout:
     """Payload of every core stream (amaranth.lib.stream): a packed beat and its packet
     boundary; :func:`connect_streams` maps it onto an AXI4-Stream port."""
     return data.StructLayout({"data": width, "last": 1})
+
+
+class RegisterSlice(wiring.Component):
+    """A two-entry register slice (FIFO) on an amaranth stream of ``shape``.
+
+    ``i.ready``, ``o.valid`` and ``o.payload`` come from registers only (the payload
+    through a two-way select by a registered pointer), so no combinational path crosses
+    the slice in either direction, and ``o.ready`` drives only the read pointer and the
+    count, not the data registers. Two entries keep a stream at one beat per cycle:
+    ``i.ready`` looks at the registered count, so a full slice takes no beat in the
+    cycle it is read. A beat pushed at cycle t can leave at t + 1.
+    """
+
+    def __init__(self, shape):
+        self.shape = shape
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        entries = [Signal(self.shape, name=f"entry{k}") for k in range(2)]
+        wr, rd = Signal(), Signal()
+        count = Signal(range(3))
+        push, pop = Signal(), Signal()
+        m.d.comb += [
+            self.i.ready.eq(count != 2),
+            self.o.valid.eq(count != 0),
+            self.o.payload.eq(Mux(rd, entries[1], entries[0])),
+            push.eq(self.i.valid & self.i.ready),
+            pop.eq(self.o.valid & self.o.ready),
+        ]
+        with m.If(push):
+            m.d.sync += wr.eq(~wr)
+            for k, e in enumerate(entries):
+                with m.If(wr == k):
+                    m.d.sync += e.eq(self.i.payload)
+        with m.If(pop):
+            m.d.sync += rd.eq(~rd)
+        m.d.sync += count.eq(count + push - pop)
+        return m
 
 
 class AXIStreamSignature(wiring.Signature):

@@ -1,13 +1,13 @@
 """Matmul core: the systolic array with its tile sequencer, on amaranth streams."""
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import matmul_regmap as regmap
-from .axi import beat_layout
+from .axi import RegisterSlice, beat_layout
 from .drain import drain_output
-from .pe import Control
+from .pe import DEPOSIT_DELAY, Control
 from .systolic import SystolicArray
 
 __all__ = ["MatmulCore"]
@@ -20,9 +20,11 @@ class MatmulCore(wiring.Component):
     with ``m``, ``n``, ``k``, ``bias_en``; it is ignored while ``busy`` (``err_start_busy``)
     or with a zero dimension (``err_dim``). Error outputs are one-cycle strobes.
 
-    Flow: an a/b beat pair is accepted when both are valid; it enters the array one
-    cycle later. A tile's last pair is held back until the previous tile has left the
-    drain registers, which is the only way output backpressure reaches the inputs.
+    Flow: a and b beats go into a two-entry register slice each while the job takes
+    input; a beat pair is taken from the slices when both hold one, and enters the
+    array one cycle later. A tile's last pair is held back until the previous tile has
+    left the drain registers, which is the only way output backpressure reaches the
+    inputs. Output rows go through a register slice too (:func:`.drain.drain_output`).
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8"):
@@ -61,6 +63,7 @@ class MatmulCore(wiring.Component):
 
         # Job parameters, latched at start.
         m_r, n_r, k_r = Signal(dim), Signal(dim), Signal(dim)
+        k_m1 = Signal(dim)              # K - 1: the last beat's index
         bias_en = Signal()
 
         # Feed side: position of the tile being streamed in.
@@ -68,16 +71,15 @@ class MatmulCore(wiring.Component):
         kc = Signal(dim)
         row0 = Signal(dim + 1)
         col0 = Signal(dim + 1)
+        col_mask = Signal(C)            # columns col0 + j < N (one cycle behind col0)
 
         # Drain side: the tile whose sums are in (or moving into) the drain registers.
-        fill = Signal(range(R + C + 1))
+        fill = Signal(range(R + C + DEPOSIT_DELAY + 1))
         draining = Signal()
         d_rows = Signal(range(R + 1))   # beats this tile sends
-        d_col0 = Signal(dim + 1)
+        d_mask = Signal(C)              # its valid columns
         d_final = Signal()              # last tile of the job
         d_row = Signal(range(R))
-        bias_full = Signal()
-        bias_reg = Signal(C * aw)
         drain_free = Signal()
         m.d.comb += drain_free.eq((fill == 0) & ~draining)
 
@@ -91,24 +93,36 @@ class MatmulCore(wiring.Component):
         ]
 
         # --- feed ---------------------------------------------------------------
+        # Register slices on a and b: the ports' tready come from registers, so no
+        # combinational path runs from one stream's tvalid to the other's tready; the
+        # pairing below works on the slices' outputs.
+        slices = {}
+        for name in ("a", "b"):
+            port = getattr(self, name)
+            sl = slices[name] = RegisterSlice(port.payload.shape())
+            m.submodules[f"{name}_slice"] = sl
+            m.d.comb += [sl.i.payload.eq(port.payload), sl.i.valid.eq(port.valid & feeding),
+                         port.ready.eq(sl.i.ready & feeding)]
+        a_in, b_in = slices["a"].o, slices["b"].o
+
         is_last = Signal()
         both = Signal()
         fire = Signal()
         m.d.comb += [
-            is_last.eq(kc == k_r - 1),
-            both.eq(self.a.valid & self.b.valid),
+            is_last.eq(kc == k_m1),
+            both.eq(a_in.valid & b_in.valid),
             fire.eq(feeding & both & (~is_last | drain_free)),
-            self.a.ready.eq(feeding & self.b.valid & (~is_last | drain_free)),
-            self.b.ready.eq(feeding & self.a.valid & (~is_last | drain_free)),
-            self.err_a_last.eq(fire & (self.a.payload.last != is_last)),
-            self.err_b_last.eq(fire & (self.b.payload.last != is_last)),
+            a_in.ready.eq(fire),
+            b_in.ready.eq(fire),
+            self.err_a_last.eq(fire & (a_in.payload.last != is_last)),
+            self.err_b_last.eq(fire & (b_in.payload.last != is_last)),
         ]
 
-        # Registered injection keeps the array off the input ports' timing paths.
+        # Registered injection keeps the array off the slices' output select.
         ctl = Signal(Control)
         m.d.sync += [
-            array.a.eq(self.a.payload.data),
-            array.b.eq(self.b.payload.data),
+            array.a.eq(a_in.payload.data),
+            array.b.eq(b_in.payload.data),
             ctl.valid.eq(fire),
             ctl.first.eq(kc == 0),
             ctl.last.eq(is_last),
@@ -124,6 +138,9 @@ class MatmulCore(wiring.Component):
         last_col = Signal()
         last_row = Signal()
         m.d.comb += [last_col.eq(col0 + C >= n_r), last_row.eq(row0 + R >= m_r)]
+        # col0 moves only at a tile's last pair, and the next last pair waits for the
+        # drain, so the mask (one cycle behind col0) is col0's whenever it is used
+        m.d.sync += col_mask.eq(Cat(*[col0 + j < n_r for j in range(C)]))
 
         with m.If(fire):
             with m.If(is_last):
@@ -135,11 +152,13 @@ class MatmulCore(wiring.Component):
                         m.d.sync += feeding.eq(0)
                 with m.Else():
                     m.d.sync += col0.eq(col0 + C)
-                # Hand the tile to the drain side: its bottom-right sum is ready R + C cycles on.
+                # Hand the tile to the drain side: its bottom-right sum reaches its drain
+                # register R + C + DEPOSIT_DELAY cycles on (injection register, R-1 + C-1
+                # of skew, one into the drain register, the cells' pipeline).
                 m.d.sync += [
-                    fill.eq(R + C - 1),
+                    fill.eq(R + C + DEPOSIT_DELAY - 1),
                     d_rows.eq(tile_rows),
-                    d_col0.eq(col0),
+                    d_mask.eq(col_mask),
                     d_final.eq(last_col & last_row),
                 ]
             with m.Else():
@@ -151,22 +170,27 @@ class MatmulCore(wiring.Component):
                 m.d.sync += [draining.eq(1), d_row.eq(0)]
 
         # --- drain --------------------------------------------------------------
-        c_fire, out_last = drain_output(
+        push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
-            bias_full=bias_full, bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0,
-            n_valid=n_r, aw=aw)
-        with m.If(c_fire):
+            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw)
+        with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
-            with m.If(out_last):
-                m.d.sync += [draining.eq(0), self.tiles_done.eq(self.tiles_done + 1)]
-                with m.If(d_final):
-                    m.d.sync += self.busy.eq(0)
-                    m.d.comb += self.done.eq(1)
+            with m.If(row_last):
+                m.d.sync += draining.eq(0)
+        with m.If(tile_sent):
+            m.d.sync += self.tiles_done.eq(self.tiles_done + 1)
+        with m.If(job_sent):
+            m.d.sync += self.busy.eq(0)
+            m.d.comb += self.done.eq(1)
 
         # --- counters -----------------------------------------------------------
+        a_missing = Signal()
+        b_missing = Signal()
+        m.d.comb += [a_missing.eq(~a_in.valid & ~self.a.valid),
+                     b_missing.eq(~b_in.valid & ~self.b.valid)]
         with m.If(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
-            with m.If(feeding & ~both):
+            with m.If(feeding & (a_missing | b_missing)):
                 m.d.sync += self.stall_in.eq(self.stall_in + 1)
             with m.If(feeding & both & is_last & ~drain_free):
                 m.d.sync += self.stall_out.eq(self.stall_out + 1)
@@ -174,7 +198,8 @@ class MatmulCore(wiring.Component):
         # --- start --------------------------------------------------------------
         with m.If(start_ok):
             m.d.sync += [
-                m_r.eq(self.m), n_r.eq(self.n), k_r.eq(self.k), bias_en.eq(self.bias_en),
+                m_r.eq(self.m), n_r.eq(self.n), k_r.eq(self.k), k_m1.eq(self.k - 1),
+                bias_en.eq(self.bias_en),
                 self.busy.eq(1), feeding.eq(1),
                 kc.eq(0), row0.eq(0), col0.eq(0),
                 self.cycles.eq(0), self.tiles_done.eq(0),

@@ -229,21 +229,33 @@ def pack_job(a, b, bias=None, *, rows: int, cols: int, dtype: str) -> dict[str, 
     return frames
 
 
+#: pipeline stages of the core that the cycle model counts (the RTL's constants):
+#: the a/b input register slices (a beat taken at cycle t pairs at t + 1 at the
+#: earliest), the cells' pipeline beyond one cycle (``pe.DEPOSIT_DELAY``), and the output
+#: register slice (``drain.OUT_DELAY``)
+INPUT_DELAY = 1
+DEPOSIT_DELAY = 3
+OUT_DELAY = 1
+
+
 def expected_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
     """CYCLES of a job streamed at full rate with the output always ready.
 
-    Cycle 1 is the first busy cycle; a tile's K a/b beat pairs are accepted one per
-    cycle, except that its last pair waits until the drain registers are free. The
-    last pair accepted at cycle t leaves the bottom-right sum ready at t + R + C, and
-    the tile's h = min(R, M - row0) output beats go out at t + R + C ... t + R + C + h - 1,
-    after which the drain registers are free. The job ends with the last tile's last
+    Cycle 1 is the first busy cycle; the input slices take the first a/b pair then and
+    hand it on at cycle 2, and a tile's K pairs follow one per cycle, except that its
+    last pair waits until the drain registers are free. The last pair taken at cycle t
+    leaves the bottom-right sum in its drain register at t + R + C + 3 (injection
+    register, R-1 + C-1 of skew, one into the drain register, the cells' three pipeline
+    stages); the tile's h = min(R, M - row0) rows move to the output slice at
+    t + R + C + 3 ... t + R + C + 3 + h - 1, after which the drain registers are free,
+    and leave on ``c`` one cycle after each move. The job ends with the last tile's last
     output beat.
     """
-    fill = rows + cols
-    t = 0  # cycle at which the previous tile's last pair was accepted
+    fill = rows + cols + 1 + DEPOSIT_DELAY - 1   # injection .. drain register, pipelined
+    t = INPUT_DELAY  # cycle at which the previous tile's last pair was taken
     free_at = 0  # first cycle at which the drain registers are free again
     for r0, _ in tile_order(m, n, rows, cols):
         h = min(rows, m - r0)
         t = max(t + k, free_at)
         free_at = t + fill + h
-    return free_at - 1
+    return free_at - 1 + OUT_DELAY

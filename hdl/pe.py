@@ -4,7 +4,12 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Control", "ProcessingElement"]
+__all__ = ["Control", "ProcessingElement", "DEPOSIT_DELAY"]
+
+#: cycles from a tile's last operands entering a cell (``a_in``/``b_in``) to its sum in
+#: the drain register, beyond the one cycle of an unpipelined cell: operand register,
+#: product register, accumulator, then the drain takes the accumulator
+DEPOSIT_DELAY = 3
 
 
 class Control(data.Struct):
@@ -23,6 +28,13 @@ class ProcessingElement(wiring.Component):
     finished sum moves into ``drain``, which forms one link of the column's drain chain
     (``drain_in`` from the cell below, ``drain_out`` to the cell above) while the next
     tile accumulates. The sum wraps modulo 2**acc_width.
+
+    Pipeline, so that no cycle holds more than one of multiplier, adder and long route:
+    the operands are registered again beside the multiplier (``a_in`` comes from the
+    neighbour's register, which the placer cannot put next to every multiplier), the
+    product is registered, the accumulator adds the registered product, and the drain
+    register takes the accumulator one cycle after the last beat's sum
+    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell).
     """
 
     def __init__(self, in_width: int, acc_width: int):
@@ -38,22 +50,30 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        w = self.in_width
+        a_m, b_m = Signal(signed(w)), Signal(signed(w))   # operand registers
+        prod = Signal(signed(2 * w))
+        ctl_p = Signal(Control)                           # flags of the product
         acc = Signal(signed(self.acc_width))
+        deposit = Signal()
         drain = Signal(signed(self.acc_width))
-        total = Signal(signed(self.acc_width))
 
-        m.d.comb += total.eq(Mux(self.ctl_in.first, 0, acc) + self.a_in * self.b_in)
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
-            self.ctl_out.eq(self.ctl_in),
+            self.ctl_out.eq(self.ctl_in),   # also the flags of a_m, b_m
+            a_m.eq(self.a_in),
+            b_m.eq(self.b_in),
+            prod.eq(a_m * b_m),
+            ctl_p.eq(self.ctl_out),
+            deposit.eq(ctl_p.valid & ctl_p.last),
         ]
-        with m.If(self.ctl_in.valid):
-            m.d.sync += acc.eq(total)
+        with m.If(ctl_p.valid):
+            m.d.sync += acc.eq(Mux(ctl_p.first, 0, acc) + prod)
         # A deposit and a drain shift never fall in the same cycle (the core only
         # shifts once every cell has deposited), so the order here does not matter.
-        with m.If(self.ctl_in.valid & self.ctl_in.last):
-            m.d.sync += drain.eq(total)
+        with m.If(deposit):
+            m.d.sync += drain.eq(acc)
         with m.Elif(self.shift):
             m.d.sync += drain.eq(self.drain_in)
         m.d.comb += self.drain_out.eq(drain)

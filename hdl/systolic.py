@@ -19,8 +19,9 @@ class SystolicArray(wiring.Component):
     (``ctl.valid`` = 0).
 
     A tile's last beat, entering at cycle t, leaves every cell's finished sum in its
-    drain register by cycle t + rows + cols - 1 (bottom-right cell last). After that,
-    each ``shift`` moves the drain registers up one row; ``out`` shows row 0.
+    drain register by cycle t + rows + cols - 1 + DEPOSIT_DELAY (bottom-right cell last;
+    :data:`.pe.DEPOSIT_DELAY` is the cell's pipeline). After that, each ``shift`` moves
+    the drain registers up one row; ``out`` shows row 0, straight from registers.
     """
 
     def __init__(self, rows: int, cols: int, in_width: int, acc_width: int):

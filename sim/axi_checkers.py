@@ -22,10 +22,9 @@ Rules, per channel:
 
 Coverage (cocotb-coverage points, sampled here so every test contributes):
 ``stall.c_tlast`` (a c TLAST beat held by the sink, or taken at once), ``stall.in_tlast``
-(an input TLAST beat held by the core), ``stall.bias_handoff`` (how a bias beat was taken:
-into a free register, in the handoff cycle of the previous tile's TLAST, or in a handoff
-whose TLAST beat had been held by backpressure) and ``stall.back_to_back`` (a START with
-no job since reset, or soon after the previous job's last beat).
+(an input TLAST beat held by the core), ``stall.bias_handoff`` (how a bias beat was taken,
+see :func:`start_checkers`) and ``stall.back_to_back`` (a START with no job since reset,
+or soon after the previous job's last beat).
 """
 
 import cocotb
@@ -151,14 +150,17 @@ def start_checkers(dut, rmap, inputs, output="c"):
     c_tlast = _sig(dut, cp, "tlast")
     c_held = {"last": False}
 
-    def c_last_now():
-        return _val(c_valid) == 1 and _val(c_ready) == 1 and _val(c_tlast) == 1
+    # The bias register of a core frees when a tile's last row moves into the output
+    # register slice (the handoff), which the ports do not show. A bias beat of a job
+    # after its first that the core held (TVALID && !TREADY) was waiting for a full
+    # register: the cycle it is taken is a handoff (a free register would have taken it
+    # a cycle earlier). So: the job's first bias beat, or one taken in its first cycle,
+    # counts as "free"; a held one as "handoff", or "handoff_after_stall" when the sink
+    # was stalling c in that cycle (the row moved into the slice under backpressure).
+    bias = {"in_job": 0, "held": False}
 
-    bias_p = P.get("bias") if "bias" in inputs else None
-
-    def bias_now():
-        return bias_p is not None and _val(_sig(dut, bias_p, "tvalid")) == 1 \
-            and _val(_sig(dut, bias_p, "tready")) == 1
+    def c_stalled():
+        return _val(c_valid) == 1 and _val(c_ready) != 1
 
     # --- input streams (driven by the bus models, taken by the core) ---
     for name in inputs:
@@ -169,10 +171,17 @@ def start_checkers(dut, rmap, inputs, output="c"):
         def on_cycle(v, r, vals, held=held, tlast=tlast, name=name):
             if v == 1 and r != 1 and _val(tlast) == 1:
                 held["last"] = True
+            if name == "bias" and v == 1 and r != 1 and bias["in_job"]:
+                bias["held"] = True
 
         def on_fire(vals, held=held, tlast=tlast, name=name):
-            if name == "bias" and not c_last_now():
-                _cover_bias("free")  # a handoff is sampled by the output channel
+            if name == "bias":
+                if not bias["held"]:
+                    _cover_bias("free")
+                else:
+                    _cover_bias("handoff_after_stall" if c_stalled() else "handoff")
+                bias["in_job"] += 1
+                bias["held"] = False
             if _val(tlast) == 1:
                 if held["last"]:
                     _cover_in_tlast("held")
@@ -191,8 +200,6 @@ def start_checkers(dut, rmap, inputs, output="c"):
     def c_fire(vals):
         if _val(c_tlast) == 1:
             _cover_c_tlast("held" if c_held["last"] else "direct")
-            if bias_now():
-                _cover_bias("handoff_after_stall" if c_held["last"] else "handoff")
             c_held["last"] = False
             st.last_c_end = st.cycle
 
@@ -235,6 +242,7 @@ def start_checkers(dut, rmap, inputs, output="c"):
                     and st.cycle - st.last_c_end <= BACK_TO_BACK_CYCLES:
                 _cover_start("close")
             st.armed = st.ever_started = True
+            bias.update(in_job=0, held=False)
 
     def r_cycle(v, r, vals):
         if v == 1 and lite["ar"] - lite["r"] < 1:

@@ -87,12 +87,21 @@ def test_pack_rejects_out_of_range_values():
 
 
 def test_expected_cycles_by_hand():
-    # one 4x4 tile, K=10: last pair at cycle 10, sums ready R+C=8 later, 4 rows out.
-    assert regmap.expected_cycles(4, 4, 10, 4, 4) == 10 + 8 + 4 - 1
+    # one 4x4 tile, K=10: the input slices hand the last pair on at cycle 1 + 10, its
+    # sums reach the drain registers R+C+3 = 11 later, 4 rows move out, the last one
+    # leaves the output slice one cycle after its move.
+    assert regmap.expected_cycles(4, 4, 10, 4, 4) == 11 + 11 + 4
     # two tiles, K=1: the second tile's last pair waits for the first tile to drain.
-    assert regmap.expected_cycles(8, 4, 1, 4, 4) == (1 + 8 + 4) + 8 + 4 - 1
-    # long K hides the drain completely: tiles*K + R + C + rows - 1
-    assert regmap.expected_cycles(64, 64, 64, 16, 16) == 16 * 64 + 32 + 16 - 1
+    assert regmap.expected_cycles(8, 4, 1, 4, 4) == (2 + 11 + 4) + 11 + 4
+    # long K hides the drain completely: tiles*K + 1 + R + C + 3 + rows
+    assert regmap.expected_cycles(64, 64, 64, 16, 16) == 16 * 64 + 1 + 32 + 3 + 16
+
+
+def test_cycle_model_constants_match_the_rtl():
+    pytest.importorskip("amaranth")
+    from lepton_accel.hdl import drain, pe
+    assert regmap.DEPOSIT_DELAY == pe.DEPOSIT_DELAY
+    assert regmap.OUT_DELAY == drain.OUT_DELAY
 
 
 def test_docs_register_table_matches_regmap():
