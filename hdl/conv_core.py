@@ -144,7 +144,6 @@ class ConvCore(wiring.Component):
         # sizes minus one, for the loops' end tests (equality against a register)
         m1 = {name: Signal(cr.SMALL_BITS if name in SMALL else DB, name=f"{name}_m1")
               for name in ("n", "g", "cg", "ow", "kh", "kw")}
-        one_col = Signal()                # OCG <= C: every tile is its group's last column
 
         # --- state --------------------------------------------------------------
         loading = Signal()     # taking an image on x
@@ -260,9 +259,8 @@ class ConvCore(wiring.Component):
         offh = Signal(AB)         # kh * DH*W*C
         offhw = Signal(AB)        # offh + kw * DW*C
         off = Signal(AB)          # offhw + c: the step's offset from a pixel's base
-        oc0 = Signal(DB + 1)
-        last_col = Signal()       # oc0 + C >= OCG, kept with oc0
-        col_mask = Signal(C)      # oc0 + j < OCG, one cycle behind oc0
+        oc_left = Signal(DB)      # OCG - oc0 (oc0: the tile's first output channel)
+        last_col = Signal()
 
         last_c, last_kw, last_kh = Signal(), Signal(), Signal()
         is_last = Signal()
@@ -271,10 +269,8 @@ class ConvCore(wiring.Component):
             last_kw.eq(kc_kw == m1["kw"]),
             last_kh.eq(kc_kh == m1["kh"]),
             is_last.eq(last_c & last_kw & last_kh),
+            last_col.eq(oc_left <= C),
         ]
-        # oc0 moves only at a tile's last step, and the next last step waits for the
-        # drain, so the mask is oc0's whenever it is used
-        m.d.sync += col_mask.eq(Cat(*[oc0 + j < p["ocg"] for j in range(C)]))
 
         fill = Signal(range(R + C + DEPOSIT_DELAY + READ_DELAY + 1))
         draining = Signal()
@@ -363,12 +359,13 @@ class ConvCore(wiring.Component):
                 # the bottom-right sum reaches its drain register R + C + DEPOSIT_DELAY +
                 # READ_DELAY cycles on (read, its pipeline, injection, skew, the cells)
                 m.d.sync += [fill.eq(R + C + DEPOSIT_DELAY + READ_DELAY - 1),
-                             d_rows.eq(ac_rows), d_mask.eq(col_mask),
+                             d_rows.eq(ac_rows),
+                             d_mask.eq(Cat(*[oc_left > j for j in range(C)])),
                              d_final.eq(image_end & (img == m1["n"]))]
                 with m.If(last_col):
-                    m.d.sync += [oc0.eq(0), last_col.eq(one_col)]
+                    m.d.sync += oc_left.eq(p["ocg"])
                 with m.Else():
-                    m.d.sync += [oc0.eq(oc0 + C), last_col.eq(oc0 + 2 * C >= p["ocg"])]
+                    m.d.sync += oc_left.eq(oc_left - C)
 
         # swap in the gathered pixels when the active tile is finished (or empty)
         swap = Signal()
@@ -438,10 +435,10 @@ class ConvCore(wiring.Component):
                 d_wc.eq(dwc1),
                 d_hwc.eq(dhwc2),
                 base0.eq(b0),
-                one_col.eq(self.ocg <= C), last_col.eq(self.ocg <= C),
+                oc_left.eq(self.ocg),
                 self.busy.eq(1), loading.eq(1), computing.eq(0), img.eq(0), x_count.eq(0),
                 kc_c.eq(0), kc_kw.eq(0), kc_kh.eq(0), kwd.eq(0), khd.eq(0), offh.eq(0),
-                offhw.eq(0), off.eq(0), oc0.eq(0),
+                offhw.eq(0), off.eq(0),
                 self.cycles.eq(0), self.tiles_done.eq(0), self.stall_in.eq(0),
                 self.stall_out.eq(0), self.load_cycles.eq(0),
             ]

@@ -69,9 +69,8 @@ class MatmulCore(wiring.Component):
         # Feed side: position of the tile being streamed in.
         feeding = Signal()
         kc = Signal(dim)
-        row0 = Signal(dim + 1)
-        col0 = Signal(dim + 1)
-        col_mask = Signal(C)            # columns col0 + j < N (one cycle behind col0)
+        rows_left = Signal(dim)         # M - row0 of the tile (row0: its first row)
+        cols_left = Signal(dim)         # N - col0 (col0: its first column)
 
         # Drain side: the tile whose sums are in (or moving into) the drain registers.
         fill = Signal(range(R + C + DEPOSIT_DELAY + 1))
@@ -129,36 +128,33 @@ class MatmulCore(wiring.Component):
         ]
         m.d.comb += array.ctl.eq(ctl)
 
+        # The tile's position as rows and columns left: every test on it compares a
+        # register with a constant.
         tile_rows = Signal(range(R + 1))
-        rows_left = Signal(dim + 1)
-        m.d.comb += [
-            rows_left.eq(m_r - row0),
-            tile_rows.eq(Mux(rows_left >= R, R, rows_left)),
-        ]
         last_col = Signal()
         last_row = Signal()
-        m.d.comb += [last_col.eq(col0 + C >= n_r), last_row.eq(row0 + R >= m_r)]
-        # col0 moves only at a tile's last pair, and the next last pair waits for the
-        # drain, so the mask (one cycle behind col0) is col0's whenever it is used
-        m.d.sync += col_mask.eq(Cat(*[col0 + j < n_r for j in range(C)]))
+        m.d.comb += [
+            tile_rows.eq(Mux(rows_left >= R, R, rows_left)),
+            last_col.eq(cols_left <= C),
+            last_row.eq(rows_left <= R),
+        ]
 
         with m.If(fire):
             with m.If(is_last):
                 m.d.sync += kc.eq(0)
                 with m.If(last_col):
-                    m.d.sync += col0.eq(0)
-                    m.d.sync += row0.eq(row0 + R)
+                    m.d.sync += [cols_left.eq(n_r), rows_left.eq(rows_left - R)]
                     with m.If(last_row):
                         m.d.sync += feeding.eq(0)
                 with m.Else():
-                    m.d.sync += col0.eq(col0 + C)
+                    m.d.sync += cols_left.eq(cols_left - C)
                 # Hand the tile to the drain side: its bottom-right sum reaches its drain
                 # register R + C + DEPOSIT_DELAY cycles on (injection register, R-1 + C-1
                 # of skew, one into the drain register, the cells' pipeline).
                 m.d.sync += [
                     fill.eq(R + C + DEPOSIT_DELAY - 1),
                     d_rows.eq(tile_rows),
-                    d_mask.eq(col_mask),
+                    d_mask.eq(Cat(*[cols_left > j for j in range(C)])),
                     d_final.eq(last_col & last_row),
                 ]
             with m.Else():
@@ -201,7 +197,7 @@ class MatmulCore(wiring.Component):
                 m_r.eq(self.m), n_r.eq(self.n), k_r.eq(self.k), k_m1.eq(self.k - 1),
                 bias_en.eq(self.bias_en),
                 self.busy.eq(1), feeding.eq(1),
-                kc.eq(0), row0.eq(0), col0.eq(0),
+                kc.eq(0), rows_left.eq(self.m), cols_left.eq(self.n),
                 self.cycles.eq(0), self.tiles_done.eq(0),
                 self.stall_in.eq(0), self.stall_out.eq(0),
             ]
