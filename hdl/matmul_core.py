@@ -17,8 +17,9 @@ class MatmulCore(wiring.Component):
     """C = A @ B (+ bias) for one job of M x K by K x N, tile by tile.
 
     Ports follow :mod:`.matmul_regmap` (stream formats and tile order). ``start`` begins a job
-    with ``m``, ``n``, ``k``, ``bias_en``; it is ignored while ``busy`` (``err_start_busy``)
-    or with a zero dimension (``err_dim``). Error outputs are one-cycle strobes.
+    with ``m``, ``n``, ``k``, ``bias_en`` (read in the cycle after the strobe, when
+    ``busy`` rises); it is ignored while ``busy`` (``err_start_busy``) or with a zero
+    dimension (``err_dim``). Error outputs are one-cycle strobes.
 
     Flow: a and b beats go into a two-entry register slice each while the job takes
     input; a beat pair is taken from the slices when both hold one, and enters the
@@ -82,12 +83,17 @@ class MatmulCore(wiring.Component):
         drain_free = Signal()
         m.d.comb += drain_free.eq((fill == 0) & ~draining)
 
+        # START is acted on one cycle after the register write that raised it, so the
+        # write decode does not drive every register's enable in the same cycle; the
+        # sizes are unchanged then (the next register write comes later).
+        start_q = Signal()
+        m.d.sync += start_q.eq(self.start)
         start_ok = Signal()
         m.d.comb += [
-            start_ok.eq(self.start & ~self.busy
+            start_ok.eq(start_q & ~self.busy
                         & (self.m != 0) & (self.n != 0) & (self.k != 0)),
-            self.err_start_busy.eq(self.start & self.busy),
-            self.err_dim.eq(self.start & ~self.busy
+            self.err_start_busy.eq(start_q & self.busy),
+            self.err_dim.eq(start_q & ~self.busy
                             & ((self.m == 0) | (self.n == 0) | (self.k == 0))),
         ]
 
