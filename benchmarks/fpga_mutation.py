@@ -47,32 +47,44 @@ class Mutant:
 
 MUTANTS = [
     Mutant("drain_fill_off_by_one", "matmul_core.py",
-           "fill.eq(R + C - 1),", "fill.eq(R + C - 2),",
+           "fill.eq(R + C + DEPOSIT_DELAY - 1),", "fill.eq(R + C + DEPOSIT_DELAY - 2),",
            "matmul drain starts one cycle early", (MATMUL,)),
     Mutant("conv_drain_fill_off_by_one", "conv_core.py",
-           "fill.eq(R + C - 1)", "fill.eq(R + C)",
+           "fill.eq(R + C + DEPOSIT_DELAY + READ_DELAY - 1)",
+           "fill.eq(R + C + DEPOSIT_DELAY + READ_DELAY)",
            "conv drain starts one cycle late", (CONV,)),
     Mutant("tvalid_gated_by_tready", "drain.py",
-           "comp.c.valid.eq(draining & (~bias_en | bias_full)),",
-           "comp.c.valid.eq(draining & (~bias_en | bias_full) & comp.c.ready),",
+           "comp.c.valid.eq(out.o.valid),",
+           "comp.c.valid.eq(out.o.valid & comp.c.ready),",
            "m_axis_c TVALID = ... & TREADY (AXI4-Stream violation)"),
     Mutant("shift_on_tvalid", "drain.py",
-           "array.shift.eq(c_fire)", "array.shift.eq(comp.c.valid)",
-           "drain shifts on TVALID instead of the handshake"),
+           "array.shift.eq(push),", "array.shift.eq(out.i.valid),",
+           "drain shifts when a row is offered to the output slice, not when it moves"),
     Mutant("bias_handoff_on_tvalid", "drain.py",
-           "handoff.eq(c_fire & out_last & ~final),",
-           "handoff.eq(comp.c.valid & out_last & ~final),",
-           "next tile's bias taken on TVALID of the TLAST beat, not its handshake"),
+           "handoff.eq(push & row_last & ~final),",
+           "handoff.eq(out.i.valid & row_last & ~final),",
+           "next tile's bias taken when the last row is offered, not when it moves"),
     Mutant("dropped_tlast", "drain.py",
-           "comp.c.payload.last.eq(out_last),", "comp.c.payload.last.eq(0),",
+           "comp.c.payload.last.eq(out.o.payload.last),", "comp.c.payload.last.eq(0),",
            "m_axis_c never raises TLAST"),
+    Mutant("slice_overrun", "axi.py",
+           "self.i.ready.eq(count != 2),", "self.i.ready.eq(1),",
+           "register slice takes a beat when full (overwrites an entry)"),
     Mutant("a_ready_ignores_b_valid", "matmul_core.py",
-           "self.a.ready.eq(feeding & self.b.valid &", "self.a.ready.eq(feeding &",
-           "A taken without its B beat (ready path)", (MATMUL,)),
+           "a_in.ready.eq(fire),",
+           "a_in.ready.eq(feeding & a_in.valid & (~is_last | drain_free)),",
+           "A taken from its slice without its B beat", (MATMUL,)),
     Mutant("last_pair_ignores_drain", "matmul_core.py",
            "fire.eq(feeding & both & (~is_last | drain_free)),",
            "fire.eq(feeding & both),",
            "tile's last pair not held for the drain (ready/fire mismatch)", (MATMUL,)),
+    Mutant("pe_deposit_early", "pe.py",
+           "deposit.eq(ctl_p.valid & ctl_p.last),",
+           "deposit.eq(self.ctl_out.valid & self.ctl_out.last),",
+           "cell's drain takes the sum one cycle early (without the last product)"),
+    Mutant("conv_weights_early", "conv_core.py",
+           "array.b.eq(b_d[-1]),", "array.b.eq(b_d[-2]),",
+           "conv weights enter the array a cycle ahead of the image data", (CONV,)),
     Mutant("conv_x_ready_always", "conv_core.py",
            "self.x.ready.eq(loading),", "self.x.ready.eq(1),",
            "conv x TREADY high outside the load (ready path)", (CONV,)),
@@ -109,6 +121,15 @@ def apply(mutant: Mutant, hdl_dir: Path):
         raise AnchorError(f"{mutant.name}: anchor {mutant.anchor!r} found {n} times in "
                           f"hdl/{mutant.file} (the RTL changed: update the mutant)")
     path.write_text(text.replace(mutant.anchor, mutant.replacement))
+
+
+def check_anchors(mutants=MUTANTS, hdl_dir: Path = ROOT / "hdl"):
+    """Raise AnchorError unless every mutant's anchor occurs exactly once in its file."""
+    for m in mutants:
+        n = (hdl_dir / m.file).read_text().count(m.anchor)
+        if n != 1:
+            raise AnchorError(f"{m.name}: anchor {m.anchor!r} found {n} times in "
+                              f"hdl/{m.file} (the RTL changed: update the mutant)")
 
 
 def _copy_tree(dst: Path):
@@ -204,12 +225,7 @@ def main(argv=None):
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     if args.only and len(chosen) != len(args.only):
         ap.error(f"unknown mutant in {args.only}")
-    # every anchor must be present before anything runs
-    for m in chosen:
-        text = (ROOT / "hdl" / m.file).read_text()
-        if text.count(m.anchor) != 1:
-            raise AnchorError(f"{m.name}: anchor {m.anchor!r} found "
-                              f"{text.count(m.anchor)} times in hdl/{m.file}")
+    check_anchors(chosen)   # every anchor must be present before anything runs
     results = []
     if not args.no_baseline:
         base = run_one(None)
