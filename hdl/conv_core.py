@@ -55,12 +55,14 @@ class ConvCore(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8", x_lanes: int | None = None,
-                 depth: int = 1024):
+                 depth: int = 1024, pair_macs: bool | None = None):
         x_lanes = x_lanes or cr.default_x_lanes(rows)
         cr.check_config(rows, cols, dtype, x_lanes, depth)
         widths = cr.stream_widths(rows, cols, dtype, x_lanes)
         self.rows, self.cols, self.dtype = rows, cols, dtype
         self.x_lanes, self.depth = x_lanes, depth
+        # two int8 MACs per multiplier (a DSP48E2's 27x18) unless told otherwise
+        self.pair_macs = dtype == "int8" if pair_macs is None else pair_macs
         self.capacity = x_lanes * depth
         self.in_width = cr.DTYPES[dtype]
         self.acc_width = cr.ACC_WIDTH
@@ -99,7 +101,7 @@ class ConvCore(wiring.Component):
         CB = 26                                         # signed coordinate bits
         DB = cr.DIM_BITS
 
-        m.submodules.array = array = SystolicArray(R, C, w, aw)
+        m.submodules.array = array = SystolicArray(R, C, w, aw, self.pair_macs)
 
         # --- job parameters, latched at start -------------------------------------
         p = {name: Signal(DB, name=f"{name}_r") for name in DIMS}

@@ -19,16 +19,18 @@ class AXIConv2d(wiring.Component):
 
     rows, cols: array size (2..32); dtype: ``"int8"`` or ``"int16"``; x_lanes: image
     lanes per x beat (power of two, default the next power of two >= rows); depth: image
-    memory words per copy (capacity x_lanes*depth elements).
+    memory words per copy (capacity x_lanes*depth elements); pair_macs: two int8 MACs per
+    27x18 multiplier (DSP48E2), default on for int8 (:class:`.conv_core.ConvCore`).
     """
 
     def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
-                 x_lanes: int | None = None, depth: int = 1024):
+                 x_lanes: int | None = None, depth: int = 1024, pair_macs: bool | None = None):
         x_lanes = x_lanes or cr.default_x_lanes(rows)
         cr.check_config(rows, cols, dtype, x_lanes, depth)
         widths = cr.stream_widths(rows, cols, dtype, x_lanes)
         self.rows, self.cols, self.dtype = rows, cols, dtype
         self.x_lanes, self.depth = x_lanes, depth
+        self.pair_macs = pair_macs
         P = cr.PORT_PREFIX
         super().__init__({
             P["ctrl"]: In(AXILiteSignature(cr.ADDR_WIDTH, cr.DATA_WIDTH)),
@@ -42,7 +44,7 @@ class AXIConv2d(wiring.Component):
         m = Module()
         P = cr.PORT_PREFIX
         m.submodules.core = core = ConvCore(self.rows, self.cols, self.dtype, self.x_lanes,
-                                            self.depth)
+                                            self.depth, self.pair_macs)
         m.submodules.axil = axil = AXILiteTarget(cr.ADDR_WIDTH, cr.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
         connect_streams(m, self, core, P, ("x", "b", "bias"), "c")

@@ -28,9 +28,12 @@ class MatmulCore(wiring.Component):
     inputs. Output rows go through a register slice too (:func:`.drain.drain_output`).
     """
 
-    def __init__(self, rows: int, cols: int, dtype: str = "int8"):
+    def __init__(self, rows: int, cols: int, dtype: str = "int8",
+                 pair_macs: bool | None = None):
         widths = regmap.stream_widths(rows, cols, dtype)
         self.rows, self.cols, self.dtype = rows, cols, dtype
+        # two int8 MACs per multiplier (a DSP48E2's 27x18) unless told otherwise
+        self.pair_macs = dtype == "int8" if pair_macs is None else pair_macs
         self.in_width = regmap.DTYPES[dtype]
         self.acc_width = regmap.ACC_WIDTH
         dim = regmap.DIM_BITS
@@ -60,7 +63,7 @@ class MatmulCore(wiring.Component):
         R, C, aw = self.rows, self.cols, self.acc_width
         dim = regmap.DIM_BITS
 
-        m.submodules.array = array = SystolicArray(R, C, self.in_width, aw)
+        m.submodules.array = array = SystolicArray(R, C, self.in_width, aw, self.pair_macs)
 
         # Job parameters, latched at start.
         m_r, n_r, k_r = Signal(dim), Signal(dim), Signal(dim)

@@ -21,6 +21,8 @@ class AXIMatmul(wiring.Component):
         Array size R x C (2..32 each).
     dtype : str
         ``"int8"`` or ``"int16"`` (inputs); accumulation and outputs are int32.
+    pair_macs : bool or None
+        Two int8 MACs per 27x18 multiplier (a DSP48E2); default: on for int8.
 
     Ports (Verilog names are ``<prefix>__<signal>``, prefixes in
     :data:`.matmul_regmap.PORT_PREFIX`): ``s_axil`` (AXI4-Lite target, registers in
@@ -29,9 +31,11 @@ class AXIMatmul(wiring.Component):
     ``rst``.
     """
 
-    def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8"):
+    def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
+                 pair_macs: bool | None = None):
         widths = regmap.stream_widths(rows, cols, dtype)
         self.rows, self.cols, self.dtype = rows, cols, dtype
+        self.pair_macs = pair_macs
         P = regmap.PORT_PREFIX
         super().__init__({
             P["ctrl"]: In(AXILiteSignature(regmap.ADDR_WIDTH, regmap.DATA_WIDTH)),
@@ -44,7 +48,7 @@ class AXIMatmul(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         P = regmap.PORT_PREFIX
-        m.submodules.core = core = MatmulCore(self.rows, self.cols, self.dtype)
+        m.submodules.core = core = MatmulCore(self.rows, self.cols, self.dtype, self.pair_macs)
         m.submodules.axil = axil = AXILiteTarget(regmap.ADDR_WIDTH, regmap.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
 

@@ -4,7 +4,7 @@ from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import Control, ProcessingElement
+from .pe import Control, PairedProcessingElement, ProcessingElement
 
 __all__ = ["SystolicArray"]
 
@@ -18,15 +18,24 @@ class SystolicArray(wiring.Component):
     cycle k + i + j. The array never stalls: a cycle without data is a bubble
     (``ctl.valid`` = 0).
 
+    ``pair_macs`` (8-bit inputs only): adjacent columns 2q, 2q+1 share one
+    :class:`.pe.PairedProcessingElement` (two MACs on one 27x18 multiplier, a DSP48E2),
+    and B lanes 2q and 2q+1 are both delayed q cycles; A[i, k] then meets them at cycle
+    k + i + q, so the sums are ready earlier than in the unpaired array, never later.
+
     A tile's last beat, entering at cycle t, leaves every cell's finished sum in its
     drain register by cycle t + rows + cols - 1 + DEPOSIT_DELAY (bottom-right cell last;
     :data:`.pe.DEPOSIT_DELAY` is the cell's pipeline). After that, each ``shift`` moves
     the drain registers up one row; ``out`` shows row 0, straight from registers.
     """
 
-    def __init__(self, rows: int, cols: int, in_width: int, acc_width: int):
+    def __init__(self, rows: int, cols: int, in_width: int, acc_width: int,
+                 pair_macs: bool = False):
+        if pair_macs and in_width != 8:
+            raise ValueError("pair_macs needs 8-bit inputs (two products on one multiplier)")
         self.rows, self.cols = rows, cols
         self.in_width, self.acc_width = in_width, acc_width
+        self.pair_macs = pair_macs
         super().__init__({
             "a": In(in_width * rows),
             "b": In(in_width * cols),
@@ -37,12 +46,27 @@ class SystolicArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        R, C, w = self.rows, self.cols, self.in_width
+        R, C, w, aw = self.rows, self.cols, self.in_width, self.acc_width
 
-        pes = [[ProcessingElement(w, self.acc_width) for _ in range(C)] for _ in range(R)]
+        # Cell columns: with pair_macs, columns 2q and 2q+1 share cell column q (and so
+        # the A operand; an odd last column gets a single cell); else one per column.
+        groups = ([list(range(j, min(j + 2, C))) for j in range(0, C, 2)]
+                  if self.pair_macs else [[j] for j in range(C)])
+
+        def make(cols):
+            return PairedProcessingElement(aw) if len(cols) == 2 else ProcessingElement(w, aw)
+
+        cells = [[make(g) for g in groups] for _ in range(R)]
         for i in range(R):
-            for j in range(C):
-                m.submodules[f"pe_{i}_{j}"] = pes[i][j]
+            for q, g in enumerate(groups):
+                m.submodules[f"pe_{i}_{g[0]}"] = cells[i][q]
+
+        def ports(cell, g, name):
+            """The cell's port ``name`` (b_in, b_out, drain_in, drain_out) per column."""
+            if len(g) == 1:
+                return [getattr(cell, name)]
+            stem, end = name.split("_")
+            return [getattr(cell, f"{stem}{k}_{end}") for k in range(2)]
 
         def delayed(value, cycles, name, shape):
             for s in range(cycles):
@@ -54,27 +78,33 @@ class SystolicArray(wiring.Component):
         for i in range(R):
             lane = self.a[i * w:(i + 1) * w].as_signed()
             m.d.comb += [
-                pes[i][0].a_in.eq(delayed(lane, i, f"skew_a{i}", signed(w))),
-                pes[i][0].ctl_in.eq(delayed(self.ctl, i, f"skew_ctl{i}", Control)),
+                cells[i][0].a_in.eq(delayed(lane, i, f"skew_a{i}", signed(w))),
+                cells[i][0].ctl_in.eq(delayed(self.ctl, i, f"skew_ctl{i}", Control)),
             ]
-        for j in range(C):
-            lane = self.b[j * w:(j + 1) * w].as_signed()
-            m.d.comb += pes[0][j].b_in.eq(delayed(lane, j, f"skew_b{j}", signed(w)))
+        # B lane j is delayed by its cell column, so it meets A there
+        for q, g in enumerate(groups):
+            for j, port in zip(g, ports(cells[0][q], g, "b_in")):
+                lane = self.b[j * w:(j + 1) * w].as_signed()
+                m.d.comb += port.eq(delayed(lane, q, f"skew_b{j}", signed(w)))
 
         for i in range(R):
-            for j in range(C):
-                pe = pes[i][j]
-                m.d.comb += pe.shift.eq(self.shift)
-                if j + 1 < C:
-                    m.d.comb += [pes[i][j + 1].a_in.eq(pe.a_out),
-                                 pes[i][j + 1].ctl_in.eq(pe.ctl_out)]
+            for q, g in enumerate(groups):
+                cell = cells[i][q]
+                m.d.comb += cell.shift.eq(self.shift)
+                if q + 1 < len(groups):
+                    m.d.comb += [cells[i][q + 1].a_in.eq(cell.a_out),
+                                 cells[i][q + 1].ctl_in.eq(cell.ctl_out)]
+                d_in = ports(cell, g, "drain_in")
                 if i + 1 < R:
-                    m.d.comb += [pes[i + 1][j].b_in.eq(pe.b_out),
-                                 pe.drain_in.eq(pes[i + 1][j].drain_out)]
+                    below = cells[i + 1][q]
+                    for b_in, b_out in zip(ports(below, g, "b_in"), ports(cell, g, "b_out")):
+                        m.d.comb += b_in.eq(b_out)
+                    for d, d_out in zip(d_in, ports(below, g, "drain_out")):
+                        m.d.comb += d.eq(d_out)
                 else:
-                    m.d.comb += pe.drain_in.eq(0)
+                    m.d.comb += [d.eq(0) for d in d_in]
 
-        aw = self.acc_width
-        for j in range(C):
-            m.d.comb += self.out[j * aw:(j + 1) * aw].eq(pes[0][j].drain_out)
+        for q, g in enumerate(groups):
+            for j, d_out in zip(g, ports(cells[0][q], g, "drain_out")):
+                m.d.comb += self.out[j * aw:(j + 1) * aw].eq(d_out)
         return m

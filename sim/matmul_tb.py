@@ -36,10 +36,15 @@ def _dim_class(d, side):
 _DIM_BINS = ["one", "below_side", "multiple", "not_multiple"]
 
 
+def _drain_bound(rows, cols):
+    """K below which a full tile waits for the previous one's drain (the cycle model)."""
+    return 2 * rows + cols + regmap.DEPOSIT_DELAY
+
+
 @coverage.CoverPoint("matmul.m", xf=lambda j: _dim_class(j["m"], j["rows"]), bins=_DIM_BINS)
 @coverage.CoverPoint("matmul.n", xf=lambda j: _dim_class(j["n"], j["cols"]), bins=_DIM_BINS)
 @coverage.CoverPoint("matmul.k", xf=lambda j: "one" if j["k"] == 1 else
-                     ("short" if j["k"] < 2 * j["rows"] + j["cols"] else "long"),
+                     ("short" if j["k"] < _drain_bound(j["rows"], j["cols"]) else "long"),
                      bins=["one", "short", "long"])
 @coverage.CoverPoint("matmul.bias", xf=lambda j: j["bias"], bins=[False, True])
 @coverage.CoverPoint("matmul.extremes", xf=lambda j: j["extremes"], bins=[False, True])
@@ -159,7 +164,7 @@ class TB(AxiTB):
         lim = 4 if big else 2
         m = self.dim_of_class(_DIM_BINS[i % 4], R, lim)
         n = self.dim_of_class(_DIM_BINS[(i + 1 + i // 4) % 4], C, lim)
-        short = 2 * R + C  # below this a tile waits for the previous one to drain
+        short = _drain_bound(R, C)  # below this a tile waits for the previous one to drain
         k_cls = i % 3
         if k_cls == 0:
             k = 1

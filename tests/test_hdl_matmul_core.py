@@ -12,9 +12,10 @@ from lepton_accel.hdl.matmul_core import MatmulCore  # noqa: E402
 from lepton_accel.reference import matmul_ref  # noqa: E402
 
 
-def _run_jobs(rows, cols, dtype, jobs, rng, pause_in=0.0, pause_out=0.0, max_cycles=200_000):
+def _run_jobs(rows, cols, dtype, jobs, rng, pause_in=0.0, pause_out=0.0, max_cycles=200_000,
+              pair_macs=None):
     """Run jobs back to back through MatmulCore; return (results, cycles per job)."""
-    dut = MatmulCore(rows, cols, dtype)
+    dut = MatmulCore(rows, cols, dtype, pair_macs)
     results, cycles = [], []
 
     async def bench(ctx):
@@ -89,8 +90,9 @@ def _rand(rng, shape, dtype):
     return x
 
 
-@pytest.mark.parametrize("rows,cols,dtype", [(2, 3, "int8"), (3, 2, "int16")])
-def test_core_random_jobs_back_to_back(rows, cols, dtype):
+@pytest.mark.parametrize("rows,cols,dtype,pair_macs", [
+    (2, 3, "int8", None), (3, 4, "int8", False), (3, 2, "int16", None)])
+def test_core_random_jobs_back_to_back(rows, cols, dtype, pair_macs):
     rng = np.random.default_rng()
     jobs = []
     for m, n, k in [(1, 1, 1), (5, 4, 3), (3, 7, 1), (rows, cols, 2 * (rows + cols))]:
@@ -98,18 +100,33 @@ def test_core_random_jobs_back_to_back(rows, cols, dtype):
         b = _rand(rng, (k, n), dtype)
         bias = rng.integers(-2**31, 2**31, size=n) if rng.random() < 0.5 else None
         jobs.append((a, b, bias))
-    got, _ = _run_jobs(rows, cols, dtype, jobs, rng, pause_in=0.3, pause_out=0.3)
+    got, _ = _run_jobs(rows, cols, dtype, jobs, rng, pause_in=0.3, pause_out=0.3,
+                       pair_macs=pair_macs)
     for (a, b, bias), c in zip(jobs, got):
         lane = np.int8 if dtype == "int8" else np.int16
         np.testing.assert_array_equal(c, matmul_ref(a.astype(lane), b.astype(lane), bias))
 
 
-def test_core_cycle_model_at_full_rate():
+@pytest.mark.parametrize("pair_macs", [True, False])
+def test_core_cycle_model_at_full_rate(pair_macs):
+    # the paired array's sums are ready earlier; the drain keeps the one cycle model
     rng = np.random.default_rng()
-    rows, cols = 3, 2
+    rows, cols = 3, 5
     shapes = [(7, 5, 11), (3, 2, 1), (6, 4, 9)]
     jobs = [(_rand(rng, (m, k), "int8"), _rand(rng, (k, n), "int8"), None) for m, n, k in shapes]
-    got, cycles = _run_jobs(rows, cols, "int8", jobs, rng)
+    got, cycles = _run_jobs(rows, cols, "int8", jobs, rng, pair_macs=pair_macs)
     for (a, b, _), c, cyc, (m, n, k) in zip(jobs, got, cycles, shapes):
         np.testing.assert_array_equal(c, matmul_ref(a.astype(np.int8), b.astype(np.int8)))
         assert cyc == regmap.expected_cycles(m, n, k, rows, cols), (m, n, k)
+
+
+@pytest.mark.parametrize("pair_macs", [True, False])
+def test_core_extreme_int8_products(pair_macs):
+    # the paired cell's borrow between its two products: every sign and extreme pairing
+    rng = np.random.default_rng()
+    vals = np.array([-128, 127, -1, 0, 1, -127, 64])
+    a = rng.choice(vals, size=(4, 97))
+    b = rng.choice(vals, size=(97, 6))
+    a[0, :], b[:, 0], b[:, 1] = -128, -128, 127     # extreme sums in both columns of a pair
+    got, _ = _run_jobs(4, 6, "int8", [(a, b, None)], rng, pair_macs=pair_macs)
+    np.testing.assert_array_equal(got[0], matmul_ref(a.astype(np.int8), b.astype(np.int8)))
