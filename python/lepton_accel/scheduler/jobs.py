@@ -138,7 +138,11 @@ _TRAIN = {
         "lr": _POSITIVE,
         "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
         "workers": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_TRAIN_WORKERS},
-                              {"const": "auto"}]},
+                              {"const": "auto"},
+                              {"type": "object",     # elastic: any size in the range
+                               "properties": {"min": {"type": "integer", "minimum": 1, "maximum": MAX_TRAIN_WORKERS},
+                                              "max": {"type": "integer", "minimum": 1, "maximum": MAX_TRAIN_WORKERS}},
+                               "required": ["min", "max"], "additionalProperties": False}]},
         "checkpoint_every": {
             "type": "object",
             "properties": {"steps": {"type": "integer", "minimum": 1}, "epochs": {"type": "integer", "minimum": 1}},
@@ -595,9 +599,13 @@ def _train(train: dict, where: str) -> dict:
     if "model" in out:
         out.setdefault("data", "digits")
         out.setdefault("layers", "lepton")
-    if isinstance(out["workers"], int) and out["batch_size"] < out["workers"]:
+    w = out["workers"]
+    if isinstance(w, dict) and w["min"] > w["max"]:
+        raise JobError(f"{where}.workers.min: {w['min']} is larger than max ({w['max']})")
+    most = w["max"] if isinstance(w, dict) else w
+    if isinstance(most, int) and out["batch_size"] < most:
         raise JobError(f"{where}.batch_size: {out['batch_size']} is smaller than workers "
-                       f"({out['workers']}); the global batch is split across the workers")
+                       f"({most}); the global batch is split across the workers")
     return out
 
 

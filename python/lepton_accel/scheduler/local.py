@@ -75,10 +75,10 @@ def worker_main(conn, node_id: str, kind: str, scheduler_pid: int, allow_shell: 
             return
         if not todo:
             continue
-        job_id, attempt, job = todo.popleft()
+        job_id, attempt, job, workers = todo.popleft()
         result = execute(job, backend, allow_shell=allow_shell, roots=roots, env_names=env_names,
                          mark=procs.marker(job_id, attempt), abandon=gone, job_id=job_id, attempt=attempt,
-                         artifacts=artifacts)
+                         artifacts=artifacts, workers=workers)
         result["pid"] = os.getpid()
         try:
             conn.send((job_id, attempt, result))
@@ -183,7 +183,7 @@ class LocalExecutor(Nodes):
         w.jobs[run.job_id] = run.attempt
         if w.kind == "fpga" and run.job.core:
             w.cores.add(run.job.core)
-        w.outbox.append((run.job_id, run.attempt, run.job))
+        w.outbox.append((run.job_id, run.attempt, run.job, run.workers))
 
     def flush(self) -> None:
         """Send each worker the jobs started for it this pass, in one message."""

@@ -95,11 +95,13 @@ class Lost:
 @dataclass
 class Run:
     """What an executor starts: the parsed job, its attempt (None: counted by the
-    executor's start report) and the type it was placed on."""
+    executor's start report) and the type it was placed on; ``workers``: the data-parallel
+    worker count placement chose for a train job (None: not placed in this run of the loop)."""
     job_id: str
     attempt: int | None
     job: Job
     itype: str
+    workers: int | None = None
 
 
 class Nodes:
@@ -170,6 +172,7 @@ class Entry:
     hint: str | None = None          # the node placement chose
     started: float = 0.0             # monotonic time of the current attempt's start
     handed: bool = False             # given to an executor that queues work itself
+    workers: int | None = None       # a train job's worker count, as placed
 
     @property
     def key(self) -> tuple:
@@ -279,6 +282,7 @@ def schedule(queue: list[Entry], snapshot: Snapshot, placed: dict[str, list[Entr
         w = p.winner
         d.placements.append((e, p))
         e.itype, e.est_run_s = w.itype.name, w.run_s
+        e.workers = w.workers if w.weighed else None
         e.hint = w.node if w.node and not w.node.split("#", 1)[-1].startswith("launching") else None
         snapshot.add(w.itype.name, w.node, e.job, w.run_s, w.image_load_s, new=w.node is None)
         placed.setdefault(w.itype.name, []).append(e)
@@ -645,7 +649,7 @@ class SchedulingLoop:
                 for e in entries:
                     if not e.handed and e.job is not None and self.entries.get(e.id) is e:
                         e.handed = True
-                        self.nodes.start(Run(e.id, None, e.job, e.itype), None)
+                        self.nodes.start(Run(e.id, None, e.job, e.itype, e.workers), None)
         targets, stop = self._scale
         self._scale = ({}, [])
         self.nodes.scale(targets, stop)
@@ -665,7 +669,7 @@ class SchedulingLoop:
         self._unplace(e)
         self.running[e.id] = e
         if self.nodes.assigns_nodes:
-            self.nodes.start(Run(e.id, t.attempt, e.job, e.itype), node)
+            self.nodes.start(Run(e.id, t.attempt, e.job, e.itype, e.workers), node)
 
     def _did_finish(self, e: Entry, t: Transition | None) -> None:
         self._forget(e)

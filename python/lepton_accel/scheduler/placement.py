@@ -263,7 +263,13 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
         if trained:
             from .train import weigh
 
-            weighed = [w for w in weigh(job.train, dev, itype.network_gbps, model) if math.isfinite(w["run_s"])]
+            cap = state.max_nodes.get(itype.name)     # n workers need n nodes of the type
+            weighed = [w for w in weigh(job.train, dev, itype.network_gbps, model, cap) if math.isfinite(w["run_s"])]
+            if not weighed and isinstance(job.train["workers"], dict) and cap is not None \
+                    and cap < job.train["workers"]["min"]:
+                out.append(Candidate(itype, excluded=f"at most {cap} nodes, fewer than workers.min "
+                                                     f"{job.train['workers']['min']}"))
+                continue
             if not weighed:
                 out.append(Candidate(itype, excluded=f"{itype.accelerator or 'cpu'} cannot run float32 training"))
                 continue

@@ -209,7 +209,7 @@ def _read_report(path: str) -> str | None:
 
 
 def run_train(job: Job, *, job_id: str | None, attempt: int | None, artifacts: str | None, env_names=(),
-              mark: str | None = None, abandon=None) -> dict[str, Any]:
+              mark: str | None = None, abandon=None, workers: int | None = None) -> dict[str, Any]:
     from .train import run_train as _run
 
     if artifacts is None or job_id is None:
@@ -217,20 +217,21 @@ def run_train(job: Job, *, job_id: str | None, attempt: int | None, artifacts: s
     tmp = tempfile.mkdtemp(prefix="lepton-job-")
     try:
         return _run(job, job_id=job_id, attempt=attempt or 1, artifacts=artifacts,
-                    env=job_env(mark, tmp, env_names), abandon=abandon)
+                    env=job_env(mark, tmp, env_names), abandon=abandon, workers=workers)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def execute(job: Job, backend: str, *, allow_shell: bool = False, roots=None, env_names=(),
             mark: str | None = None, abandon=None, job_id: str | None = None, attempt: int | None = None,
-            artifacts: str | None = None) -> dict[str, Any]:
+            artifacts: str | None = None, workers: int | None = None) -> dict[str, Any]:
     """Run one parsed job; never raises (errors come back in the result). ``artifacts``:
-    the directory under which a train job keeps its checkpoints (per job id)."""
+    the directory under which a train job keeps its checkpoints (per job id); ``workers``:
+    the worker count placement chose for a train job."""
     try:
         if job.train is not None:
             return run_train(job, job_id=job_id, attempt=attempt, artifacts=artifacts, env_names=env_names,
-                             mark=mark, abandon=abandon)
+                             mark=mark, abandon=abandon, workers=workers)
         if job.suite is not None:
             result = run_suite(job, allow_shell=allow_shell, roots=roots, env_names=env_names, mark=mark,
                                abandon=abandon)

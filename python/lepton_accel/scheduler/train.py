@@ -41,12 +41,27 @@ RANKS = "ranks.json"             # the training processes of the running attempt
 DEFAULT_TIMEOUT_S = 3600.0
 
 
-def workers_for(train: dict) -> int:
-    """The number of training processes (``auto``: one per core here, at most 2)."""
+def worker_range(train: dict) -> tuple[int, int] | None:
+    """The worker counts a train job accepts: (n, n) for a number, (min, max) for an elastic
+    job, None for ``auto`` (placement's choice)."""
     w = train["workers"]
     if w == "auto":
-        return max(1, min(2, os.cpu_count() or 1))
-    return int(w)
+        return None
+    if isinstance(w, dict):
+        return int(w["min"]), int(w["max"])
+    return int(w), int(w)
+
+
+def workers_for(train: dict, placed: int | None = None) -> int:
+    """The number of training processes to start: the job's own number, else the count
+    placement chose (kept within an elastic job's range); without a placement (a job
+    placed by an earlier scheduler), ``auto`` runs one per core here, at most 2, and an
+    elastic job its largest size."""
+    rng = worker_range(train)
+    if rng is None:
+        return int(placed) if placed else max(1, min(2, os.cpu_count() or 1))
+    lo, hi = rng
+    return min(max(int(placed), lo), hi) if placed else hi
 
 
 #: training samples of the shipped digits split (1,797 images, 20 % held out)
@@ -103,10 +118,29 @@ def step_estimate(train: dict, device, n: int, network_gbps: float | None, model
             "grad_bytes": grad_bytes}
 
 
-def weigh(train: dict, device, network_gbps, model=None) -> list[dict]:
-    """The worker counts placement considers for a train job (one when it names one)."""
-    ns = AUTO_WORKERS if train["workers"] == "auto" else (int(train["workers"]),)
-    return [step_estimate(train, device, n, network_gbps, model) for n in ns]
+def worker_counts(train: dict, cap: int | None = None) -> tuple[int, ...]:
+    """The worker counts placement weighs: the job's number; for ``auto`` 1, 2, 4, 8; for
+    ``{min, max}`` both ends and the powers of two between. ``cap`` (the nodes the type may
+    have) bounds ``auto`` and elastic jobs; a named number is kept."""
+    rng = worker_range(train)
+    if rng is None:
+        ns = AUTO_WORKERS
+        if cap is not None:
+            ns = tuple(n for n in ns if n <= cap) or (1,)
+        return ns
+    lo, hi = rng
+    if lo == hi and not isinstance(train["workers"], dict):
+        return (lo,)
+    if cap is not None:
+        hi = min(hi, cap)
+        if hi < lo:
+            return ()
+    return tuple(sorted({lo, hi, *(n for n in AUTO_WORKERS if lo < n < hi)}))
+
+
+def weigh(train: dict, device, network_gbps, model=None, cap: int | None = None) -> list[dict]:
+    """The options placement considers for a train job: one per worker count."""
+    return [step_estimate(train, device, n, network_gbps, model) for n in worker_counts(train, cap)]
 
 
 def artifact_dir(root: str, job_id: str) -> str:
@@ -156,16 +190,16 @@ def checkpoint_info(adir: str) -> dict | None:
 
 
 def run_train(job: Job, *, job_id: str, attempt: int, artifacts: str, env: dict,
-              abandon=None) -> dict[str, Any]:
-    """Run one attempt of a train job on n local processes; the job's result (or the
-    reason it was lost)."""
+              abandon=None, workers: int | None = None) -> dict[str, Any]:
+    """Run one attempt of a train job on n local processes (``workers``: the count placement
+    chose; see :func:`workers_for`); the job's result (or the reason it was lost)."""
     train = job.train
     missing = [m for m in ("torch", *(("sklearn",) if train.get("data") == "digits" else ()))
                if importlib.util.find_spec(m) is None]
     if missing:
         return {"ok": False, "backend": "cpu", "error": f"train jobs need {' and '.join(missing)} "
                 "(pip install \"lepton_accel[torch]\", PyTorch's CPU build)"}
-    n = workers_for(train)
+    n = workers_for(train, workers)
     adir = artifact_dir(artifacts, job_id)
     before = checkpoint_info(adir)
     with open(os.path.join(adir, "job.json"), "w") as f:
@@ -277,54 +311,107 @@ def _save(path: str, blob: dict, info: dict) -> None:
     os.replace(path + ".json.tmp", path + ".json")
 
 
-def train_process(adir: str, rank: int, world: int, attempt: int) -> None:
-    import datetime
+class ShardSampler:
+    """A rank's share of an epoch's shuffled order, from a global offset on.
 
+    The epoch's order is ``randperm(len)`` seeded by ``seed + epoch`` (``DistributedSampler``'s);
+    the samples from ``offset`` on are padded to a multiple of the world size by repeating
+    their start, and rank r takes every world-th of them from r. At offset 0 this is exactly
+    ``DistributedSampler`` (shuffle, no drop_last); after b batches of k samples on each of n
+    ranks, the first b·k·n samples of the order are the ones consumed, so an epoch resumed at a
+    different world size sees the rest of the same order, re-sharded.
+    """
+
+    def __init__(self, size: int, rank: int, world: int, seed: int, epoch: int = 0, offset: int = 0):
+        self.size, self.rank, self.world, self.seed = size, rank, world, seed
+        self.epoch, self.offset = epoch, min(max(offset, 0), size)
+        rest = size - self.offset
+        self.num_samples = math.ceil(rest / world) if rest else 0
+
+    def _indices(self) -> list[int]:
+        import torch
+
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        rest = torch.randperm(self.size, generator=g).tolist()[self.offset:]
+        if not rest:
+            return []
+        total = self.num_samples * self.world
+        while len(rest) < total:
+            rest += rest[:total - len(rest)]
+        return rest[self.rank:total:self.world]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _consumed(state: dict, per_rank: int, world: int) -> int:
+    """Samples of the current epoch's order done at the checkpoint (all ranks together)."""
+    return state.get("offset", 0) + state["position"] * per_rank * world
+
+
+def train_ranks(spec: dict, adir: str, rank: int, world: int, attempt, *, wrap_model, wrap_loader=None,
+                resume: str | None = None, on_checkpoint=None, run: int | None = None) -> dict | None:
+    """One rank's training: the loop the local processes and the Ray Train workers share.
+
+    The process group exists already; ``wrap_model`` makes the model data-parallel (DDP, or
+    Ray Train's ``prepare_model``), ``wrap_loader`` the loaders. State comes from the
+    checkpoint file ``resume`` (default: the job's own); a checkpoint written at a different
+    world size resumes the epoch at its global position, re-sharded. ``on_checkpoint(dir,
+    info)`` is called on every rank after each checkpoint (``dir``: where rank 0 wrote it,
+    None on the others). Returns rank 0's result (None elsewhere)."""
     import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    with open(os.path.join(adir, "job.json")) as f:
-        spec = json.load(f)
-    train = spec["train"]
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
     try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1, user_api="blas")
     except ImportError:
         pass
+    train = spec["train"]
     model, train_ds, test_ds, loss_fn, extra = _build(train, spec["base_dir"])
     per_rank = max(1, train["batch_size"] // world)
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[train["optimizer"]]
     opt = opt_cls(model.parameters(), lr=train["lr"])
     ckpt_path = os.path.join(adir, CHECKPOINT)
-    state = {"step": 0, "epoch": 0, "position": 0, "history": [], "checkpoints": [], "step_s": []}
-    if os.path.exists(ckpt_path):
-        blob = torch.load(ckpt_path, weights_only=False)
+    resume = resume or ckpt_path
+    state = {"step": 0, "epoch": 0, "position": 0, "offset": 0, "world": world, "history": [],
+             "checkpoints": [], "step_s": []}
+    if os.path.exists(resume):
+        blob = torch.load(resume, weights_only=False)
         model.load_state_dict(blob["model"])
         opt.load_state_dict(blob["optimizer"])
-        state = blob["state"]
-    ddp = DistributedDataParallel(model)
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=train["seed"])
+        state = {"offset": 0, **blob["state"]}
+        was = int(state.get("world", world))
+        if was != world:     # re-shard: the rest of the epoch's order over the new ranks
+            state["offset"] = min(_consumed(state, max(1, train["batch_size"] // was), was), len(train_ds))
+            state["position"] = 0
+        state["world"] = world
+    ddp = wrap_model(model)
+    wrap_loader = wrap_loader or (lambda dl: dl)
     every = train["checkpoint_every"]
-    steps_per_epoch = math.ceil(len(train_ds) / (per_rank * world))
     progress = open(os.path.join(adir, PROGRESS), "a") if rank == 0 else None
 
     def checkpoint() -> None:
-        if rank != 0:
-            return
         info = {"step": state["step"], "epoch": state["epoch"], "position": state["position"],
-                "attempt": attempt, "time": time.time()}
-        state["checkpoints"].append(info)
-        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, info)
+                "offset": state["offset"], "world": world, "attempt": attempt, "time": time.time()}
+        where = None
+        if rank == 0:
+            state["checkpoints"].append(info)
+            _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, info)
+            where = adir
+        if on_checkpoint is not None:
+            on_checkpoint(where, info)
 
     for epoch in range(state["epoch"], train["epochs"]):
-        sampler.set_epoch(epoch)
-        loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler)
+        sampler = ShardSampler(len(train_ds), rank, world, train["seed"], epoch, state["offset"])
+        loader = wrap_loader(DataLoader(train_ds, batch_size=per_rank, sampler=sampler))
+        batches = len(loader)
         seen, total_loss, correct, t_epoch = 0, 0.0, 0, time.perf_counter()
         for i, (xb, yb) in enumerate(loader):
             if i < state["position"]:          # done before the checkpoint: skipped, not recomputed
@@ -342,31 +429,51 @@ def train_process(adir: str, rank: int, world: int, attempt: int) -> None:
             total_loss += loss.item() * len(yb)
             correct += int((out.detach().argmax(1) == yb).sum())
             if progress is not None:
-                progress.write(json.dumps({"attempt": attempt, "step": state["step"], "epoch": epoch}) + "\n")
+                rec = {"attempt": attempt, "step": state["step"], "epoch": epoch, "world": world}
+                if run is not None:
+                    rec["run"] = run
+                progress.write(json.dumps(rec) + "\n")
                 progress.flush()
-            if "steps" in every and state["step"] % every["steps"] == 0 and state["position"] < steps_per_epoch:
+            if "steps" in every and state["step"] % every["steps"] == 0 and state["position"] < batches:
                 checkpoint()
         test_loss, test_acc = _evaluate(model, test_ds, loss_fn) if rank == 0 else (None, None)
         state["history"].append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                                  "accuracy": correct / max(seen, 1), "test_loss": test_loss,
                                  "test_accuracy": test_acc, "seconds": time.perf_counter() - t_epoch,
-                                 "attempt": attempt, "resumed": seen < len(sampler)})
-        state["epoch"], state["position"] = epoch + 1, 0
+                                 "attempt": attempt, "workers": world,
+                                 "resumed": seen < len(sampler) or state["offset"] > 0})
+        state["epoch"], state["position"], state["offset"] = epoch + 1, 0, 0
         if "steps" in every or (epoch + 1) % every["epochs"] == 0 or epoch + 1 == train["epochs"]:
             checkpoint()
-    if rank == 0:
-        model_path = os.path.join(adir, "model.pt")
-        torch.save({"state_dict": model.state_dict(), **extra}, model_path)
-        step_s = sorted(state["step_s"])
-        result = {"epochs": state["history"], "steps": state["step"], "workers": world,
-                  "steps_per_epoch": steps_per_epoch, "per_rank_batch": per_rank,
-                  "step_s_median": step_s[len(step_s) // 2] if step_s else None,
-                  "test_accuracy": state["history"][-1]["test_accuracy"] if state["history"] else None,
-                  "checkpoints": state["checkpoints"], "model_path": model_path}
-        with open(os.path.join(adir, "result.json.tmp"), "w") as f:
-            json.dump(result, f)
-        os.replace(os.path.join(adir, "result.json.tmp"), os.path.join(adir, "result.json"))
+    if progress is not None:
         progress.close()
+    if rank != 0:
+        return None
+    model_path = os.path.join(adir, "model.pt")
+    torch.save({"state_dict": model.state_dict(), **extra}, model_path)
+    step_s = sorted(state["step_s"])
+    result = {"epochs": state["history"], "steps": state["step"], "workers": world,
+              "steps_per_epoch": math.ceil(len(train_ds) / (per_rank * world)), "per_rank_batch": per_rank,
+              "step_s_median": step_s[len(step_s) // 2] if step_s else None,
+              "test_accuracy": state["history"][-1]["test_accuracy"] if state["history"] else None,
+              "checkpoints": state["checkpoints"], "model_path": model_path}
+    with open(os.path.join(adir, "result.json.tmp"), "w") as f:
+        json.dump(result, f)
+    os.replace(os.path.join(adir, "result.json.tmp"), os.path.join(adir, "result.json"))
+    return result
+
+
+def train_process(adir: str, rank: int, world: int, attempt: int) -> None:
+    """A local training process: joins the gloo group, trains its rank under DDP."""
+    import datetime
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with open(os.path.join(adir, "job.json")) as f:
+        spec = json.load(f)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    train_ranks(spec, adir, rank, world, attempt, wrap_model=DistributedDataParallel)
     dist.barrier()
     dist.destroy_process_group()
 
