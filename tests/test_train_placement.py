@@ -14,9 +14,11 @@ from lepton_accel.scheduler.train import seed_cnn_layers, step_estimate
 CAT = load_catalog(use_env=False)
 
 
-def _job(policy="min_cost", deadline=None, **train):
+def _job(policy="min_cost", deadline=None, spot=False, **train):
     doc = {"train": {"model": "seed_cnn", "epochs": 20, "batch_size": 256, "workers": "auto", **train},
            "policy": policy, "constraints": {"instance_types": ["c7i.2xlarge", "m7i.4xlarge"]}}
+    if spot is not None:
+        doc["constraints"]["spot"] = spot
     if deadline:
         doc["deadline_s"] = deadline
     return parse_workload(doc, catalog=CAT)[0]

@@ -35,6 +35,7 @@ class PerfModel:
         self._efficiency: dict[tuple[str, str], float] = {}
         self._fpga_cycles: dict[tuple, int] = {}
         self._sim_s_per_cycle: dict[str, float] = {}
+        self._train_step: dict[str, float] = {}      # device kind -> measured / modelled step
         #: bumped whenever a measurement changes what an estimate would say
         self.generation = 0
         table = os.environ.get("LEPTON_ACCEL_PERF_TABLE")
@@ -79,12 +80,29 @@ class PerfModel:
             self._sim_s_per_cycle[stats.device] = new if old is None else 0.5 * old + 0.5 * new
             self.generation += 1
 
+    def observe_train_step(self, kind: str, modelled_s: float, measured_s: float) -> None:
+        """Learn from a training run: its measured step against the layers' modelled compute
+        on the device it ran on. The ratio (framework dispatch, pooling, loss and optimizer,
+        which the layer model leaves out) then scales the compute of later train estimates
+        on devices of that kind; repeated runs are averaged in log space."""
+        if not (modelled_s > 0 and measured_s > 0) or not all(map(math.isfinite, (modelled_s, measured_s))):
+            return
+        ratio = measured_s / modelled_s
+        old = self._train_step.get(kind)
+        self._train_step[kind] = ratio if old is None else math.sqrt(old * ratio)
+        self.generation += 1
+
+    def train_step_factor(self, kind: str) -> float:
+        """Measured / modelled training step on devices of ``kind`` (1.0 before any run)."""
+        return self._train_step.get(kind, 1.0)
+
     def sim_s_per_cycle(self, device: str, default: float) -> float:
         """Wall seconds per simulated cycle seen on a simulated device (else default)."""
         return self._sim_s_per_cycle.get(device, default)
 
     def load_table(self, path: str) -> None:
-        """JSON: {"efficiency": {"DEVICE": {"dtype": f}}, "fpga_cycles": [[r, c, dt, M, N, K, cyc]]}."""
+        """JSON: {"efficiency": {"DEVICE": {"dtype": f}}, "fpga_cycles": [[r, c, dt, M, N, K, cyc]],
+        "train_step": {"KIND": measured / modelled}}."""
         with open(path) as f:
             data = json.load(f)
         for dev, per_dtype in data.get("efficiency", {}).items():
@@ -92,6 +110,8 @@ class PerfModel:
                 self.set_efficiency(dev, dt, float(frac))
         for r, c, dt, m, n, k, cyc in data.get("fpga_cycles", []):
             self.record_fpga_cycles(r, c, dt, (m, n, k), cyc)
+        for kind, ratio in data.get("train_step", {}).items():
+            self.observe_train_step(kind, 1.0, float(ratio))
 
     # ---- the estimate ----------------------------------------------------------------
     def estimate(self, spec: OpSpec, device: DeviceSpec | str, *, data_on_host: bool = True,

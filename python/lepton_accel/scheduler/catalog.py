@@ -35,6 +35,8 @@ class InstanceType:
     startup_s: float = 60.0         # boot-to-ready assumption for a new node
     source: str = ""
     network_gbps: float | None = None   # per node, the published maximum (a data-parallel job's all-reduce)
+    spot_price_per_hour: float | None = None     # None: no spot capacity assumed for the type
+    interruptions_per_hour: float = 0.0          # spot: reclaims per node-hour (an assumption)
 
     @property
     def family(self) -> str:
@@ -48,6 +50,10 @@ class InstanceType:
     @property
     def price_per_second(self) -> float:
         return self.price_per_hour / 3600.0
+
+    @property
+    def spot_price_per_second(self) -> float | None:
+        return None if self.spot_price_per_hour is None else self.spot_price_per_hour / 3600.0
 
     @property
     def slot_price_per_second(self) -> float:
@@ -68,7 +74,8 @@ class InstanceType:
                 "memory_gib": self.memory_gib, "price_per_hour": self.price_per_hour,
                 "accelerator": self.accelerator, "accelerator_count": self.accelerator_count,
                 "retired": self.retired, "startup_s": self.startup_s, "source": self.source,
-                "network_gbps": self.network_gbps}
+                "network_gbps": self.network_gbps, "spot_price_per_hour": self.spot_price_per_hour,
+                "interruptions_per_hour": self.interruptions_per_hour}
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ class Catalog:
     date: str = ""
     region: str = ""
     source: str = ""
+    spot_date: str = ""             # when the spot figures were set, and from what
+    spot_source: str = ""
 
     def __getitem__(self, name: str) -> InstanceType:
         try:
@@ -102,10 +111,14 @@ class Catalog:
     def usable(self, include_retired: bool = False) -> list[InstanceType]:
         return [t for t in self.types.values() if include_retired or not t.retired]
 
-    def launch_cost(self, itype: InstanceType | str, seconds: float) -> float:
-        """Cost of launching one node of ``itype`` for ``seconds`` (minimum billing applies)."""
+    def launch_cost(self, itype: InstanceType | str, seconds: float, spot: bool = False) -> float:
+        """Cost of launching one node of ``itype`` for ``seconds`` (minimum billing applies),
+        at its spot price with ``spot``."""
         t = self[itype] if isinstance(itype, str) else itype
-        return t.price_per_second * self.billing.billed_seconds(seconds)
+        rate = t.spot_price_per_second if spot else t.price_per_second
+        if rate is None:
+            raise ValueError(f"spot: {t.name} has no spot price in the catalog")
+        return rate * self.billing.billed_seconds(seconds)
 
 
 # ---- loading --------------------------------------------------------------------------
@@ -121,7 +134,22 @@ def _shipped() -> dict:
     return yaml.safe_load(resources.files(__package__).joinpath("data/catalog.yaml").read_text())
 
 
-def _parse_type(name: str, raw: dict, startup: dict, where: str) -> InstanceType:
+def _parse_spot(name: str, raw, kind: str, rates: dict, where: str) -> tuple[float | None, float]:
+    """(spot price per hour, interruptions per node-hour) of a type's ``spot`` entry."""
+    if raw is None:
+        return None, 0.0
+    if not isinstance(raw, dict) or "price_per_hour" not in raw:
+        raise ValueError(f"{where}: types.{name}.spot: expected a mapping with price_per_hour")
+    price = float(raw["price_per_hour"])
+    rate = float(raw.get("interruptions_per_hour", rates.get(kind, 0.0)))
+    if price < 0:
+        raise ValueError(f"{where}: types.{name}.spot.price_per_hour: must be >= 0")
+    if rate < 0:
+        raise ValueError(f"{where}: types.{name}.spot.interruptions_per_hour: must be >= 0")
+    return price, rate
+
+
+def _parse_type(name: str, raw: dict, startup: dict, where: str, rates: dict | None = None) -> InstanceType:
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: types.{name}: expected a mapping")
     for key in ("vcpus", "memory_gib", "price_per_hour"):
@@ -138,13 +166,15 @@ def _parse_type(name: str, raw: dict, startup: dict, where: str) -> InstanceType
     price = float(raw["price_per_hour"])
     if price < 0:
         raise ValueError(f"{where}: types.{name}.price_per_hour: must be >= 0")
+    spot_price, interruptions = _parse_spot(name, raw.get("spot"), kind, rates or {}, where)
     return InstanceType(
         name=name, kind=kind, vcpus=int(raw["vcpus"]), memory_gib=float(raw["memory_gib"]),
         price_per_hour=price, accelerator=model, accelerator_count=count,
         retired=str(raw["retired"]) if raw.get("retired") else None,
         startup_s=float(raw.get("startup_s", startup.get(kind, 60.0))),
         source=str(raw.get("source", "")),
-        network_gbps=float(raw["network_gbps"]) if raw.get("network_gbps") is not None else None)
+        network_gbps=float(raw["network_gbps"]) if raw.get("network_gbps") is not None else None,
+        spot_price_per_hour=spot_price, interruptions_per_hour=interruptions)
 
 
 def load_catalog(path: str | os.PathLike | None = None, *, use_env: bool = True) -> Catalog:
@@ -169,11 +199,12 @@ def load_catalog(path: str | os.PathLike | None = None, *, use_env: bool = True)
                 data.setdefault("defaults", {}).setdefault(k, {}).update(v)
             else:
                 data.setdefault("defaults", {})[k] = v
-        for k in ("date", "source", "region"):
+        for k in ("date", "source", "region", "spot_date", "spot_source"):
             if k in user:
                 data[k] = user[k]
     startup = (data.get("defaults") or {}).get("startup_s", {})
-    types = {name: _parse_type(name, raw, startup, where.get(name, "catalog"))
+    rates = (data.get("defaults") or {}).get("interruptions_per_hour", {})
+    types = {name: _parse_type(name, raw, startup, where.get(name, "catalog"), rates)
              for name, raw in data["types"].items() if raw is not None}
     default_source = data.get("source", "").strip()
     types = {n: (t if t.source else replace(t, source=default_source)) for n, t in types.items()}
@@ -181,4 +212,5 @@ def load_catalog(path: str | os.PathLike | None = None, *, use_env: bool = True)
     return Catalog(types=types,
                    billing=Billing(float(b.get("granularity_s", 1)), float(b.get("minimum_s", 60))),
                    date=str(data.get("date", "")), region=str(data.get("region", "")),
-                   source=default_source)
+                   source=default_source, spot_date=str(data.get("spot_date", "")),
+                   spot_source=" ".join(str(data.get("spot_source", "")).split()))

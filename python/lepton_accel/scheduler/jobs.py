@@ -100,6 +100,8 @@ _COMMON: dict[str, Any] = {
             "models": _STR_LIST,
             "instance_types": _STR_LIST,
             "include_retired": {"type": "boolean"},
+            # true: spot capacity only; false: on demand only; absent: spot where the job checkpoints
+            "spot": {"type": "boolean"},
         },
         "additionalProperties": False,
     },
@@ -198,6 +200,7 @@ class Constraints:
     models: tuple[str, ...] = ()
     instance_types: tuple[str, ...] = ()
     include_retired: bool = False
+    spot: bool | None = None        # True: spot only; False: on demand only; None: either
 
     def allows(self, itype) -> tuple[bool, str]:
         if self.instance_types and itype.name not in self.instance_types:
@@ -667,7 +670,7 @@ def _parse(doc: dict, where: str, base_dir, catalog, trusted: bool, roots, valid
     kinds = c.get("kind", ())
     cons = Constraints(kinds=(kinds,) if isinstance(kinds, str) else tuple(kinds),
                        models=tuple(c.get("models", ())), instance_types=tuple(c.get("instance_types", ())),
-                       include_retired=bool(c.get("include_retired", False)))
+                       include_retired=bool(c.get("include_retired", False)), spot=c.get("spot"))
     for i, m in enumerate(cons.models):
         if m not in DEVICES or m == "host-cpu":
             raise JobError(f"{_field(where, ['constraints', 'models', i])}: unknown accelerator "

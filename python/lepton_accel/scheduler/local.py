@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 
-from ..perf import MODEL, PerfModel
+from ..perf import PerfModel
 from . import procs
 from .catalog import Catalog, load_catalog
 from .elastic import ElasticPolicy
@@ -115,7 +115,7 @@ class LocalExecutor(Nodes):
     def __init__(self, store: JobStore, catalog: Catalog | None = None, *,
                  elastic: ElasticPolicy | None = None, max_workers: int = 4, max_attempts: int = 3,
                  allow_shell: bool = False, metrics: SchedulerMetrics | None = None,
-                 model: PerfModel = MODEL, poll_s: float = 0.02, start_method: str | None = None,
+                 model: PerfModel | None = None, poll_s: float = 0.02, start_method: str | None = None,
                  log=None, test_roots=None, job_env=(), lookahead: int = 256, prefetch: int = 32):
         self.store = store
         self.catalog = catalog or load_catalog()
@@ -299,7 +299,7 @@ class LocalExecutor(Nodes):
         for w in list(self.workers.values()):
             if w.busy:
                 self.workers.pop(w.node_id, None)
-                for job_id, attempt in w.jobs.items():
+                for job_id, attempt in list(w.jobs.items()):
                     procs.kill_attempt(w.pgid, w.pg_start, procs.marker(job_id, attempt), timeout=10.0)
                 w.proc.join(timeout=5)
                 w.conn.close()

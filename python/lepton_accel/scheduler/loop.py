@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..backends import RunStats
-from ..perf import MODEL, PerfModel
+from ..perf import PerfModel
 from .catalog import Catalog
 from .elastic import ElasticPolicy, UtilisationWindow, should_scale_in
 from .jobs import Job, JobError, clip, parse_job
 from .placement import ClusterState, NodeView, Placement, place
 from .runner import succeeded
 from .store import PENDING, Change, JobStore, Transition
+from .train import observe_run
 
 
 class SchedulerError(RuntimeError):
@@ -102,6 +103,7 @@ class Run:
     job: Job
     itype: str
     workers: int | None = None
+    market: str | None = None        # "spot": placed on spot capacity (None: on demand)
 
 
 class Nodes:
@@ -173,6 +175,7 @@ class Entry:
     started: float = 0.0             # monotonic time of the current attempt's start
     handed: bool = False             # given to an executor that queues work itself
     workers: int | None = None       # a train job's worker count, as placed
+    market: str | None = None        # "spot" when placed on spot capacity
 
     @property
     def key(self) -> tuple:
@@ -282,7 +285,8 @@ def schedule(queue: list[Entry], snapshot: Snapshot, placed: dict[str, list[Entr
         w = p.winner
         d.placements.append((e, p))
         e.itype, e.est_run_s = w.itype.name, w.run_s
-        e.workers = w.workers if w.weighed else None
+        e.workers = w.workers if e.job.train is not None else None
+        e.market = "spot" if w.spot else None
         e.hint = w.node if w.node and not w.node.split("#", 1)[-1].startswith("launching") else None
         snapshot.add(w.itype.name, w.node, e.job, w.run_s, w.image_load_s, new=w.node is None)
         placed.setdefault(w.itype.name, []).append(e)
@@ -374,11 +378,13 @@ class SchedulingLoop:
     """Drives one executor's nodes from the store's queue (see the module docstring)."""
 
     def __init__(self, store: JobStore, catalog: Catalog, nodes: Nodes, *, elastic: ElasticPolicy,
-                 max_attempts: int = 3, model: PerfModel = MODEL, metrics=None, log=None,
+                 max_attempts: int = 3, model: PerfModel | None = None, metrics=None, log=None,
                  poll_s: float = 0.02, lookahead: int = 256, per_pass: int = 64, trusted: bool = False,
                  roots=None, on_finish=None):
         self.store, self.catalog, self.nodes = store, catalog, nodes
-        self.elastic, self.max_attempts, self.model = elastic, max_attempts, model
+        # the loop's own model by default: what its runs teach it stays with this scheduler
+        self.elastic, self.max_attempts = elastic, max_attempts
+        self.model = model if model is not None else PerfModel()
         self.metrics = metrics
         self.log = log or (lambda msg: None)
         self.poll_s, self.lookahead, self.per_pass = poll_s, lookahead, per_pass
@@ -446,14 +452,15 @@ class SchedulingLoop:
         fresh = []
         placed_types = set()
         for (seq, jid, _batch, name, prio, deadline, state, itype, node, attempts, submitted, est,
-             _pgid, _pg_start) in rows:
+             _pgid, _pg_start, workers, market) in rows:
             if jid in self.entries or state not in ("queued", "placed", "retried", "running"):
                 continue
             if state == "running" and jid not in self.fenced:   # running elsewhere: not ours
                 continue
             e = Entry(jid, seq, name, prio, deadline, submitted, state, attempts, itype, node, est)
             self.entries[jid] = e
-            if state == "placed":
+            if state == "placed":      # as an earlier scheduler placed it: its workers and market too
+                e.workers, e.market = workers, market
                 self.placed.setdefault(itype, []).append(e)
                 placed_types.add(itype)
             elif state != "running":     # a fenced job waits for its previous attempt
@@ -533,6 +540,11 @@ class SchedulingLoop:
                 try:
                     self.model.observe(e.job.spec, RunStats(**stats))
                 except Exception:  # statistics are advice; a malformed set is dropped
+                    pass
+            if e.job is not None and e.job.train is not None and succeeded(r) and e.itype in self.catalog.types:
+                try:          # the measured step refines later train estimates
+                    observe_run(self.model, e.job.train, self.catalog[e.itype].device(), r)
+                except Exception:
                     pass
             common = dict(measured_s=r.get("measured_s"), backend=r.get("backend"), verified=r.get("verified"),
                           result=r)
@@ -623,7 +635,8 @@ class SchedulingLoop:
                 w = p.winner
                 changes.append((Change(e.id, "placed", PENDING, detail=p.reason,
                                        fields=dict(itype=w.itype.name, node=w.node, est_run_s=w.run_s,
-                                                   est_total_s=w.time_s, est_cost=w.cost, explain=p.explain())),
+                                                   est_total_s=w.time_s, est_cost=w.cost, explain=p.explain(),
+                                                   workers=e.workers, market=e.market)),
                                 lambda t, e=e: self._did_place(e, t)))
                 e.state = "placed"
             else:
@@ -649,7 +662,7 @@ class SchedulingLoop:
                 for e in entries:
                     if not e.handed and e.job is not None and self.entries.get(e.id) is e:
                         e.handed = True
-                        self.nodes.start(Run(e.id, None, e.job, e.itype, e.workers), None)
+                        self.nodes.start(Run(e.id, None, e.job, e.itype, e.workers, e.market), None)
         targets, stop = self._scale
         self._scale = ({}, [])
         self.nodes.scale(targets, stop)
@@ -669,7 +682,7 @@ class SchedulingLoop:
         self._unplace(e)
         self.running[e.id] = e
         if self.nodes.assigns_nodes:
-            self.nodes.start(Run(e.id, t.attempt, e.job, e.itype, e.workers), node)
+            self.nodes.start(Run(e.id, t.attempt, e.job, e.itype, e.workers, e.market), node)
 
     def _did_finish(self, e: Entry, t: Transition | None) -> None:
         self._forget(e)

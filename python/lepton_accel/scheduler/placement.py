@@ -113,10 +113,11 @@ class Candidate:
     extends_s: float = 0.0          # warm node: how far the job pushes back the node's release
     workers: int = 1                # a train job's data-parallel workers (nodes of the type)
     weighed: tuple = ()             # a train job's options: one dict per worker count
+    spot: dict | None = None        # on spot capacity: the expected interruptions and their price
 
     @property
     def where(self) -> str:
-        return self.node if self.node else "new node"
+        return self.node if self.node else ("new spot node" if self.spot else "new node")
 
 
 @dataclass
@@ -285,6 +286,16 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
                 continue
         else:
             est, run_s = None, suite_s
+            if job.train is not None:      # timed by its own estimate: its count, within the cap
+                from .train import worker_range, workers_for
+
+                n = workers_for(job.train)
+                rng, cap = worker_range(job.train), state.max_nodes.get(itype.name)
+                if rng is not None and rng[0] != rng[1] and cap is not None:
+                    if cap < rng[0]:
+                        out.append(Candidate(itype, excluded=f"at most {cap} nodes, fewer than workers.min {rng[0]}"))
+                        continue
+                    n = min(n, cap)
         if footprint > mem:
             out.append(Candidate(itype, excluded=f"operands exceed {itype.memory_gib:g} GiB memory"))
             continue
@@ -308,11 +319,84 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
         if best is None:
             best = fastest
         c = _candidate(job, itype, run_s, est, best, elapsed_s)
-        if trained:     # n workers are n nodes of the type, each billed
+        if job.train is not None:     # n workers are n nodes of the type, each billed
             c.workers, c.weighed = n, tuple(weighed)
             c.cost *= n
+        if cons.spot and c.feasible:
+            c.feasible, c.excluded = False, "on demand; the constraints ask for spot capacity"
         out.append(c)
+        if cons.spot is not False and (job.train is not None or cons.spot):
+            out.append(_spot_candidate(job, itype, catalog, weighed, load, elapsed_s, run_s, launch, c.workers))
     return out
+
+
+def checkpoint_interval_s(train: dict, option: dict) -> float:
+    """Seconds of work between two checkpoints of a train job, for one weighed option."""
+    if "step_s" not in option:      # no step time (a job with its own estimate): the whole run
+        return option["run_s"]
+    every = train.get("checkpoint_every") or {"epochs": 1}
+    steps = every["steps"] if "steps" in every else every["epochs"] * option["steps_per_epoch"]
+    return min(steps * option["step_s"], option["run_s"])
+
+
+def spot_terms(train: dict, option: dict, itype: InstanceType, catalog: Catalog) -> dict:
+    """A train option on spot nodes: the job is reclaimed when any of its n nodes is (a
+    Poisson process at n times the type's rate); a reclaim loses the work since the last
+    checkpoint and costs a restart (a new node's start-up). With reclaims at rate r, a
+    checkpoint interval C and restart R, a segment of C seconds of work takes
+    (1/r + R)(e^(rC) - 1) seconds on average, so the run takes T/C of those; for rC << 1
+    that is T + rT(C/2 + R)."""
+    n, run = option["workers"], option["run_s"]
+    rate = n * itype.interruptions_per_hour / 3600.0
+    every = checkpoint_interval_s(train, option)
+    restart_each = itype.startup_s
+    if rate <= 0 or every <= 0:
+        k, run_s = 0.0, run
+    elif rate * every > 700:          # reclaimed long before a checkpoint: never finishes
+        k, run_s = math.inf, math.inf
+    else:
+        segments = run / every
+        k = segments * math.expm1(rate * every)               # expected reclaims
+        run_s = segments * (1 / rate + restart_each) * math.expm1(rate * every)
+    restart = k * restart_each
+    lost = run_s - run - restart
+    return {"run_s": run_s, "interruptions": k, "lost_s": lost, "restart_s": restart, "checkpoint_s": every,
+            "cost": n * catalog.launch_cost(itype, itype.startup_s + run_s, spot=True)}
+
+
+def _spot_candidate(job: Job, itype: InstanceType, catalog: Catalog, weighed, load: float,
+                    elapsed_s: float, run_s: float, launch: bool, workers: int) -> Candidate:
+    """The type's best option on new spot nodes (a job that checkpoints only)."""
+    if itype.spot_price_per_hour is None:
+        return Candidate(itype, excluded="no spot price in the catalog", spot={})
+    if job.train is None:
+        return Candidate(itype, excluded="spot needs a job that checkpoints (a train job)", spot={})
+    if not launch:
+        return Candidate(itype, excluded="at its node limit", spot={})
+    own = not weighed
+    if own:             # a job timed by its own estimate: its checkpoint interval is unknown
+        weighed = [{"workers": workers, "run_s": run_s}]
+    opts = []
+    for w in weighed:
+        w["spot"] = spot_terms(job.train, w, itype, catalog)
+        opts.append(w)
+    deadline = job.deadline_s
+
+    def total(w):
+        return itype.startup_s + load + w["spot"]["run_s"]
+
+    key = (lambda w: (w["spot"]["cost"], total(w))) if job.policy != "min_time" else \
+        (lambda w: (total(w), w["spot"]["cost"]))
+    ok = [w for w in opts if deadline is None or elapsed_s + total(w) <= deadline]
+    best = min(ok or opts, key=key)
+    sp = best["spot"]
+    c = Candidate(itype, False, "", None, None, sp["run_s"], 0.0, itype.startup_s, load, total(best), sp["cost"],
+                  0.0, best["workers"], () if own else tuple(weighed), {**sp, "workers": best["workers"]})
+    if deadline is not None and elapsed_s + c.time_s > deadline:
+        c.excluded = f"misses deadline {deadline:g} s: {elapsed_s + c.time_s:.3g} s on {c.where}"
+    else:
+        c.feasible = True
+    return c
 
 
 def _pick_workers(weighed, itype, catalog, job, elapsed_s):
@@ -394,15 +478,24 @@ def explain(p: Placement) -> str:
         lines.append(f"  {c.itype.name:<14} {dev:<10} {c.where:<16} {c.run_s:>10.4g} {c.startup_s:>8.3g} "
                      f"{c.image_load_s:>7.3g} {c.time_s:>10.4g} {c.cost:>10.3g}  {mark}")
     lines.append(("winner: " if p.winner else "no placement: ") + p.reason)
+    if p.winner is not None and p.winner.spot:
+        w, sp = p.winner, p.winner.spot
+        od = next((c for c in p.candidates if c.itype is w.itype and not c.spot and math.isfinite(c.cost)), None)
+        lines.append(f"spot: {w.itype.name} at ${w.itype.spot_price_per_hour:g}/h against ${w.itype.price_per_hour:g}/h "
+                     f"on demand; the job checkpoints every {sp['checkpoint_s']:.3g} s of work, so a reclaim "
+                     f"loses half that on average plus a {w.itype.startup_s:g} s restart; "
+                     f"{w.itype.interruptions_per_hour:.3g} reclaims per node-hour x {sp['workers']} node(s) "
+                     f"over the run: {sp['interruptions']:.3g} expected, +{sp['lost_s'] + sp['restart_s']:.3g} s "
+                     f"expected time" + (f"; on demand it would cost ${od.cost:.3g}" if od else ""))
     if p.winner is not None and p.winner.weighed:
         w = p.winner
         lines.append(f"workers weighed on {w.itype.name} (n nodes, each billed; all-reduce of "
                      f"{w.weighed[0]['grad_bytes'] / 1e3:.4g} kB over {w.itype.network_gbps or 0:g} Gbps):")
         for o in w.weighed:
-            c = o["cost"]
+            c = o["spot"]["cost"] if w.spot else o["cost"]
             lines.append(f"  n={o['workers']:<3} step {o['step_s'] * 1e3:8.3g} ms (compute {o['compute_s'] * 1e3:.3g}"
                          f" + all-reduce {o['allreduce_s'] * 1e3:.3g})  run {o['run_s']:8.4g} s  cost ${c:.3g}"
-                         + ("  <- chosen" if o["workers"] == w.workers else ""))
+                         + (" spot" if w.spot else "") + ("  <- chosen" if o["workers"] == w.workers else ""))
         lines.append(f"  chose n={w.workers}: the lowest {'cost' if job.policy == 'min_cost' else 'time'}"
                      + (" within the deadline" if job.deadline_s else ""))
     return "\n".join(lines)

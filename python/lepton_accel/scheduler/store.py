@@ -72,7 +72,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     result       TEXT,
     explain      TEXT,
     pgid         INTEGER,
-    pg_start     INTEGER
+    pg_start     INTEGER,
+    workers      INTEGER,
+    market       TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -88,10 +90,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
 """
 #: columns added since the first stores were written (added to old stores on open)
-_ADDED = {"pgid": "INTEGER", "pg_start": "INTEGER"}
+_ADDED = {"pgid": "INTEGER", "pg_start": "INTEGER", "workers": "INTEGER", "market": "TEXT"}
 #: the row without the job document and result: what the scheduling loop keeps in memory
 LIGHT = ("seq", "id", "batch", "name", "priority", "deadline_s", "state", "itype", "node", "attempts",
-         "submitted_at", "est_run_s", "pgid", "pg_start")
+         "submitted_at", "est_run_s", "pgid", "pg_start", "workers", "market")
 
 
 def default_path() -> Path:
@@ -133,6 +135,8 @@ class JobRecord:
     explain: str | None
     pgid: int | None = None
     pg_start: int | None = None
+    workers: int | None = None      # a train job's data-parallel worker count, as placed
+    market: str | None = None       # "spot" when placed on spot capacity
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "JobRecord":

@@ -99,23 +99,39 @@ def seed_cnn_layers(batch: int, input_size: int = 16, channels: int = 1, classes
     return specs, params
 
 
-def step_estimate(train: dict, device, n: int, network_gbps: float | None, model=None) -> dict:
+def step_estimate(train: dict, device, n: int, network_gbps: float | None, model=None,
+                  calibrated: bool = True) -> dict:
     """One step on n data-parallel workers of a device: compute of a rank's share of the
     global batch (the perf model, forward and backward), plus the ring all-reduce of the
-    gradient, 2 (n-1)/n x its bytes over the network."""
+    gradient, 2 (n-1)/n x its bytes over the network. With ``calibrated``, the compute is
+    scaled by what earlier training runs measured on devices of that kind (see
+    :meth:`~lepton_accel.perf.PerfModel.observe_train_step`)."""
     from ..perf import MODEL
     from .jobs import SpecCosts
 
     model = model or MODEL
     per_rank = max(1, train["batch_size"] // n)
     specs, params = seed_cnn_layers(per_rank)
-    compute = sum(model.estimate(SpecCosts(sp), device, data_on_host=True).total_s for sp in specs)
+    layers = sum(model.estimate(SpecCosts(sp), device, data_on_host=True).total_s for sp in specs)
+    factor = model.train_step_factor(device.kind) if calibrated else 1.0
+    compute = layers * factor
     grad_bytes = 4 * params
     comm = 0.0 if n == 1 or not network_gbps else 2 * (n - 1) / n * grad_bytes / (network_gbps * 1e9 / 8)
     steps = math.ceil(DIGITS_TRAIN / (per_rank * n))
     return {"workers": n, "compute_s": compute, "allreduce_s": comm, "step_s": compute + comm,
             "steps_per_epoch": steps, "run_s": train["epochs"] * steps * (compute + comm),
-            "grad_bytes": grad_bytes}
+            "grad_bytes": grad_bytes, "layers_s": layers, "calibration": factor}
+
+
+def observe_run(model, train: dict, device, result: dict) -> None:
+    """Feed a finished run's median step into the perf model (seed-CNN jobs, which the
+    model times by their layers; an entry point's own estimate is left alone)."""
+    t = (result or {}).get("train") or {}
+    measured, n = t.get("step_s_median"), t.get("workers")
+    if "entry" in train or not measured or not n:
+        return
+    modelled = step_estimate(train, device, int(n), None, model, calibrated=False)["compute_s"]
+    model.observe_train_step(device.kind, modelled, float(measured))
 
 
 def worker_counts(train: dict, cap: int | None = None) -> tuple[int, ...]:
