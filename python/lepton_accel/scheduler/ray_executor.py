@@ -24,6 +24,7 @@ only where it is used, so the config generator works without it.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import time
 from importlib import resources
@@ -153,13 +154,33 @@ def _tracker_class():
 
     @ray.remote(num_cpus=0)
     class StartTracker:
-        """Collects (job, node, time) start reports from tasks, including Ray's retries."""
+        """Collects (job, node, time, detail) start reports from tasks, including Ray's
+        retries, and the worker groups of train jobs (each group's nodes, the checkpoint
+        it resumed from, why the group before it failed)."""
 
         def __init__(self):
             self._starts = []
+            self._runs: dict = {}       # train attempt key -> [worker group, ...]
+            self._failed: dict = {}     # train attempt key -> why its last worker group failed
 
         def started(self, job_id: str, node_id: str) -> None:
-            self._starts.append((job_id, node_id, time.time()))
+            self._starts.append((job_id, node_id, time.time(), None))
+
+        def train_started(self, job_id: str, key: str, nodes: list, resumed_from) -> int:
+            """Rank 0 of a new worker group: its index within the attempt (0: the first)."""
+            runs = self._runs.setdefault(key, [])
+            run = {"run": len(runs), "nodes": list(nodes), "resumed_from": resumed_from,
+                   "cause": self._failed.pop(key, None) if runs else None,
+                   "previous_nodes": runs[-1]["nodes"] if runs else None, "time": time.time()}
+            runs.append(run)
+            self._starts.append((job_id, nodes[0], run["time"], run))
+            return run["run"]
+
+        def train_failed(self, job_id: str, key: str, why: str) -> None:
+            self._failed[key] = why
+
+        def train_runs(self, key: str) -> list:
+            return list(self._runs.get(key, []))
 
         def drain(self) -> list:
             out, self._starts = self._starts, []
@@ -179,6 +200,15 @@ def _run_job(job_id: str, job, kind: str, allow_shell: bool, roots, tracker) -> 
     result = execute(job, backend_for(kind), allow_shell=allow_shell, roots=roots, mark=f"{job_id}.ray")
     result["ray_node"] = node
     return result
+
+
+def _run_train(job_id: str, job, attempt: int, adir: str, workers: int, resource: str, max_failures: int,
+               tracker) -> dict:
+    """Body of the Ray task that drives a train job's ``TorchTrainer.fit()`` (it blocks)."""
+    from .ray_train import run_attempt
+
+    return run_attempt(job, job_id=job_id, attempt=attempt, adir=adir, workers=workers, resource=resource,
+                       tracker=tracker, max_failures=max_failures)
 
 
 class RayExecutor(Nodes):
@@ -208,8 +238,14 @@ class RayExecutor(Nodes):
 
         self.tracker = _tracker_class().options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        self._here = here
         self._task = ray.remote(_run_job)
+        self._train_task = ray.remote(_run_train)
         self.refs: dict[Any, str] = {}          # ObjectRef -> job id
+        #: train jobs' checkpoints and models: <store>.artifacts/<job id>/, next to the store
+        #: (as the local executor keeps them); every node must reach it
+        self.artifacts = os.path.abspath(str(store.path.parent / (store.path.name + ".artifacts")))
+        self._deadlines: dict[str, tuple[float, float]] = {}   # train job id -> (monotonic end, timeout)
         self.nodes_of: dict[str, str] = {}      # job id -> node it last started on
         self._requested: list = []
         self._events: list = []
@@ -247,6 +283,9 @@ class RayExecutor(Nodes):
 
     def start(self, run: Run, node_id: str | None) -> None:
         t = self.catalog[run.itype]
+        if run.job.train is not None:
+            self._start_train(run, t)
+            return
         opts: dict[str, Any] = {"resources": {resource_name(t): 1}, "num_cpus": 1,
                                 "max_retries": self.max_retries, "retry_exceptions": False,
                                 "name": f"lepton:{run.job.name}:{run.job_id}"}
@@ -256,12 +295,48 @@ class RayExecutor(Nodes):
                                                 self.tracker)
         self.refs[ref] = run.job_id
 
+    def _start_train(self, run: Run, t: InstanceType) -> None:
+        """A train job: one Ray task on the driver's node runs ``TorchTrainer.fit()`` for
+        the attempt; its n workers each take one unit of the type's resource."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .train import DEFAULT_TIMEOUT_S, artifact_dir, workers_for
+
+        rec = self.store.get(run.job_id)
+        attempt = (run.attempt if run.attempt is not None else (rec.attempts if rec else 0) + 1)
+        n = workers_for(run.job.train, run.workers)
+        adir = artifact_dir(self.artifacts, run.job_id)
+        ref = self._train_task.options(
+            num_cpus=0, max_retries=0, name=f"lepton:{run.job.name}:{run.job_id}:train",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self._here, soft=False),
+        ).remote(run.job_id, run.job, attempt, adir, n, resource_name(t), self.max_retries, self.tracker)
+        self.refs[ref] = run.job_id
+        timeout = float(run.job.train.get("timeout_s", DEFAULT_TIMEOUT_S))
+        self._deadlines[run.job_id] = (time.monotonic() + timeout, timeout)
+
+    def _train_restart_why(self, info: dict) -> str:
+        alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        prev = info.get("previous_nodes") or []
+        dead = [f"node {nid} died (it ran rank {r})" for r, nid in enumerate(prev) if nid not in alive]
+        ck = info.get("resumed_from")
+        parts = [f"Ray Train restarted the {len(info['nodes'])} training workers (worker group {info['run']})"
+                 + (" after " + ", ".join(dead) if dead else " after a worker failed")]
+        if info.get("cause"):
+            parts.append(info["cause"])
+        parts.append(f"resuming from the checkpoint at step {ck['step']}" if ck else "no checkpoint yet")
+        return "; ".join(parts)
+
     def _starts(self) -> list:
         out = []
-        for job_id, node, _at in self.ray.get(self.tracker.drain.remote()):
+        for job_id, node, _at, info in self.ray.get(self.tracker.drain.remote()):
             prev = self.nodes_of.get(job_id)
             self.nodes_of[job_id] = node
-            if prev is None:
+            if info is not None:       # a train job's worker group
+                if info["run"] == 0:
+                    out.append(Started(job_id, node))
+                else:
+                    out.append(Restarted(job_id, node, self._train_restart_why(info)))
+            elif prev is None:
                 out.append(Started(job_id, node))
             else:
                 alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
@@ -280,6 +355,8 @@ class RayExecutor(Nodes):
             out += self._starts()      # a start report may arrive together with the result
         for ref in ready:
             job_id = self.refs.pop(ref)
+            self._deadlines.pop(job_id, None)
+            self.nodes_of.pop(job_id, None)
             try:
                 result = self.ray.get(ref)
             except self.ray.exceptions.TaskCancelledError:
@@ -288,9 +365,19 @@ class RayExecutor(Nodes):
                 out.append(Lost(job_id, None, f"{type(exc).__name__}: {str(exc).splitlines()[0]}", retry=False))
                 continue
             out.append(Finished(job_id, None, result))
+        now = time.monotonic()
+        for job_id, (end, timeout) in list(self._deadlines.items()):
+            if now > end:              # a train job past its timeout_s: its trainer is stopped
+                self.cancel(job_id)
+                out.append(Finished(job_id, None, {"ok": False, "backend": "cpu",
+                                                   "error": f"training timed out after {timeout:g} s"}))
         return out
 
     def cancel(self, job_id: str) -> None:
+        """Cancel the job's task (force: its process is killed; for a train job that ends
+        the Ray Train controller it owns, and so its workers)."""
+        self._deadlines.pop(job_id, None)
+        self.nodes_of.pop(job_id, None)
         for ref, jid in list(self.refs.items()):
             if jid == job_id:
                 self.ray.cancel(ref, force=True)
