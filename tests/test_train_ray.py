@@ -135,8 +135,9 @@ def test_a_node_removed_mid_job_resumes_from_the_checkpoint(cluster, tmp_path):
     db = tmp_path / "jobs.sqlite"
     store = JobStore(db)
     every = 8
-    (jid,) = store.submit([_job(epochs=3, batch_size=16, checkpoint_every={"steps": every})])
-    total = 3 * 90       # 1437 digits, global batch 16: 90 steps an epoch
+    # global batch 8: 180 steps an epoch of about 10 ms each, long enough to lose a node midway
+    (jid,) = store.submit([_job(epochs=3, batch_size=8, checkpoint_every={"steps": every})])
+    total = 3 * 180
     adir = _adir(db, jid)
     ex = RayExecutor(store, CAT, request_resources=False, max_retries=2)
     err = []
@@ -168,6 +169,10 @@ def test_a_node_removed_mid_job_resumes_from_the_checkpoint(cluster, tmp_path):
     # no step before the checkpoint is computed again
     assert after == list(range(resumed_at + 1, total + 1))
     assert before == list(range(1, len(before) + 1)) and before[-1] >= resumed_at
-    assert before[-1] - resumed_at <= every          # work lost
+    assert before[-1] - resumed_at <= every          # work lost: at most checkpoint_every steps
+    # the checkpoints: the first group's up to the one resumed from, then the second group's
+    ck1 = [c["step"] for c in res["checkpoints"] if c["attempt"] == 1]
+    assert ck1 and ck1[-1] == resumed_at
+    assert all(c["attempt"] == 2 and c["step"] > resumed_at for c in res["checkpoints"][len(ck1):])
     assert res["train"]["steps"] == total and res["train"]["test_accuracy"] >= 0.9
     store.close()

@@ -88,9 +88,11 @@ def train_loop_per_worker(config: dict) -> None:
     run = _broadcast(run, rank, world)
     attempt = config["attempt"] + run
 
-    def report(_where, info):     # every rank, after each checkpoint: Ray Train's metrics
-        ray.train.report({"step": info["step"], "epoch": info["epoch"], "position": info["position"],
-                          "attempt": attempt, "run": run})
+    def report(_where, info):
+        # every rank, after an epoch's checkpoint: Ray Train's metrics (a report is a barrier
+        # across the workers through an actor; mid-epoch checkpoints skip it)
+        if info["position"] == 0:
+            ray.train.report({"step": info["step"], "epoch": info["epoch"], "attempt": attempt, "run": run})
 
     train_ranks(config["spec"], adir, rank, world, attempt, wrap_model=prepare_model,
                 on_checkpoint=report, run=run)
