@@ -176,3 +176,31 @@ def test_a_node_removed_mid_job_resumes_from_the_checkpoint(cluster, tmp_path):
     assert all(c["attempt"] == 2 and c["step"] > resumed_at for c in res["checkpoints"][len(ck1):])
     assert res["train"]["steps"] == total and res["train"]["test_accuracy"] >= 0.9
     store.close()
+
+
+def test_a_cancelled_train_job_stops_its_ray_train_workers(cluster, tmp_path):
+    from lepton_accel.scheduler.ray_executor import RayExecutor
+
+    _typed_nodes(cluster, 2)
+    ray.init(address=cluster.address, log_to_driver=False)
+    res_name = resource_name(CAT[TYPE])
+    db = tmp_path / "jobs.sqlite"
+    store = JobStore(db)
+    (jid,) = store.submit([_job(epochs=20, batch_size=8)])     # far longer than the test waits
+    adir = _adir(db, jid)
+    ex = RayExecutor(store, CAT, request_resources=False)
+    err = []
+    th = threading.Thread(target=_run, args=(ex, err, 120), daemon=True)
+    th.start()
+    _wait(lambda: checkpoint_info(adir), 90, "the first checkpoint")
+    assert ray.available_resources().get(res_name, 0) == 0       # both workers hold a unit
+    assert store.cancel(jid)
+    th.join(60)
+    assert not th.is_alive() and not err, err
+    assert store.get(jid).state == "cancelled"
+    # the trainer's task is killed, with it the controller it owns and the workers
+    _wait(lambda: ray.available_resources().get(res_name, 0) == 2, 60, "the workers' resources to be freed")
+    n = len(read_progress(adir))
+    time.sleep(3)
+    assert len(read_progress(adir)) == n                          # no step computed after the cancel
+    store.close()
