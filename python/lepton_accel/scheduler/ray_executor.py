@@ -13,6 +13,13 @@
 * Tasks report their start (job, node, time) to a small tracker actor on the driver's node;
   a second start of the same job means Ray retried it after its node died, and the store
   records ``retried`` with the dead node before ``running`` on the new one.
+* A train job (:mod:`.ray_train`) is one ``TorchTrainer.fit()`` per attempt, driven by a
+  Ray task on the driver's node: n Ray Train workers (the count placement chose), each
+  taking one CPU and one unit of the type's resource. A worker group lost with its node is
+  restarted by Ray Train (``FailureConfig(max_failures=max_retries)``) and resumes from the
+  job's checkpoint; the new group's start is recorded ``retried`` with the dead node, the
+  workers' errors and the checkpoint resumed from. A train job past its ``timeout_s`` is
+  cancelled and failed.
 * Elasticity: the autoscaler launches nodes for pending tasks and removes idle ones after
   its idle timeout; :class:`RayExecutor` also asks ahead through
   ``ray.autoscaler.sdk.request_resources`` when queued work per type passes the elastic rule's

@@ -35,14 +35,16 @@ STORAGE = "ray"
 
 def missing_modules(train: dict) -> list[str]:
     """The modules a train job on Ray needs that are not installed here."""
-    need = ["torch", "ray.train"] + (["sklearn"] if train.get("data") == "digits" else [])
+    need = ["torch", "ray.train.torch"] + (["sklearn"] if train.get("data") == "digits" else [])
     out = []
     for m in need:
         try:
             if importlib.util.find_spec(m) is None:
                 out.append(m)
+            elif m.startswith("ray."):
+                importlib.import_module(m)    # ray.train refuses to import without its extra's packages
         except (ImportError, ValueError):
-            out.append(m)
+            out.append("ray[train]" if m.startswith("ray.") else m)
     return out
 
 
