@@ -143,7 +143,8 @@ def test_a_node_removed_mid_job_resumes_from_the_checkpoint(cluster, tmp_path):
     err = []
     th = threading.Thread(target=_run, args=(ex, err, 170), daemon=True)
     th.start()
-    _wait(lambda: checkpoint_info(adir), 120, "the first checkpoint")
+    # running (rank 0's start recorded, with its node) and past the first checkpoint
+    _wait(lambda: store.get(jid).state == "running" and checkpoint_info(adir), 120, "the first checkpoint")
     on = store.get(jid).node                 # rank 0's node
     first = next(n for n in nodes if n.node_id == on)
     cluster.remove_node(first)               # the node dies mid-job
