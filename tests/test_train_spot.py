@@ -211,3 +211,14 @@ def test_an_entry_point_job_on_spot_counts_its_whole_run_as_the_interval():
     assert w.spot and w.workers == 2 and w.weighed == ()
     assert w.spot["checkpoint_s"] == 600          # no step time: a reclaim may cost the whole run so far
     assert "spot:" in p.explain()
+
+
+def test_an_executor_without_spot_nodes_gets_no_spot_placement():
+    from lepton_accel.scheduler.placement import ClusterState
+    from lepton_accel.scheduler.ray_executor import RayExecutor
+
+    assert not RayExecutor.offers_spot and Nodes.offers_spot
+    p = place(_job(), CAT, ClusterState(spot=False))
+    assert p.winner is not None and not p.winner.spot
+    assert {c.excluded for c in p.candidates if c.spot is not None} == {"this executor launches no spot nodes"}
+    assert place(_job(spot=True), CAT, ClusterState(spot=False)).winner is None

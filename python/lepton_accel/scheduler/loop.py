@@ -116,6 +116,8 @@ class Nodes:
     idle_timeout_s = 0.0
     #: nodes in all (None: no limit of the executor's own)
     max_nodes_total: int | None = None
+    #: whether placement may put a job on spot capacity for this executor
+    offers_spot = True
 
     def nodes(self) -> list[NodeInfo]:
         raise NotImplementedError
@@ -198,7 +200,7 @@ class Snapshot:
 
     def __init__(self, catalog: Catalog, nodes: list[NodeInfo], launching: dict[str, int],
                  running: list[Entry], placed: dict[str, list[Entry]], caps: dict[str, int],
-                 idle_timeout_s: float, now: float):
+                 idle_timeout_s: float, now: float, spot: bool = True):
         self.catalog = catalog
         self.slots: dict[str, list[float]] = {}
         self.meta: dict[str, tuple[str, frozenset, bool]] = {}   # node -> (type, cores, up)
@@ -217,7 +219,7 @@ class Snapshot:
         for t, k in launching.items():
             for _ in range(k):
                 self._promise(t)
-        self.state = ClusterState([self.view(nid) for nid in self.slots], caps, idle_timeout_s)
+        self.state = ClusterState([self.view(nid) for nid in self.slots], caps, idle_timeout_s, spot)
         for t, entries in placed.items():
             for e in entries:
                 self.add(t, e.hint, e.job, e.est_run_s or 0.0)
@@ -624,7 +626,7 @@ class SchedulingLoop:
         if queue:   # the cluster as placement sees it: built once per pass that places
             caps = {t.name: self.elastic.limits(t.name)[1] for t in self.catalog}
             snap = Snapshot(self.catalog, nodes, launching, list(self.running.values()), self.placed, caps,
-                            self.nodes.idle_timeout_s, now)
+                            self.nodes.idle_timeout_s, now, spot=self.nodes.offers_spot)
         d = schedule(queue, snap, self.placed, nodes, running_on, launching, self.windows, catalog=self.catalog,
                      elastic=self.elastic, model=self.model, assigns_nodes=self.nodes.assigns_nodes,
                      max_nodes_total=self.nodes.max_nodes_total, now=now, wall=wall,

@@ -64,6 +64,7 @@ class ClusterState:
     nodes: list[NodeView] = field(default_factory=list)
     max_nodes: dict[str, int] = field(default_factory=dict)
     idle_timeout_s: float = 0.0      # a new node is kept (and billed) this long after its work
+    spot: bool = True                # whether the executor can launch spot nodes
     _by_type: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def _index(self) -> dict[str, list[NodeView]]:
@@ -326,7 +327,10 @@ def candidates(job: Job, catalog: Catalog, state: ClusterState | None = None, *,
             c.feasible, c.excluded = False, "on demand; the constraints ask for spot capacity"
         out.append(c)
         if cons.spot is not False and (job.train is not None or cons.spot):
-            out.append(_spot_candidate(job, itype, catalog, weighed, load, elapsed_s, run_s, launch, c.workers))
+            if state.spot:
+                out.append(_spot_candidate(job, itype, catalog, weighed, load, elapsed_s, run_s, launch, c.workers))
+            else:
+                out.append(Candidate(itype, excluded="this executor launches no spot nodes", spot={}))
     return out
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from ..perf import MODEL, PerfModel
+from ..perf import PerfModel
 from .catalog import Catalog, InstanceType, load_catalog
 from .elastic import ElasticPolicy
 from .loop import Finished, Lost, NodeInfo, Nodes, Restarted, Run, SchedulingLoop, Started
@@ -222,10 +222,11 @@ class RayExecutor(Nodes):
     """Runs the store's jobs as Ray tasks on typed nodes of a Ray cluster."""
 
     assigns_nodes = False     # Ray queues the tasks and picks the node
+    offers_spot = False       # the generated node types are on demand
 
     def __init__(self, store: JobStore, catalog: Catalog | None = None, *, address: str | None = None,
                  max_retries: int = 3, allow_shell: bool = False, elastic: ElasticPolicy | None = None,
-                 request_resources: bool = True, metrics=None, model: PerfModel = MODEL, poll_s: float = 0.1,
+                 request_resources: bool = True, metrics=None, model: PerfModel | None = None, poll_s: float = 0.1,
                  log=None, test_roots=None, lookahead: int = 256):
         import ray
 
