@@ -205,3 +205,46 @@ def test_a_cancelled_train_job_stops_its_ray_train_workers(cluster, tmp_path):
     time.sleep(3)
     assert len(read_progress(adir)) == n                          # no step computed after the cancel
     store.close()
+
+
+def test_an_elastic_job_continues_on_the_workers_left(cluster, tmp_path):
+    from lepton_accel.scheduler.ray_executor import RayExecutor
+
+    nodes = _typed_nodes(cluster, 2)     # no spare: the job must shrink to go on
+    ray.init(address=cluster.address, log_to_driver=False)
+    db = tmp_path / "jobs.sqlite"
+    store = JobStore(db)
+    every = 8
+    # min_time: placement takes the most workers the range allows (2 nodes of the type)
+    job = parse_workload({"name": "elastic", "policy": "min_time", "constraints": {"instance_types": [TYPE]},
+                          "train": {**TRAIN, "epochs": 3, "batch_size": 8, "workers": {"min": 1, "max": 2},
+                                    "checkpoint_every": {"steps": every}}})[0]
+    (jid,) = store.submit([job])
+    adir = _adir(db, jid)
+    ex = RayExecutor(store, CAT, request_resources=False, max_retries=2)
+    err = []
+    th = threading.Thread(target=_run, args=(ex, err, 170), daemon=True)
+    th.start()
+    _wait(lambda: store.get(jid).state == "running" and checkpoint_info(adir), 120, "the first checkpoint")
+    assert checkpoint_info(adir)["world"] == 2
+    gone = next(n for n in nodes if n.node_id != store.get(jid).node)
+    cluster.remove_node(gone)
+    th.join(180)
+    assert not th.is_alive() and not err, err
+    r = store.get(jid)
+    assert r.state == "done", r.error
+    res = r.result
+    runs = res["ray_train"]["runs"]
+    assert len(runs) == 2 and len(runs[0]["nodes"]) == 2 and runs[1]["nodes"] == [r.node]
+    assert res["workers"] == 1 and res["train"]["workers"] == 1
+    ck = res["resumed_from"]
+    assert ck["world"] == 2
+    steps = read_progress(adir)
+    before = [s for s in steps if s["run"] == 0]
+    after = [s for s in steps if s["run"] == 1]
+    assert {s["world"] for s in before} == {2} and {s["world"] for s in after} == {1}
+    # global batch 8 kept (4 a rank, then 8 on one): the rest of the epoch re-sharded onto one
+    # worker, nothing before the checkpoint recomputed; 180 steps an epoch either way
+    assert [s["step"] for s in after] == list(range(ck["step"] + 1, 3 * 180 + 1))
+    assert res["train"]["test_accuracy"] >= 0.9
+    store.close()

@@ -141,12 +141,15 @@ def run_attempt(job: Job, *, job_id: str, attempt: int, adir: str, workers: int,
     per_worker = {"CPU": 1, resource: 1}
     if use_gpu:
         per_worker["GPU"] = 1
+    # an elastic job: Ray Train starts with what is there (at least min, at most the count
+    # placement chose) and restarts a failed group on the workers it can get
+    size = (int(train["workers"]["min"]), n) if isinstance(train["workers"], dict) else n
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "adir": adir, "job_id": job_id, "key": key, "attempt": attempt,
                            "tracker": tracker},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=120),
-        scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(num_workers=size, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(storage_path=os.path.join(adir, STORAGE), name=f"{job_id}-attempt{attempt}",
                              failure_config=FailureConfig(max_failures=max_failures),
                              callbacks=[_failure_callback(tracker, job_id, key)]),
@@ -168,7 +171,7 @@ def run_attempt(job: Job, *, job_id: str, attempt: int, adir: str, workers: int,
     except (OSError, ValueError) as exc:
         return {"ok": False, "backend": "cpu", "measured_s": measured,
                 "error": f"training ended without its result.json in {adir}: {exc}", "ray_train": {"runs": runs}}
-    return {"ok": True, "backend": "cpu", "measured_s": measured, "workers": n,
+    return {"ok": True, "backend": "cpu", "measured_s": measured, "workers": metrics.get("workers", n),
             "resumed_from": runs[-1]["resumed_from"] if runs else None, "train": metrics,
             "model_path": metrics["model_path"], "artifacts": adir, "checkpoints": metrics["checkpoints"],
             "ray_train": {"runs": runs, "storage": os.path.join(adir, STORAGE)}}
