@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
 
@@ -51,18 +50,9 @@ from lepton_accel.scheduler.jobs import parse_workload  # noqa: E402
 from lepton_accel.scheduler.local import LocalExecutor  # noqa: E402
 from lepton_accel.scheduler.store import JobStore  # noqa: E402
 from lepton_accel.scheduler.train import RANKS, checkpoint_info, read_progress  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 CAT = load_catalog(use_env=False)
-
-
-def _wait(cond, timeout=180.0, what="condition"):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
@@ -90,7 +80,7 @@ def test_an_elastic_job_resumes_on_the_workers_left(tmp_path):
         def mid_epoch():
             ck, steps = checkpoint_info(adir), read_progress(adir)
             return ck and ck["position"] > 0 and steps and ck["step"] < steps[-1]["step"] < 40
-        _wait(mid_epoch, what="a mid-epoch checkpoint")
+        wait_until(mid_epoch, 180, "a mid-epoch checkpoint")
         with open(os.path.join(adir, RANKS)) as f:
             pids = json.load(f)["pids"]
         assert len(pids) == 2

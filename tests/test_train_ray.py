@@ -17,6 +17,7 @@ from lepton_accel.scheduler.jobs import parse_workload  # noqa: E402
 from lepton_accel.scheduler.ray_executor import resource_name  # noqa: E402
 from lepton_accel.scheduler.store import JobStore  # noqa: E402
 from lepton_accel.scheduler.train import checkpoint_info, read_progress  # noqa: E402
+from waiting import wait_until as _wait  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -31,16 +32,6 @@ STEPS = 2 * 45
 def _job(**over):
     return parse_workload({"name": "train-ray", "train": {**TRAIN, **over},
                            "constraints": {"instance_types": [TYPE]}})[0]
-
-
-def _wait(cond, timeout, what):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _adir(db, jid):
