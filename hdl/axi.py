@@ -167,7 +167,8 @@ class CoreRegisters:
 
     Provides a write strobe per register (:attr:`wr`, by name; full-word writes only: the
     target answers a partial one SLVERR),
-    CTRL.START / BIAS_EN (BIAS_EN of the START write applies to that job), sticky w1c
+    CTRL.START / BIAS_EN / RELU / REQUANT (those of the START write apply to that job;
+    the core has ``relu_en`` and ``rq_en`` besides ``bias_en``), sticky w1c
     ERROR bits, STATUS.BUSY / DONE / ERROR plus ``status_extra`` (STATUS field -> signal),
     and :meth:`read`, the read mux over ID, VERSION, CONFIG, CTRL, STATUS, ERROR, the
     cycle counters and the core's own registers, with CYCLES_HI latched on a CYCLES_LO
@@ -181,8 +182,9 @@ class CoreRegisters:
         bit = self.bit
 
         bias_en = Signal()
+        relu_en, rq_en = Signal(), Signal()
         done = Signal()
-        errors = Signal(5)
+        errors = Signal(6)
         assert all(bit("ERROR", n) < len(errors) for n in err_strobes)
 
         self.wr = wr = {r.name: Signal(name=f"wr_{r.name.lower()}") for r in rmap.REGISTERS}
@@ -198,6 +200,11 @@ class CoreRegisters:
         ]
         with m.If(wr["CTRL"]):
             m.d.sync += bias_en.eq(axil.w_data[bit("CTRL", "BIAS_EN")])
+        # the output stage's RELU / REQUANT: like BIAS_EN, from the START write on
+        for reg, port, fname in ((relu_en, core.relu_en, "RELU"), (rq_en, core.rq_en, "REQUANT")):
+            m.d.comb += port.eq(Mux(wr["CTRL"], axil.w_data[bit("CTRL", fname)], reg))
+            with m.If(wr["CTRL"]):
+                m.d.sync += reg.eq(axil.w_data[bit("CTRL", fname)])
 
         clear = Signal(len(errors))
         with m.If(wr["ERROR"]):
@@ -221,7 +228,9 @@ class CoreRegisters:
         for name, sig in (status_extra or {}).items():
             m.d.comb += status[bit("STATUS", name)].eq(sig)
         ctrl = Signal(32)
-        m.d.comb += ctrl[bit("CTRL", "BIAS_EN")].eq(bias_en)
+        m.d.comb += [ctrl[bit("CTRL", "BIAS_EN")].eq(bias_en),
+                     ctrl[bit("CTRL", "RELU")].eq(relu_en),
+                     ctrl[bit("CTRL", "REQUANT")].eq(rq_en)]
 
         self.cycles_hi = Signal(32)
         self.values = {

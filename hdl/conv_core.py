@@ -70,9 +70,11 @@ class ConvCore(wiring.Component):
             "x": In(stream.Signature(beat_layout(widths["x"]))),
             "b": In(stream.Signature(beat_layout(widths["b"]))),
             "bias": In(stream.Signature(beat_layout(widths["bias"]))),
+            "q": In(stream.Signature(beat_layout(widths["q"]))),
             "c": Out(stream.Signature(beat_layout(widths["c"]))),
             "start": In(1),
             "bias_en": In(1),
+            "relu_en": In(1), "rq_en": In(1),   # the output stage (see drain_output)
             "busy": Out(1),
             "loading": Out(1),
             "done": Out(1),
@@ -86,6 +88,7 @@ class ConvCore(wiring.Component):
             "err_x_last": Out(1),
             "err_b_last": Out(1),
             "err_bias_last": Out(1),
+            "err_q_last": Out(1),
         }
         ports.update({d: In(cr.DIM_BITS) for d in DIMS})
         ports.update({s: In(cr.SMALL_BITS) for s in SMALL})
@@ -401,7 +404,7 @@ class ConvCore(wiring.Component):
         d_row = Signal(range(R))
         push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
-            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw)
+            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok)
         with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(row_last):

@@ -26,6 +26,9 @@ Host protocol of one job (registers first, then CTRL.START, then the streams):
   kw*DW for pixel p0 + i, and zero where (iy, ix) falls outside the image (padding) or
   the pixel is past OH*OW.
 * With CTRL.BIAS_EN one ``bias`` beat per tile: lane j = bias[g*OCG + oc0 + j], ``tlast``=1.
+* With CTRL.REQUANT one ``q`` beat per tile: lane j = multiplier and shift of channel
+  g*OCG + oc0 + j; every output is then ``lepton_accel.numerics.requantize`` of its int32
+  value (int8, sign-extended in its lane). CTRL.RELU clamps the outputs at 0.
 * The core returns min(R, OH*OW - p0) beats per tile on ``c``: beat i, lane j =
   out[n, oy, ox, g*OCG + oc0 + j] for pixel p0 + i; lanes past OCG are zero; ``tlast``
   on the tile's last beat.
@@ -53,19 +56,19 @@ __all__ = [
     "PORT_SEPARATOR", "MIN_SIDE", "MAX_SIDE", "ConvJob", "default_x_lanes", "stream_widths",
     "config_word", "field_value", "field_mask", "describe", "tile_order", "register_values",
     "pack_x", "pack_b", "pack_bias", "pack_job", "unpack_c", "expected_cycles",
-    "useful_macs", "check_config",
+    "useful_macs", "check_config", "pack_q", "REQUANT_DELAY",
 ]
 
 #: Value of the ID register: ASCII "LCNV" (lepton conv core).
 CORE_ID = 0x4C434E56
-VERSION = (1, 0, 0)
+VERSION = (1, 1, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream)
 VERSION_WORD = common.version_word(VERSION)
 #: Width of the size registers (N, H, W, C, CG, OCG, G, OH, OW).
 DIM_BITS = 16
 #: Width of the kernel, stride, dilation and padding fields.
 SMALL_BITS = 8
-PORT_PREFIX = {"x": "s_axis_x", "b": "s_axis_b", "bias": "s_axis_bias", "c": "m_axis_c",
-               "ctrl": "s_axil"}
+PORT_PREFIX = {"x": "s_axis_x", "b": "s_axis_b", "bias": "s_axis_bias", "q": "s_axis_q",
+               "c": "m_axis_c", "ctrl": "s_axil"}
 
 
 def _pair(name, lo_doc, hi_doc):
@@ -118,9 +121,13 @@ STREAMS: tuple[StreamFormat, ...] = (
                  "w[g*OCG+oc0+j, c, kh, kw]; tlast on beat K-1"),
     StreamFormat("bias", "in", "cols", "acc",
                  "one beat per tile when CTRL.BIAS_EN; lane j = bias[g*OCG+oc0+j]; tlast=1"),
+    StreamFormat("q", "in", "cols", "param",
+                 "one beat per tile when CTRL.REQUANT; lane j = multiplier (int32, bits "
+                 "[31:0]) and shift (0..63, bits [37:32]) of channel g*OCG+oc0+j; tlast=1"),
     StreamFormat("c", "out", "cols", "acc",
                  "min(R, OH*OW-p0) beats per tile; lane j of beat i = "
-                 "out[n, p0+i, g*OCG+oc0+j]; lanes past OCG are 0; tlast on the last beat"),
+                 "out[n, p0+i, g*OCG+oc0+j] (int32, or with CTRL.REQUANT its int8 "
+                 "requantization sign-extended); lanes past OCG are 0; tlast on the last beat"),
 )
 
 
@@ -148,7 +155,8 @@ def check_config(rows, cols, dtype, x_lanes, depth):
 def stream_widths(rows: int, cols: int, dtype: str, x_lanes: int | None = None) -> dict:
     x_lanes = x_lanes or default_x_lanes(rows)
     w = DTYPES[dtype]
-    return {"x": x_lanes * w, "b": cols * w, "bias": cols * ACC_WIDTH, "c": cols * ACC_WIDTH}
+    return {"x": x_lanes * w, "b": cols * w, "bias": cols * ACC_WIDTH,
+            "q": cols * common.Q_LANE_BITS, "c": cols * ACC_WIDTH}
 
 
 def config_word(rows: int, cols: int, dtype: str, x_lanes: int | None = None) -> int:
@@ -163,7 +171,7 @@ def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
     x_lanes = x_lanes or default_x_lanes(rows)
     check_config(rows, cols, dtype, x_lanes, depth)
     widths = stream_widths(rows, cols, dtype, x_lanes)
-    lanes = {"x": x_lanes, "b": cols, "bias": cols, "c": cols}
+    lanes = {"x": x_lanes, "b": cols, "bias": cols, "q": cols, "c": cols}
     return {
         "core": "conv2d",
         "id": CORE_ID,
@@ -176,7 +184,7 @@ def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
         "streams": [
             {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,
              "tdata_width": widths[s.name], "lanes": lanes[s.name],
-             "lane_bits": DTYPES[dtype] if s.lane_bits == "dtype" else ACC_WIDTH,
+             "lane_bits": common.lane_bits(s.lane_bits, dtype),
              "lane_order": "little-endian, lane 0 in bits [lane_bits-1:0]", "doc": s.doc}
             for s in STREAMS],
         "tile_order": "per image: group, then pixel tile (R pixels), then channel tile (C)",
@@ -307,13 +315,24 @@ def pack_bias(bias, job: ConvJob, *, rows: int, cols: int) -> list[bytes]:
     return frames
 
 
+def pack_q(multiplier, shift, job: ConvJob, *, rows: int, cols: int) -> list[bytes]:
+    """One q beat per tile (for one image): per output channel its multiplier and shift
+    (``regmap_common.pack_q_beat``)."""
+    return [common.pack_q_beat(multiplier, shift, g * job.ocg + oc0,
+                               min(cols, job.ocg - oc0), cols)
+            for g, _, oc0 in tile_order(job, rows, cols)]
+
+
 def pack_job(x, w, bias, job: ConvJob, *, rows: int, cols: int, dtype: str,
-             x_lanes: int) -> dict[str, list]:
-    """Input frames by stream; ``b`` and ``bias`` are per image (send them N times)."""
+             x_lanes: int, requant=None) -> dict[str, list]:
+    """Input frames by stream; ``b``, ``bias`` and ``q`` are per image (send them N
+    times). ``requant`` = (multiplier, shift) per output channel adds the ``q`` frames."""
     frames = {"x": pack_x(x, dtype=dtype, x_lanes=x_lanes),
               "b": pack_b(w, job, rows=rows, cols=cols, dtype=dtype)}
     if bias is not None:
         frames["bias"] = pack_bias(bias, job, rows=rows, cols=cols)
+    if requant is not None:
+        frames["q"] = pack_q(*requant, job, rows=rows, cols=cols)
     return frames
 
 
@@ -346,13 +365,16 @@ def useful_macs(job: ConvJob) -> int:
 #: pipeline stages of the core that the cycle model counts (the RTL's constants): the
 #: A operand's read pipeline beyond the memory read (``conv_core.READ_DELAY``), the
 #: cells' pipeline beyond one cycle (``pe.DEPOSIT_DELAY``), the output register slice
-#: (``drain.OUT_DELAY``)
+#: (``drain.OUT_DELAY``); the output stage adds ``drain.REQUANT_DELAY`` when CTRL.RELU
+#: or CTRL.REQUANT is set
 READ_DELAY = 2
 DEPOSIT_DELAY = 3
 OUT_DELAY = 1
+REQUANT_DELAY = 4
 
 
-def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int) -> int:
+def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int,
+                    out_stage: bool = False) -> int:
     """CYCLES of a job with every stream at full rate and the output always ready.
 
     Cycle 0 is the START write, cycle 1 the first busy cycle. Per image the x beats go
@@ -365,7 +387,8 @@ def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int) -> int:
     left the drain registers: R + C + 5 + its beats cycles after that tile's last step
     (the read pipeline, the injection register, R-1 + C-1 of skew, one into the drain
     register, the cells' three pipeline stages; then one row per cycle into the output
-    slice). The job ends with the last output beat, one cycle after its row moved.
+    slice). The job ends with the last output beat, one cycle after its row moved; with
+    the output stage (``out_stage``: CTRL.RELU or REQUANT) REQUANT_DELAY cycles later.
     """
     k = job.k
     beats = ceil(job.h * job.w * job.c / x_lanes)
@@ -387,4 +410,4 @@ def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int) -> int:
                 gathered = first + rows
             t = max(first + k - 1, free_at)
             free_at = t + rows + cols + READ_DELAY + DEPOSIT_DELAY + h
-    return free_at - 1 + OUT_DELAY
+    return free_at - 1 + OUT_DELAY + (REQUANT_DELAY if out_stage else 0)

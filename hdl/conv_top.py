@@ -14,7 +14,7 @@ __all__ = ["AXIConv2d", "generate_verilog"]
 
 class AXIConv2d(wiring.Component):
     """The conv2d core as a shell sees it: AXI4-Lite registers (:data:`.conv_regmap.
-    REGISTERS`), AXI4-Stream ``s_axis_x``, ``s_axis_b``, ``s_axis_bias`` in and
+    REGISTERS`), AXI4-Stream ``s_axis_x``, ``s_axis_b``, ``s_axis_bias``, ``s_axis_q`` in and
     ``m_axis_c`` out, ``clk`` and active-high synchronous ``rst``.
 
     rows, cols: array size (2..32); dtype: ``"int8"`` or ``"int16"``; x_lanes: image
@@ -37,6 +37,7 @@ class AXIConv2d(wiring.Component):
             P["x"]: In(AXIStreamSignature(widths["x"])),
             P["b"]: In(AXIStreamSignature(widths["b"])),
             P["bias"]: In(AXIStreamSignature(widths["bias"])),
+            P["q"]: In(AXIStreamSignature(widths["q"])),
             P["c"]: Out(AXIStreamSignature(widths["c"])),
         })
 
@@ -47,14 +48,14 @@ class AXIConv2d(wiring.Component):
                                             self.depth, self.pair_macs)
         m.submodules.axil = axil = AXILiteTarget(cr.ADDR_WIDTH, cr.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
-        connect_streams(m, self, core, P, ("x", "b", "bias"), "c")
+        connect_streams(m, self, core, P, ("x", "b", "bias", "q"), "c")
 
         regs = CoreRegisters(
             m, axil, cr, core,
             config_word=cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes),
             err_strobes={"START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
                          "X_LAST": core.err_x_last, "B_LAST": core.err_b_last,
-                         "BIAS_LAST": core.err_bias_last},
+                         "BIAS_LAST": core.err_bias_last, "Q_LAST": core.err_q_last},
             status_extra={"LOADING": core.loading})
 
         # rw registers

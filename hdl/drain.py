@@ -1,18 +1,22 @@
-"""The drain side both cores share: bias per tile, output lanes, the c stream."""
+"""The drain side both cores share: bias per tile, output lanes, the output stage
+(ReLU / requantization), the c stream."""
 
 from amaranth import Cat, Mux, Signal
 from amaranth.lib import data
 
 from .axi import RegisterSlice
+from .requant import MULT_BITS, REQUANT_DELAY, SHIFT_BITS, Requant
 
-__all__ = ["drain_output", "OUT_DELAY"]
+__all__ = ["drain_output", "OUT_DELAY", "REQUANT_DELAY", "Q_LANE_BITS"]
 
 #: cycles from a row leaving the array to its beat on ``c`` (the output register slice)
 OUT_DELAY = 1
+#: bits per lane of a ``q`` beat: multiplier in [31:0], shift in [37:32], the rest zero
+Q_LANE_BITS = 64
 
 
 def drain_output(m, comp, array, *, busy, draining, final, bias_en, d_row, d_rows, d_mask,
-                 aw: int):
+                 aw: int, start):
     """The drain side both cores share: take one bias beat per tile (when ``bias_en``)
     into a bias register, flag a bias beat without tlast, and move the array's output
     row into a two-entry register slice in front of ``comp.c``: lane j = sum + bias
@@ -30,7 +34,15 @@ def drain_output(m, comp, array, *, busy, draining, final, bias_en, d_row, d_row
     (the handoff). So the bias never delays an output row at full stream rate, and
     CYCLES is the same with and without BIAS_EN. The job's last tile keeps its bias
     until its last beat has left (the next beat on the bias stream belongs to the next
-    job)."""
+    job).
+
+    The output stage (:class:`.requant.Requant`): with ``comp.relu_en`` or
+    ``comp.rq_en`` (taken at ``start``, the cycle a job starts) every row goes through
+    it on its way to the slice, REQUANT_DELAY cycles more; otherwise rows move straight
+    into the slice as before. With ``rq_en`` the tile's per-lane multipliers and shifts
+    come as one beat on ``comp.q`` per tile, handled exactly like the bias beat (a
+    register, taken while the tile computes or at the handoff); a row takes them into
+    the stage when it moves, so the next tile's beat may replace them at once."""
     C = len(array.out) // aw
     bias_full = Signal(name="bias_full")
     bias_reg = Signal(C * aw, name="bias_reg")
@@ -40,17 +52,37 @@ def drain_output(m, comp, array, *, busy, draining, final, bias_en, d_row, d_row
         bj = Mux(bias_en, bias_reg[j * aw:(j + 1) * aw], 0)
         lanes.append(Mux(d_mask[j], (s + bj)[:aw], 0))
 
-    m.submodules.c_slice = out = RegisterSlice(data.StructLayout(
-        {"data": C * aw, "last": 1, "end": 1}))
+    layout = data.StructLayout({"data": C * aw, "last": 1, "end": 1})
+    m.submodules.c_slice = out = RegisterSlice(layout)
+    m.submodules.requant = rq = Requant(C, aw, layout)
+
+    # the job's output mode, taken when it starts
+    relu_en, rq_en = Signal(name="relu_en"), Signal(name="rq_en")
+    with m.If(start):
+        m.d.sync += [relu_en.eq(comp.relu_en), rq_en.eq(comp.rq_en)]
+    staged = Signal(name="out_staged")
+    m.d.comb += staged.eq(relu_en | rq_en)
+
+    q_full = Signal(name="q_full")
+    q_mult = Signal(C * MULT_BITS, name="q_mult")
+    q_shift = Signal(C * SHIFT_BITS, name="q_shift")
+
     row_last = Signal()
     push = Signal()
+    row_ok = Signal()
     m.d.comb += [
         row_last.eq(d_row == d_rows - 1),
-        out.i.valid.eq(draining & (~bias_en | bias_full)),
-        out.i.payload.data.eq(Cat(*lanes)),
-        out.i.payload.last.eq(row_last),
-        out.i.payload.end.eq(row_last & final),
-        push.eq(out.i.valid & out.i.ready),
+        row_ok.eq(draining & (~bias_en | bias_full) & (~rq_en | q_full)),
+        rq.i.valid.eq(staged & row_ok),
+        rq.i.payload.data.eq(Cat(*lanes)),
+        rq.i.payload.last.eq(row_last),
+        rq.i.payload.end.eq(row_last & final),
+        rq.mult.eq(q_mult), rq.shift.eq(q_shift),
+        rq.relu.eq(relu_en), rq.requant.eq(rq_en),
+        rq.o.ready.eq(out.i.ready),
+        out.i.valid.eq(Mux(staged, rq.o.valid, row_ok)),
+        out.i.payload.eq(Mux(staged, rq.o.payload, rq.i.payload)),
+        push.eq(row_ok & Mux(staged, rq.i.ready, out.i.ready)),
         array.shift.eq(push),
     ]
     c_fire, tile_sent, job_sent = Signal(), Signal(), Signal()
@@ -69,9 +101,21 @@ def drain_output(m, comp, array, *, busy, draining, final, bias_en, d_row, d_row
         handoff.eq(push & row_last & ~final),
         comp.bias.ready.eq(busy & bias_en & (~bias_full | handoff)),
         comp.err_bias_last.eq(comp.bias.valid & comp.bias.ready & ~comp.bias.payload.last),
+        comp.q.ready.eq(busy & rq_en & (~q_full | handoff)),
+        comp.err_q_last.eq(comp.q.valid & comp.q.ready & ~comp.q.payload.last),
     ]
     with m.If(handoff | job_sent):
-        m.d.sync += bias_full.eq(0)
+        m.d.sync += [bias_full.eq(0), q_full.eq(0)]
     with m.If(comp.bias.valid & comp.bias.ready):  # after the clear: a handoff refills it
         m.d.sync += [bias_reg.eq(comp.bias.payload.data), bias_full.eq(1)]
+    with m.If(comp.q.valid & comp.q.ready):
+        qd = comp.q.payload.data
+        m.d.sync += [
+            q_mult.eq(Cat(*[qd[j * Q_LANE_BITS:j * Q_LANE_BITS + MULT_BITS]
+                            for j in range(C)])),
+            q_shift.eq(Cat(*[qd[j * Q_LANE_BITS + MULT_BITS:
+                                j * Q_LANE_BITS + MULT_BITS + SHIFT_BITS]
+                             for j in range(C)])),
+            q_full.eq(1),
+        ]
     return push, row_last, tile_sent, job_sent

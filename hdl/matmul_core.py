@@ -41,10 +41,12 @@ class MatmulCore(wiring.Component):
             "a": In(stream.Signature(beat_layout(widths["a"]))),
             "b": In(stream.Signature(beat_layout(widths["b"]))),
             "bias": In(stream.Signature(beat_layout(widths["bias"]))),
+            "q": In(stream.Signature(beat_layout(widths["q"]))),
             "c": Out(stream.Signature(beat_layout(widths["c"]))),
             "start": In(1),
             "m": In(dim), "n": In(dim), "k": In(dim),
             "bias_en": In(1),
+            "relu_en": In(1), "rq_en": In(1),   # the output stage (see drain_output)
             "busy": Out(1),
             "done": Out(1),  # strobe: the job's last output beat was accepted
             "cycles": Out(64),
@@ -56,6 +58,7 @@ class MatmulCore(wiring.Component):
             "err_a_last": Out(1),
             "err_b_last": Out(1),
             "err_bias_last": Out(1),
+            "err_q_last": Out(1),
         })
 
     def elaborate(self, platform):
@@ -177,7 +180,7 @@ class MatmulCore(wiring.Component):
         # --- drain --------------------------------------------------------------
         push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
-            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw)
+            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok)
         with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(row_last):

@@ -5,7 +5,7 @@ This module is the single description of the core's interface. The Amaranth desi
 read it; nothing here imports Amaranth, so a host can use it after a plain install.
 
 Control is an AXI4-Lite target with 32-bit registers at the byte offsets in
-:data:`REGISTERS`. Data moves on four AXI4-Stream ports, described in :data:`STREAMS`.
+:data:`REGISTERS`. Data moves on five AXI4-Stream ports, described in :data:`STREAMS`.
 
 Host protocol (one job computes ``C = A @ B (+ bias)``; A is M x K, B is K x N):
 
@@ -22,6 +22,10 @@ Host protocol (one job computes ``C = A @ B (+ bias)``; A is M x K, B is K x N):
   the last beat of every tile.
 * Accumulation is two's-complement modulo 2**32 (wrap, never saturate); the bias add
   wraps the same way.
+* With ``CTRL.REQUANT`` the host sends one ``q`` beat per tile (lane j = multiplier and
+  shift of output channel ``tn*C + j``) and every output lane carries
+  ``lepton_accel.numerics.requantize`` of its int32 value, an int8 sign-extended to 32
+  bits; ``CTRL.RELU`` clamps the outputs at 0 (after requantizing, if both are set).
 
 Lanes are packed little-endian: lane 0 in the least significant bits of ``tdata``.
 """
@@ -43,13 +47,13 @@ __all__ = [
     "StreamFormat", "STREAMS", "stream_widths", "describe", "tile_order",
     "pack_a", "pack_b", "pack_bias", "pack_job", "unpack_c", "expected_cycles",
     "field_value", "field_mask", "config_word", "PORT_PREFIX", "PORT_SEPARATOR",
-    "MIN_SIDE", "MAX_SIDE", "check_config",
+    "MIN_SIDE", "MAX_SIDE", "check_config", "pack_q", "REQUANT_DELAY",
 ]
 
 #: Value of the ID register: ASCII "LMMC" (lepton matmul core).
 CORE_ID = 0x4C4D4D43
 #: Interface version (major, minor, patch); major changes break host drivers.
-VERSION = (1, 0, 0)
+VERSION = (1, 1, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream)
 VERSION_WORD = common.version_word(VERSION)
 
 #: Width of the M, N, K registers; a job needs 1 <= M, N, K < 2**DIM_BITS.
@@ -95,14 +99,18 @@ STREAMS: tuple[StreamFormat, ...] = (
                  "K beats per tile; lane j of beat k = B[k, tn*C+j]; tlast on beat K-1"),
     StreamFormat("bias", "in", "cols", "acc",
                  "one beat per tile when CTRL.BIAS_EN; lane j = bias[tn*C+j]; tlast=1"),
+    StreamFormat("q", "in", "cols", "param",
+                 "one beat per tile when CTRL.REQUANT; lane j = multiplier (int32, bits "
+                 "[31:0]) and shift (0..63, bits [37:32]) of channel tn*C+j; tlast=1"),
     StreamFormat("c", "out", "cols", "acc",
-                 "min(R, M-tm*R) beats per tile; lane j of beat i = C[tm*R+i, tn*C+j]; "
+                 "min(R, M-tm*R) beats per tile; lane j of beat i = C[tm*R+i, tn*C+j] "
+                 "(int32, or with CTRL.REQUANT its int8 requantization sign-extended); "
                  "lanes past N are 0; tlast on the tile's last beat"),
 )
 
 #: Verilog port prefix of each stream and of the AXI4-Lite port.
-PORT_PREFIX = {"a": "s_axis_a", "b": "s_axis_b", "bias": "s_axis_bias", "c": "m_axis_c",
-               "ctrl": "s_axil"}
+PORT_PREFIX = {"a": "s_axis_a", "b": "s_axis_b", "bias": "s_axis_bias", "q": "s_axis_q",
+               "c": "m_axis_c", "ctrl": "s_axil"}
 
 
 def check_config(rows: int, cols: int, dtype: str):
@@ -115,8 +123,7 @@ def stream_widths(rows: int, cols: int, dtype: str) -> dict[str, int]:
     out = {}
     for s in STREAMS:
         lanes = rows if s.lanes == "rows" else cols
-        bits = DTYPES[dtype] if s.lane_bits == "dtype" else ACC_WIDTH
-        out[s.name] = lanes * bits
+        out[s.name] = lanes * common.lane_bits(s.lane_bits, dtype)
     return out
 
 
@@ -141,7 +148,7 @@ def describe(rows: int, cols: int, dtype: str) -> dict:
             {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,
              "tdata_width": widths[s.name],
              "lanes": rows if s.lanes == "rows" else cols,
-             "lane_bits": DTYPES[dtype] if s.lane_bits == "dtype" else ACC_WIDTH,
+             "lane_bits": common.lane_bits(s.lane_bits, dtype),
              "lane_order": "little-endian, lane 0 in bits [lane_bits-1:0]",
              "doc": s.doc}
             for s in STREAMS
@@ -199,6 +206,14 @@ def pack_bias(bias, m: int, *, rows: int, cols: int) -> list[bytes]:
     return frames
 
 
+def pack_q(multiplier, shift, m: int, *, rows: int, cols: int) -> list[bytes]:
+    """Frames (one beat each, one per output tile) for the ``q`` stream: per output
+    channel (column of C) its multiplier and shift (``regmap_common.pack_q_beat``)."""
+    n = np.shape(multiplier)[0]
+    return [common.pack_q_beat(multiplier, shift, c0, min(cols, n - c0), cols)
+            for _, c0 in tile_order(m, n, rows, cols)]
+
+
 def unpack_c(frames, m: int, n: int, *, rows: int, cols: int) -> np.ndarray:
     """Assemble the ``c`` frames of one job into the M x N int32 result."""
     out = np.zeros((m, n), dtype=np.int32)
@@ -215,8 +230,10 @@ def unpack_c(frames, m: int, n: int, *, rows: int, cols: int) -> np.ndarray:
     return out
 
 
-def pack_job(a, b, bias=None, *, rows: int, cols: int, dtype: str) -> dict[str, list[bytes]]:
-    """All input frames of one job, by stream name."""
+def pack_job(a, b, bias=None, *, rows: int, cols: int, dtype: str,
+             requant=None) -> dict[str, list[bytes]]:
+    """All input frames of one job, by stream name; ``requant`` = (multiplier, shift),
+    per output channel, adds the ``q`` frames."""
     m, n = np.shape(a)[0], np.shape(b)[1]
     if np.shape(a)[1] != np.shape(b)[0]:
         raise ValueError(f"inner dimensions differ: a is {np.shape(a)}, b is {np.shape(b)}")
@@ -226,19 +243,28 @@ def pack_job(a, b, bias=None, *, rows: int, cols: int, dtype: str) -> dict[str, 
         if np.shape(bias) != (n,):
             raise ValueError(f"bias must have shape ({n},), not {np.shape(bias)}")
         frames["bias"] = pack_bias(bias, m, rows=rows, cols=cols)
+    if requant is not None:
+        mult, shift = requant
+        if np.shape(mult) != (n,) or np.shape(shift) != (n,):
+            raise ValueError(f"requant: multiplier and shift must have shape ({n},), not "
+                             f"{np.shape(mult)} and {np.shape(shift)}")
+        frames["q"] = pack_q(mult, shift, m, rows=rows, cols=cols)
     return frames
 
 
 #: pipeline stages of the core that the cycle model counts (the RTL's constants):
 #: the a/b input register slices (a beat taken at cycle t pairs at t + 1 at the
 #: earliest), the cells' pipeline beyond one cycle (``pe.DEPOSIT_DELAY``), and the output
-#: register slice (``drain.OUT_DELAY``)
+#: register slice (``drain.OUT_DELAY``); the output stage adds ``drain.REQUANT_DELAY``
+#: when CTRL.RELU or CTRL.REQUANT is set
 INPUT_DELAY = 1
 DEPOSIT_DELAY = 3
 OUT_DELAY = 1
+REQUANT_DELAY = 4
 
 
-def expected_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
+def expected_cycles(m: int, n: int, k: int, rows: int, cols: int,
+                    out_stage: bool = False) -> int:
     """CYCLES of a job streamed at full rate with the output always ready.
 
     Cycle 1 is the first busy cycle; the input slices take the first a/b pair then and
@@ -249,7 +275,8 @@ def expected_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
     stages); the tile's h = min(R, M - row0) rows move to the output slice at
     t + R + C + 3 ... t + R + C + 3 + h - 1, after which the drain registers are free,
     and leave on ``c`` one cycle after each move. The job ends with the last tile's last
-    output beat.
+    output beat. With the output stage (``out_stage``: CTRL.RELU or REQUANT) every row
+    takes REQUANT_DELAY cycles more on its way to the slice, which only moves the end.
     """
     fill = rows + cols + 1 + DEPOSIT_DELAY - 1   # injection .. drain register, pipelined
     t = INPUT_DELAY  # cycle at which the previous tile's last pair was taken
@@ -258,4 +285,4 @@ def expected_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
         h = min(rows, m - r0)
         t = max(t + k, free_at)
         free_at = t + fill + h
-    return free_at - 1 + OUT_DELAY
+    return free_at - 1 + OUT_DELAY + (REQUANT_DELAY if out_stage else 0)

@@ -26,7 +26,7 @@ class AXIMatmul(wiring.Component):
 
     Ports (Verilog names are ``<prefix>__<signal>``, prefixes in
     :data:`.matmul_regmap.PORT_PREFIX`): ``s_axil`` (AXI4-Lite target, registers in
-    :data:`.matmul_regmap.REGISTERS`), ``s_axis_a``, ``s_axis_b``, ``s_axis_bias`` (AXI4-Stream
+    :data:`.matmul_regmap.REGISTERS`), ``s_axis_a``, ``s_axis_b``, ``s_axis_bias``, ``s_axis_q`` (AXI4-Stream
     in) and ``m_axis_c`` (AXI4-Stream out), plus ``clk`` and active-high synchronous
     ``rst``.
     """
@@ -42,6 +42,7 @@ class AXIMatmul(wiring.Component):
             P["a"]: In(AXIStreamSignature(widths["a"])),
             P["b"]: In(AXIStreamSignature(widths["b"])),
             P["bias"]: In(AXIStreamSignature(widths["bias"])),
+            P["q"]: In(AXIStreamSignature(widths["q"])),
             P["c"]: Out(AXIStreamSignature(widths["c"])),
         })
 
@@ -52,7 +53,7 @@ class AXIMatmul(wiring.Component):
         m.submodules.axil = axil = AXILiteTarget(regmap.ADDR_WIDTH, regmap.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
 
-        connect_streams(m, self, core, P, ("a", "b", "bias"), "c")
+        connect_streams(m, self, core, P, ("a", "b", "bias", "q"), "c")
 
         # --- registers (layout from matmul_regmap) ------------------------------------
         regs = CoreRegisters(
@@ -61,7 +62,7 @@ class AXIMatmul(wiring.Component):
             err_strobes={
                 "START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
                 "A_LAST": core.err_a_last, "B_LAST": core.err_b_last,
-                "BIAS_LAST": core.err_bias_last,
+                "BIAS_LAST": core.err_bias_last, "Q_LAST": core.err_q_last,
             })
         dims = {n: Signal(regmap.DIM_BITS, name=f"dim_{n.lower()}") for n in ("M", "N", "K")}
         m.d.comb += [core.m.eq(dims["M"]), core.n.eq(dims["N"]), core.k.eq(dims["K"])]

@@ -19,6 +19,7 @@ __all__ = [
     "find_field", "field_mask", "field_value", "id_register", "version_register",
     "config_register", "ctrl_register", "status_register", "error_register",
     "cycle_registers", "check_sides", "describe_interface", "lane_dtype", "check_int",
+    "Q_LANE_BITS", "REQUANT_SHIFT_MAX", "lane_bits", "pack_q_beat", "out_mode_ctrl",
 ]
 
 #: Byte-address width of the AXI4-Lite window (64 registers).
@@ -27,6 +28,12 @@ ADDR_WIDTH = 8
 DATA_WIDTH = 32
 #: Accumulator and output lane width; arithmetic wraps modulo 2**ACC_WIDTH.
 ACC_WIDTH = 32
+
+#: Bits per lane of a ``q`` (requantization parameter) beat: the signed 32-bit
+#: multiplier in [31:0], the shift in [37:32], zeros above.
+Q_LANE_BITS = 64
+#: Largest requantization shift (a 6-bit field).
+REQUANT_SHIFT_MAX = 63
 
 #: Supported input dtypes and their lane widths in bits.
 DTYPES = {"int8": 8, "int16": 16}
@@ -63,7 +70,7 @@ class StreamFormat:
     name: str
     direction: str  # "in" (host to core) or "out"
     lanes: str  # how many lanes a beat has ("rows", "cols", ...)
-    lane_bits: str  # "dtype" or "acc"
+    lane_bits: str  # "dtype", "acc" or "param" (Q_LANE_BITS)
     doc: str
 
 
@@ -114,7 +121,11 @@ def config_register(rows_doc: str, cols_doc: str, extra: tuple[Field, ...] = ())
 def ctrl_register(start_doc: str) -> Register:
     return Register("CTRL", 0x0C, "rw", "Control. START reads as 0.", (
         Field("START", 0, 1, start_doc),
-        Field("BIAS_EN", 1, 1, "consume one bias beat per tile and add it")))
+        Field("BIAS_EN", 1, 1, "consume one bias beat per tile and add it"),
+        Field("RELU", 2, 1, "clamp every output at 0 (after the requantization, if any)"),
+        Field("REQUANT", 3, 1, "requantize every output to int8 (sign-extended in its "
+              "32-bit lane) with the per-channel multiplier and shift of one q beat per "
+              "tile")))
 
 
 def status_register(extra: tuple[Field, ...] = ()) -> Register:
@@ -133,7 +144,8 @@ def error_register(bad_dim_doc: str, stream_last: Field) -> Register:
         Field("BAD_DIM", 1, 1, bad_dim_doc),
         stream_last,
         Field("B_LAST", 3, 1, "tlast on b did not match beat K-1 of a tile"),
-        Field("BIAS_LAST", 4, 1, "a bias beat arrived without tlast")))
+        Field("BIAS_LAST", 4, 1, "a bias beat arrived without tlast"),
+        Field("Q_LAST", 5, 1, "a q beat arrived without tlast")))
 
 
 def cycle_registers(offset: int) -> tuple[Register, ...]:
@@ -176,6 +188,27 @@ def describe_interface(registers: tuple[Register, ...], port_prefix: dict[str, s
 
 
 # --- host-side packing -----------------------------------------------------------------
+
+def lane_bits(kind: str, dtype: str) -> int:
+    """Bits of one lane of a stream whose StreamFormat.lane_bits is ``kind``."""
+    return {"dtype": DTYPES[dtype], "acc": ACC_WIDTH, "param": Q_LANE_BITS}[kind]
+
+
+def out_mode_ctrl(rmap, relu: bool, requant: bool) -> int:
+    """The CTRL bits that select a job's output stage."""
+    return ((rmap.field_mask("CTRL", "RELU") if relu else 0)
+            | (rmap.field_mask("CTRL", "REQUANT") if requant else 0))
+
+
+def pack_q_beat(multiplier, shift, lo: int, n: int, cols: int) -> bytes:
+    """One q beat: lane j holds (multiplier, shift) of channel lo + j for j < n, zeros
+    beyond."""
+    beat = np.zeros(cols, "<u8")
+    mm = np.asarray(multiplier, np.int64)[lo:lo + n] & 0xFFFFFFFF
+    ss = np.asarray(shift, np.int64)[lo:lo + n] & 0x3F
+    beat[:n] = (mm | (ss << 32)).astype("<u8")
+    return beat.tobytes()
+
 
 def lane_dtype(dtype: str):
     return {"int8": np.dtype("<i1"), "int16": np.dtype("<i2")}[dtype]

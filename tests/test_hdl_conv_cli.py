@@ -23,7 +23,7 @@ def test_generate_conv2d(tmp_path):
     text = v.read_text()
     assert re.search(rf"module {desc['top']}\b", text)
     widths = {s["name"]: s["tdata_width"] for s in desc["streams"]}
-    assert widths == {"x": 64, "b": 80, "bias": 160, "c": 160}
+    assert widths == {"x": 64, "b": 80, "bias": 160, "q": 320, "c": 160}
     for s in desc["streams"]:
         assert re.search(rf"\[{s['tdata_width'] - 1}:0\] {s['prefix']}__tdata", text), s
     names = [r["name"] for r in desc["registers"]]

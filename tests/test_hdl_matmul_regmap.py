@@ -102,6 +102,10 @@ def test_cycle_model_constants_match_the_rtl():
     from lepton_accel.hdl import drain, pe
     assert regmap.DEPOSIT_DELAY == pe.DEPOSIT_DELAY
     assert regmap.OUT_DELAY == drain.OUT_DELAY
+    assert regmap.REQUANT_DELAY == drain.REQUANT_DELAY
+    from lepton_accel.hdl import conv_regmap
+    assert conv_regmap.OUT_DELAY == drain.OUT_DELAY
+    assert conv_regmap.REQUANT_DELAY == drain.REQUANT_DELAY
 
 
 def test_docs_register_table_matches_regmap():

@@ -1,4 +1,5 @@
-"""The arithmetic every op shares: GELU (tanh form), the int32 wrap, a per-channel add.
+"""The arithmetic every op shares: GELU (tanh form), the int32 wrap, a per-channel add,
+the int32 -> int8 requantization of the cores' output stage.
 
 One definition each, used by the float64/exact reference and by the host kernels, so the
 constant and the wrap rule cannot drift apart.
@@ -70,3 +71,51 @@ def epilogue(acc: np.ndarray, bias, activation, integer: bool, channel_axis: int
     if bias is not None:
         acc = acc + along(np.asarray(bias, np.float64), acc.ndim, channel_axis)
     return activate(acc, activation)
+
+
+#: int8 saturation bounds of :func:`requantize`
+INT8_MIN, INT8_MAX = -128, 127
+#: range of a requantization shift (the cores' 6-bit field)
+REQUANT_SHIFT_MAX = 63
+
+
+def check_requant(multiplier, shift, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel requantization parameters as int64 (channels,) arrays: ``multiplier``
+    an integer in int32's range, ``shift`` an integer in [0, 63]; a scalar applies to
+    every channel. ValueError/TypeError naming the argument otherwise."""
+    out = []
+    for name, v, lo, hi in (("multiplier", multiplier, -2**31, 2**31 - 1),
+                            ("shift", shift, 0, REQUANT_SHIFT_MAX)):
+        a = np.asarray(v)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected integers, got {a.dtype}")
+        if a.ndim == 0:
+            a = np.full(channels, a, np.int64)
+        if a.shape != (channels,):
+            raise ValueError(f"{name}: expected shape ({channels},) (one per output "
+                             f"channel) or a scalar, got {a.shape}")
+        if a.size and (a.min() < lo or a.max() > hi):
+            raise ValueError(f"{name}: values must lie in [{lo}, {hi}], got "
+                             f"[{a.min()}, {a.max()}]")
+        out.append(a.astype(np.int64))
+    return out[0], out[1]
+
+
+def requantize(acc, multiplier, shift, axis: int = -1, relu: bool = False) -> np.ndarray:
+    """The cores' output stage: int32 ``acc`` times the per-channel int32 ``multiplier``
+    (exact, 64 bits), divided by ``2**shift`` rounding to nearest with ties towards +inf
+    (``(p + 2**(shift-1)) >> shift``; no rounding for shift 0), saturated to [-128, 127],
+    then, with ``relu``, clamped at 0. Channels lie along ``axis``. Returns int8.
+
+    Computed as ``(p >> shift) + bit shift-1 of p``, which equals the rounding add
+    without its carry out of 64 bits, for every shift in [0, 63]."""
+    a = np.asarray(acc)
+    if a.dtype != np.int32:
+        raise TypeError(f"acc: expected int32 sums, got {a.dtype}")
+    m = along(np.asarray(multiplier, np.int64), a.ndim, axis)
+    s = along(np.asarray(shift, np.int64), a.ndim, axis)
+    p = a.astype(np.int64) * m                  # |p| <= 2**62
+    y = p >> s
+    y += (p >> np.maximum(s - 1, 0)) & (s > 0)  # the rounding bit
+    np.clip(y, 0 if relu else INT8_MIN, INT8_MAX, out=y)
+    return y.astype(np.int8)
