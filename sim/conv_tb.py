@@ -15,9 +15,12 @@ import numpy as np
 from cocotb.triggers import ClockCycles, RisingEdge
 from cocotb_coverage import coverage
 from cocotbext.axi import AxiStreamFrame
-from tb_common import AxiTB, check_coverage, write_results
+from tb_common import (OUT_MODES, AxiTB, check_coverage, out_mode_name, rand_requant,
+                       write_results)
 
 from lepton_accel.hdl import conv_regmap as cr
+from lepton_accel.hdl.regmap_common import out_mode_ctrl
+from lepton_accel.numerics import requantize
 from lepton_accel.reference import conv2d_ref
 
 REG = cr.REG
@@ -55,6 +58,7 @@ def _groups(j):
 @coverage.CoverPoint("conv.backpressure", xf=lambda j: j["pauses"], bins=[False, True])
 @coverage.CoverCross("conv.kernel_x_groups", items=["conv.kernel", "conv.groups"],
                      ign_bins=[("7x7", "grouped"), ("1x1", "depthwise")])
+@coverage.CoverPoint("conv.out_mode", xf=lambda j: j["out_mode"], bins=OUT_MODES)
 def sample_job(j):
     pass
 
@@ -63,7 +67,7 @@ def sample_job(j):
 
 class TB(AxiTB):
     def __init__(self, dut):
-        super().__init__(dut, cr, ("x", "b", "bias"))
+        super().__init__(dut, cr, ("x", "b", "bias", "q"))
 
     async def start(self):
         self.dut.rst.value = 1
@@ -97,21 +101,22 @@ class TB(AxiTB):
         est = cr.expected_cycles(job, self.rows, self.cols, self.x_lanes)
         return int(est * (25 if self.paused else 2)) + 3000
 
-    async def submit(self, x, w, bias, job, x_tlast=True):
+    async def submit(self, x, w, bias, job, x_tlast=True, relu=False, requant=None):
         frames = cr.pack_job(x, w, bias, job, rows=self.rows, cols=self.cols,
-                             dtype=self.dtype, x_lanes=self.x_lanes)
+                             dtype=self.dtype, x_lanes=self.x_lanes, requant=requant)
         for name, value in cr.register_values(job).items():
             await self.write(name, value)
         ctrl = cr.field_mask("CTRL", "START")
         if bias is not None:
             ctrl |= cr.field_mask("CTRL", "BIAS_EN")
+        ctrl |= out_mode_ctrl(cr, relu, requant is not None)
         if x_tlast:
             for f in frames["x"]:
                 self.src["x"].send_nowait(AxiStreamFrame(f))
         else:  # one frame for all images: only the last image's tlast is present
             self.src["x"].send_nowait(AxiStreamFrame(b"".join(frames["x"])))
         for _ in range(job.n):
-            for name in ("b", "bias"):
+            for name in ("b", "bias", "q"):
                 for f in frames.get(name, []):
                     self.src[name].send_nowait(AxiStreamFrame(f))
         await self.write("CTRL", ctrl)
@@ -124,17 +129,26 @@ class TB(AxiTB):
     async def wait_done(self, polls=2000):
         return await self.poll_done(polls)
 
-    async def run_job(self, x, w, bias, job, extremes=False, x_tlast=True):
-        """Run one job, check it bit-exact, return CYCLES."""
-        ntiles = await self.submit(x, w, bias, job, x_tlast)
+    async def run_job(self, x, w, bias, job, extremes=False, x_tlast=True, relu=False,
+                      requant=None):
+        """Run one job, check it bit-exact, return CYCLES. ``relu`` and ``requant``
+        ((multiplier, shift) per output channel) select the output stage; its oracle is
+        numerics.requantize of the int32 oracle's sums."""
+        ntiles = await self.submit(x, w, bias, job, x_tlast, relu, requant)
         got = await self.collect(job, ntiles, self.timeout_for(job))
         await self.wait_done()
-        expect = oracle(x, w, bias, job)
-        cycles = await self.check_job(got, expect, ntiles, f"{job} bias={bias is not None}")
+        sums = oracle(x, w, bias, job)
+        if requant is not None:
+            expect = requantize(sums, *requant, axis=3, relu=relu).astype(np.int32)
+        else:
+            expect = np.maximum(sums, 0) if relu else sums
+        mode = out_mode_name(relu, requant)
+        cycles = await self.check_job(got, expect, ntiles,
+                                      f"{job} bias={bias is not None} {mode}")
         exact = oracle(x, w, bias, job, unwrapped=True)
         sample_job(dict(job=job, rows=self.rows, cols=self.cols, bias=bias is not None,
-                        extremes=extremes, wraps=bool((exact != expect).any()),
-                        pauses=self.paused))
+                        extremes=extremes, wraps=bool((exact != sums).any()),
+                        pauses=self.paused, out_mode=mode))
         return cycles
 
     def random_job(self, i):
@@ -367,6 +381,51 @@ async def test_cycle_count(dut):
                             stall_out=await tb.read("STALL_OUT"),
                             useful_macs=cr.useful_macs(job), utilisation=util))
     write_results(results)
+
+
+@cocotb.test()
+async def test_output_stage(dut):
+    """ReLU and requantization on the conv core: random jobs (groups, batches, so the
+    per-channel parameters follow g*OCG + oc0 and repeat per image) with random
+    multipliers and shifts, back to back with plain ones, random pauses; saturation and
+    shift 0/63 lanes; CYCLES with the stage's delay."""
+    tb = TB(dut)
+    await tb.start()
+    R, C = tb.rows, tb.cols
+    njobs = int(os.environ.get("LEPTON_JOBS", "8")) // 2
+    for i in range(njobs):
+        tb.set_pauses(*[(0.3, 0.3), (0.0, 0.0), (0.1, 0.6), (0.6, 0.1)][i % 4])
+        job = tb.random_job(i + 1)
+        x = tb.rand((job.n, job.h, job.w, job.c))
+        w = tb.rand((job.oc, job.cg, job.kh, job.kw))
+        bias = tb.rand_bias(job.oc) // 2**12 if i % 2 else None
+        relu, mode = i % 3 == 1, i % 4
+        rq = None if mode == 3 else rand_requant(tb.rng, oracle(x, w, bias, job), 3)
+        dut._log.info("job %d: %s bias=%s relu=%s requant=%s", i, job, bias is not None,
+                      relu, rq is not None)
+        await tb.run_job(x, w, bias, job, relu=relu, requant=rq)
+    # extremes: the largest sums of both signs through saturating / shift 0 / 63 lanes
+    info = np.iinfo(tb.np_dtype)
+    job = cr.ConvJob.make((2, 3, 3, 2), (C + 1, 2, 3, 3), 1, 1)
+    lanes = [(2**31 - 1, 0), (-2**31, 63), (2**30, 40), (-2**31, 62), (1, 1)]
+    mult = np.array([lanes[j % 5][0] for j in range(job.oc)], np.int64)
+    shift = np.array([lanes[j % 5][1] for j in range(job.oc)], np.int64)
+    tb.set_pauses(0.2, 0.2)
+    for xv, relu in ((info.min, False), (info.max, True)):
+        x = np.full((2, 3, 3, 2), xv, tb.np_dtype)
+        x[1] = -x[1] - 1
+        w = np.full((job.oc, 2, 3, 3), info.min, tb.np_dtype)
+        await tb.run_job(x, w, None, job, extremes=True, relu=relu, requant=(mult, shift))
+    # a plain job right after: the stage is off again
+    await tb.run_job(x, w, None, job, extremes=True)
+    tb.set_pauses(0.0, 0.0)
+    job = cr.ConvJob.make((1, 5, 5, 2 * R), (2 * C, 2 * R, 3, 3), 1, 1)
+    for relu, with_q in ((True, False), (False, True)):
+        x, w = tb.rand((1, 5, 5, 2 * R)), tb.rand((2 * C, 2 * R, 3, 3))
+        rq = rand_requant(tb.rng, oracle(x, w, None, job), 3) if with_q else None
+        cycles = await tb.run_job(x, w, tb.rand_bias(job.oc), job, relu=relu, requant=rq)
+        assert cycles == cr.expected_cycles(job, R, C, tb.x_lanes, out_stage=True), cycles
+    assert await tb.read("ERROR") == 0
 
 
 @cocotb.test()

@@ -15,9 +15,12 @@ import numpy as np
 from cocotb.triggers import RisingEdge
 from cocotb_coverage import coverage
 from cocotbext.axi import AxiStreamFrame
-from tb_common import AxiTB, check_coverage, write_results
+from tb_common import (OUT_MODES, AxiTB, check_coverage, out_mode_name, rand_requant,
+                       write_results)
 
 from lepton_accel.hdl import matmul_regmap as regmap
+from lepton_accel.hdl.regmap_common import out_mode_ctrl
+from lepton_accel.numerics import requantize
 from lepton_accel.reference import matmul_ref
 
 REG = regmap.REG
@@ -51,6 +54,8 @@ def _drain_bound(rows, cols):
 @coverage.CoverPoint("matmul.wraps", xf=lambda j: j["wraps"], bins=[False, True])
 @coverage.CoverPoint("matmul.backpressure", xf=lambda j: j["pauses"], bins=[False, True])
 @coverage.CoverCross("matmul.k_x_bias", items=["matmul.k", "matmul.bias"])
+@coverage.CoverPoint("matmul.out_mode", xf=lambda j: j["out_mode"], bins=OUT_MODES)
+@coverage.CoverPoint("matmul.saturates", xf=lambda j: j["saturates"], bins=[False, True])
 def sample_job(job):
     pass
 
@@ -59,7 +64,7 @@ def sample_job(job):
 
 class TB(AxiTB):
     def __init__(self, dut):
-        super().__init__(dut, regmap, ("a", "b", "bias"))
+        super().__init__(dut, regmap, ("a", "b", "bias", "q"))
         self.rows = self.cols = None
         self.dtype = None
 
@@ -85,28 +90,33 @@ class TB(AxiTB):
         x.flat[self.rng.integers(x.size)] = info.min if self.rng.random() < 0.5 else info.max
         return x.astype(np.int64)
 
-    def reference(self, a, b, bias=None):
-        """The oracle's answer for the core's operands (int64 arrays of lane values)."""
+    def reference(self, a, b, bias=None, relu=False, requant=None):
+        """The oracle's answer for the core's operands (int64 arrays of lane values),
+        through the output stage's NumPy model (numerics.requantize) when asked."""
         lane = np.int8 if self.dtype == "int8" else np.int16
-        return matmul_ref(a.astype(lane), b.astype(lane), bias)
+        c = matmul_ref(a.astype(lane), b.astype(lane), bias)
+        if requant is not None:
+            return requantize(c, *requant, axis=1, relu=relu).astype(np.int32)
+        return np.maximum(c, 0) if relu else c
 
     def rand_bias(self, n, extremes=False):
         if extremes:
             return self.rng.choice(np.array([2**31 - 1, -2**31, 2**31 - 2, -1]), size=n)
         return self.rng.integers(-2**31, 2**31, size=n, dtype=np.int64)
 
-    async def submit(self, a, b, bias=None, tlast_per_tile=True):
+    async def submit(self, a, b, bias=None, tlast_per_tile=True, relu=False, requant=None):
         """Program and start a job and queue its input frames."""
         m, k = a.shape
         n = b.shape[1]
         frames = regmap.pack_job(a, b, bias, rows=self.rows, cols=self.cols,
-                                 dtype=self.dtype)
+                                 dtype=self.dtype, requant=requant)
         await self.write("M", m)
         await self.write("N", n)
         await self.write("K", k)
         ctrl = regmap.field_mask("CTRL", "START")
         if bias is not None:
             ctrl |= regmap.field_mask("CTRL", "BIAS_EN")
+        ctrl |= out_mode_ctrl(regmap, relu, requant is not None)
         for name, fl in frames.items():
             if tlast_per_tile:
                 for f in fl:
@@ -129,23 +139,34 @@ class TB(AxiTB):
         est = regmap.expected_cycles(m, n, k, self.rows, self.cols) + 64 * tiles
         return int(est * (20 if pauses else 2)) + 2000
 
-    async def run_job(self, a, b, bias=None, extremes=False, tlast_per_tile=True):
-        """Run one job, check it bit-exact against NumPy, return CYCLES."""
+    async def run_job(self, a, b, bias=None, extremes=False, tlast_per_tile=True,
+                      relu=False, requant=None):
+        """Run one job, check it bit-exact against NumPy, return CYCLES. ``relu`` and
+        ``requant`` ((multiplier, shift) per output channel) select the output stage."""
         m, k = a.shape
         n = b.shape[1]
-        ntiles = await self.submit(a, b, bias, tlast_per_tile)
+        ntiles = await self.submit(a, b, bias, tlast_per_tile, relu, requant)
         got = await self.collect(a, b, ntiles, self.timeout_for(m, n, k, self.paused))
         await self.wait_done()
-        expect = self.reference(a, b, bias)
+        sums = self.reference(a, b, bias)
+        expect = self.reference(a, b, bias, relu, requant)
         # the same sums in float64, unwrapped (exact: |sum| < 2**53), to see a wrap
         wide = matmul_ref(a.astype(np.float32), b.astype(np.float32))
         if bias is not None:
             wide = wide + bias[None, :]
+        mode = out_mode_name(relu, requant)
         cycles = await self.check_job(got, expect, ntiles,
-                                      f"job {m}x{n}x{k} bias={bias is not None}")
+                                      f"job {m}x{n}x{k} bias={bias is not None} {mode}")
+        saturates = False
+        if requant is not None:
+            raw = requantize(sums, *requant, axis=1)
+            wide_q = np.rint(sums.astype(np.float64) * requant[0][None, :]
+                             / 2.0 ** requant[1][None, :])
+            saturates = bool(((raw == 127) & (wide_q > 127)).any()
+                             and ((raw == -128) & (wide_q < -128)).any())
         sample_job(dict(m=m, n=n, k=k, rows=self.rows, cols=self.cols, bias=bias is not None,
-                        extremes=extremes, wraps=bool((wide != expect).any()),
-                        pauses=self.paused))
+                        extremes=extremes, wraps=bool((wide != sums).any()),
+                        pauses=self.paused, out_mode=mode, saturates=saturates))
         return cycles
 
     def dim_of_class(self, cls, side, lim):
@@ -385,6 +406,79 @@ async def test_cycle_count(dut):
                             stall_in=0, stall_out=await tb.read("STALL_OUT"),
                             utilisation=util))
     write_results(results)
+
+
+@cocotb.test()
+async def test_output_stage(dut):
+    """ReLU and requantization (CTRL.RELU / REQUANT, the q stream): random jobs with
+    random per-channel multipliers and shifts, back to back with plain ones, random
+    pauses; saturation both ways, rounding ties, shift 0 and 63, negative sums; a q
+    packet without per-tile tlast (Q_LAST); CYCLES with the stage's delay."""
+    tb = TB(dut)
+    await tb.start()
+    R, C = tb.rows, tb.cols
+    njobs = int(os.environ.get("LEPTON_JOBS", "6"))
+    for i in range(njobs + 2):
+        tb.set_pauses(*[(0.0, 0.0), (0.3, 0.3), (0.1, 0.6), (0.6, 0.1)][i % 4])
+        m, n, k, with_bias = tb.random_job_shape(i + 1)
+        extremes = i % 3 == 2
+        a, b = tb.rand_matrix((m, k), extremes), tb.rand_matrix((k, n), extremes)
+        bias = tb.rand_bias(n) // 2**12 if with_bias else None
+        relu, mode = bool(i % 2), i % 4
+        requant = None if mode == 3 else rand_requant(tb.rng, tb.reference(a, b, bias), 1)
+        dut._log.info("job %d: M=%d N=%d K=%d bias=%s relu=%s requant=%s", i, m, n, k,
+                      bias is not None, relu, requant is not None)
+        await tb.run_job(a, b, bias, extremes, relu=relu, requant=requant)
+        if i % 3 == 0:
+            await tb.run_job(tb.rand_matrix((2, 3)), tb.rand_matrix((3, 2)))  # plain again
+    # Edges: C[i, j] = v_i + bias_j, per lane a multiplier/shift pair.
+    tb.set_pauses(0.2, 0.2)
+    v = np.array([[-128], [127], [0], [-1], [3], [5], [-3], [1]], np.int64)
+    ones = np.ones((1, C), np.int64)
+    lanes = [(1, 1), (2**31 - 1, 0), (-2**31, 0), (2**31 - 1, 63), (-2**31, 63), (3, 1),
+             (-1, 1), (2**30, 31)]
+    mult = np.array([lanes[j % len(lanes)][0] for j in range(C)], np.int64)
+    shift = np.array([lanes[j % len(lanes)][1] for j in range(C)], np.int64)
+    bias = np.array([(0, 1, -1, 2**31 - 1 - 127)[j % 4] for j in range(C)], np.int64)
+    for relu in (False, True):
+        await tb.run_job(v, ones, bias, True, relu=relu, requant=(mult, shift))
+    await tb.run_job(v, ones, None, True, requant=(np.ones(C, np.int64), np.ones(C, np.int64)))
+    # the largest sums times the largest multipliers, int32 sums of both signs
+    lo = np.iinfo(np.int8 if tb.dtype == "int8" else np.int16).min
+    big = np.full((2, 64), lo, np.int64)
+    big[1] = -lo - 1
+    bigb = np.full((64, C), big[0, 0], np.int64)
+    await tb.run_job(big, bigb, None, True, requant=(np.full(C, -2**31, np.int64),
+                                                     np.array([[0, 62, 63, 31][j % 4]
+                                                               for j in range(C)])))
+    # q sent as one packet over two tiles: Q_LAST is flagged, the result still exact
+    tb.set_pauses(0.0, 0.0)
+    a, b = tb.rand_matrix((R + 1, 3)), tb.rand_matrix((3, C))
+    frames = regmap.pack_job(a, b, rows=R, cols=C, dtype=tb.dtype)
+    rq = rand_requant(tb.rng, tb.reference(a, b), 1)
+    assert await tb.read("ERROR") == 0
+    await tb.write("M", R + 1)
+    await tb.write("N", C)
+    await tb.write("K", 3)
+    for name in ("a", "b"):
+        for f in frames[name]:
+            tb.src[name].send_nowait(AxiStreamFrame(f))
+    tb.src["q"].send_nowait(AxiStreamFrame(b"".join(regmap.pack_q(*rq, R + 1, rows=R, cols=C))))
+    await tb.write("CTRL", regmap.field_mask("CTRL", "START") | out_mode_ctrl(regmap, False, True))
+    got = await tb.collect(a, b, 2, 5000)
+    await tb.wait_done()
+    np.testing.assert_array_equal(got, tb.reference(a, b, None, False, rq))
+    assert await tb.read("ERROR") == regmap.field_mask("ERROR", "Q_LAST")
+    await tb.write("ERROR", regmap.field_mask("ERROR", "Q_LAST"))
+    # cycles at full rate: the model plus the stage's delay, with and without requant
+    for relu, with_q in ((True, False), (False, True), (True, True)):
+        m, n, k = 2 * R + 1, 2 * C, 4 * (R + C)
+        a, b = tb.rand_matrix((m, k)), tb.rand_matrix((k, n))
+        rq = rand_requant(tb.rng, tb.reference(a, b), 1) if with_q else None
+        cycles = await tb.run_job(a, b, tb.rand_bias(n), relu=relu, requant=rq)
+        assert cycles == regmap.expected_cycles(m, n, k, R, C, out_stage=True), cycles
+        assert await tb.read("STALL_IN") == 0
+    assert await tb.read("ERROR") == 0
 
 
 @cocotb.test()

@@ -23,6 +23,33 @@ from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiResp, AxiStreamBus,
 
 CLK_NS = 4  # 250 MHz, the F1/F2 kernel clock
 
+#: the output stage's modes as the coverage names them
+OUT_MODES = ["int32", "relu", "requant", "relu_requant"]
+
+
+def out_mode_name(relu, requant):
+    return OUT_MODES[int(bool(relu)) + 2 * int(requant is not None)]
+
+
+def rand_requant(rng, acc, axis):
+    """Per-channel (multiplier, shift) for int32 sums ``acc`` with channels along
+    ``axis``: most channels as quantize_multiplier makes them (m in [2**30, 2**31),
+    a shift that maps the channel's largest |sum| to about 100..400, so some outputs
+    saturate), the rest anywhere in the hardware's range (any int32 multiplier, shift
+    0..63), and one channel's shift 0 or 63 when there are a few."""
+    a = np.moveaxis(np.asarray(acc, np.int64), axis, 0).reshape(np.shape(acc)[axis], -1)
+    n = a.shape[0]
+    amax = np.maximum(np.abs(a).max(axis=1) if a.size else np.ones(n), 1)
+    mult = rng.integers(2**30, 2**31, size=n)
+    target = rng.uniform(100.0, 400.0, size=n)
+    shift = np.clip(np.ceil(np.log2(amax * mult / target)), 0, 63).astype(np.int64)
+    wild = rng.random(n) < 0.25
+    mult[wild] = rng.integers(-2**31, 2**31, size=int(wild.sum()))
+    shift[wild] = rng.integers(0, 64, size=int(wild.sum()))
+    if n >= 3:
+        shift[rng.integers(n)] = rng.choice([0, 63])
+    return mult, shift
+
 
 def report_coverage(dut, name):
     """Log the coverage database and write it as YAML and as a JSON summary of the

@@ -31,6 +31,8 @@ SLOW = [
 POINTS = ",".join(f"conv.{p}" for p in ("kernel", "stride", "pad", "dilation", "groups",
                                         "ocg", "pixels", "batch", "bias", "wraps",
                                         "backpressure")) + "," + ",".join(STALL_POINTS)
+#: the default run also reaches every output-stage mode (test_output_stage)
+ALL_POINTS = POINTS + ",conv.out_mode"
 
 
 def _need(sim):
@@ -56,15 +58,15 @@ def _run(cfg, name, **kw):
 
 @pytest.mark.parametrize("cfg", FAST, ids=_ids)
 def test_conv(cfg):
-    _, bdir = _run(cfg, "default", env={"LEPTON_COVERAGE_REQUIRE": POINTS})
+    _, bdir = _run(cfg, "default", env={"LEPTON_COVERAGE_REQUIRE": ALL_POINTS})
     cov = json.loads((bdir / "coverage_default.json").read_text())
-    assert all(cov[p] == 100 for p in POINTS.split(",")), cov
+    assert all(cov[p] == 100 for p in ALL_POINTS.split(",")), cov
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", SLOW, ids=_ids)
 def test_conv_more_configs(cfg):
-    _run(cfg, "more", env={"LEPTON_COVERAGE_REQUIRE": POINTS})
+    _run(cfg, "more", env={"LEPTON_COVERAGE_REQUIRE": ALL_POINTS})
 
 
 @pytest.mark.slow
