@@ -11,6 +11,7 @@ import math
 import os
 
 from . import backends as _backends
+from . import numerics
 from .arrays import ArrayView, as_view
 from .backends import BackendUnavailable, RunStats, UnsupportedOperation
 from .ops import CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_WEIGHT, MATMUL, OpDef, OpSpec
@@ -80,16 +81,26 @@ def _weigh(spec: OpSpec, views) -> "_backends.Backend":
     return min(candidates, key=lambda be: be.estimate(spec, views))
 
 
-def _spec(opdef: OpDef, views, activation, out_dtype, params: dict) -> OpSpec:
-    """Validate a call into its OpSpec and apply the size policy."""
+def _spec(opdef: OpDef, views, activation, out_dtype, params: dict,
+          requant: bool = False) -> OpSpec:
+    """Validate a call into its OpSpec and apply the size policy. ``views`` are the op's
+    operands, then the bias if there is one; ``requant`` asks for the int8 epilogue."""
     n = len(opdef.operands)
     bias = views[n] if len(views) > n else None
+    extra = {"requant": True} if requant else {}
     spec = opdef.spec(tuple(v.shape for v in views[:n]), tuple(v.dtype for v in views[:n]),
                       bias_shape=None if bias is None else bias.shape,
                       bias_dtype=None if bias is None else bias.dtype,
-                      activation=activation, out_dtype=out_dtype, **params)
+                      activation=activation, out_dtype=out_dtype, **params, **extra)
     _check_memory(spec, views)
     return spec
+
+
+def requant_operands(spec: OpSpec, multiplier, shift):
+    """The requantization's per-channel multiplier and shift as int64 arrays, checked
+    against the spec's output channels (ValueError/TypeError naming the argument)."""
+    channels = spec.out_shape[spec.definition.channel_axis(spec)] if spec.out_shape else 1
+    return numerics.check_requant(multiplier, shift, channels)
 
 
 def available_memory() -> int:
@@ -131,10 +142,13 @@ def execute(spec: OpSpec, operands, backend: str = "auto"):
     the spec has one): returns ``(output, RunStats)``. The statistics are the caller's to
     keep; :func:`matmul` and :func:`conv2d` record them in the process's perf model."""
     _check_backend_name(backend)
-    names = spec.definition.operands + (("bias",) if spec.bias else ())
+    names = spec.operand_names
     if len(operands) != len(names):
         raise ValueError(f"operands: {spec.op} with this spec takes {len(names)} arrays "
                          f"({', '.join(names)}), got {len(operands)}")
+    operands = list(operands)
+    if spec.requant:
+        operands[-2:] = requant_operands(spec, operands[-2], operands[-1])
     views = [o if isinstance(o, ArrayView) else as_view(o, n) for o, n in zip(operands, names)]
     for v, shape in zip(views, spec.shapes):
         if tuple(v.shape) != tuple(shape) or v.dtype != spec.dtype:
@@ -144,23 +158,34 @@ def execute(spec: OpSpec, operands, backend: str = "auto"):
     return choose_backend(spec, views, backend).run(spec, views)
 
 
-def _call(opdef: OpDef, views: list[ArrayView], backend, activation, out_dtype, **params):
+def _call(opdef: OpDef, views: list[ArrayView], backend, activation, out_dtype, requant=None,
+          **params):
     # One lookup serves a repeated call: the validated spec and the backend chosen for it,
     # still valid while the backends' tokens (and for "auto" the perf model) are unchanged.
     tokens = [be.token() for be in _TOKENED]
     gen = MODEL.generation if backend == "auto" else 0
+    has_requant = requant is not None
+    if has_requant and (not isinstance(requant, (tuple, list)) or len(requant) != 2):
+        raise TypeError(f"requant: expected (multiplier, shift), per output channel, got "
+                        f"{type(requant).__name__}")
     try:
-        key = (opdef.name, backend, activation, out_dtype, tuple(params.values()),
+        key = (opdef.name, backend, activation, out_dtype, has_requant, tuple(params.values()),
                tuple([(v.shape, v.dtype, v.device) for v in views]))
         hit = _CALLS.get(key)
     except TypeError:  # an unhashable argument: validated (and refused or run) uncached
         key = hit = None
     if hit is not None and hit[2] == gen and hit[3] == tokens:
-        spec, be = hit[0], hit[1]
+        spec = hit[0]
     else:
         if backend.__class__ is not str:
             _check_backend_name(backend)
-        spec = _spec(opdef, views, activation, out_dtype, params)
+        spec = _spec(opdef, views, activation, out_dtype, params, requant=has_requant)
+    if has_requant:
+        mult, shift = requant_operands(spec, *requant)
+        views = views + [as_view(mult, "multiplier"), as_view(shift, "shift")]
+    if hit is not None and hit[0] is spec and hit[2] == gen and hit[3] == tokens:
+        be = hit[1]
+    else:
         be = choose_backend(spec, views, backend)
         if key is not None:
             if len(_CALLS) >= _CACHE_MAX:
@@ -173,32 +198,37 @@ def _call(opdef: OpDef, views: list[ArrayView], backend, activation, out_dtype, 
 
 
 def matmul(a, b, *, bias=None, activation=None, out_dtype=None, allow_tf32=False,
-           backend="auto"):
+           requant=None, backend="auto"):
     """``activation(a @ b + bias)`` with NumPy's matmul semantics.
 
     a: (..., M, K) or (K,); b: (..., K, N) or (K,); leading dims broadcast.
     bias: (N,), added along the last output axis. activation: None, "relu" or "gelu"
     (tanh approximation). Dtype rules are in :mod:`lepton_accel.dtypes`. ``allow_tf32``
     lets float32 run on TF32 tensor cores where the backend has them (exact float32 otherwise).
+    ``requant=(multiplier, shift)`` (integer operands; per output channel, or scalars)
+    requantizes the int32 result to int8 (``numerics.requantize``: round to nearest,
+    saturating), a ReLU then clamping the int8 values.
     """
     views = [as_view(a, "a"), as_view(b, "b")]
     if bias is not None:
         views.append(as_view(bias, "bias"))
-    return _call(MATMUL, views, backend, activation, out_dtype, allow_tf32=allow_tf32)
+    return _call(MATMUL, views, backend, activation, out_dtype, requant,
+                 allow_tf32=allow_tf32)
 
 
 def conv2d(x, w, *, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-           activation=None, out_dtype=None, backend="auto"):
+           activation=None, out_dtype=None, requant=None, backend="auto"):
     """2-D cross-correlation with PyTorch's meaning of the parameters.
 
     x: (N, C, H, W) for layout="NCHW" or (N, H, W, C) for "NHWC"; w: (OC, C/groups, KH, KW);
     bias: (OC,); padding: int, pair, "same" or "valid". The output has x's layout.
+    ``requant=(multiplier, shift)``: the int8 epilogue, as for :func:`matmul`.
     """
     views = [as_view(x, "x"), as_view(w, "w")]
     if bias is not None:
         views.append(as_view(bias, "bias"))
-    return _call(CONV2D, views, backend, activation, out_dtype, stride=stride, padding=padding,
-                 dilation=dilation, groups=groups, layout=layout)
+    return _call(CONV2D, views, backend, activation, out_dtype, requant, stride=stride,
+                 padding=padding, dilation=dilation, groups=groups, layout=layout)
 
 
 def conv2d_grad_input(dy, w, *, input_hw, stride=1, padding=0, dilation=1, groups=1,

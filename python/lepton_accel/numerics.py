@@ -60,13 +60,19 @@ def activate(acc: np.ndarray, activation: str | None) -> np.ndarray:
     return acc
 
 
-def epilogue(acc: np.ndarray, bias, activation, integer: bool, channel_axis: int) -> np.ndarray:
+def epilogue(acc: np.ndarray, bias, activation, integer: bool, channel_axis: int,
+             requant=None) -> np.ndarray:
     """The reference epilogue on an int64/float64 accumulator: the bias (added in int32,
-    wrapping, for integers), then the activation; integers come back as int32."""
+    wrapping, for integers), then the activation; integers come back as int32. With
+    ``requant`` = (multiplier, shift) per channel (integers only) the int32 sums are
+    requantized to int8 and a ReLU clamps the int8 values (:func:`requantize`)."""
     if integer:
         acc = wrap_int32(acc).astype(np.int64)
         if bias is not None:
             acc = acc + along(np.asarray(bias, np.int64), acc.ndim, channel_axis)
+        if requant is not None:
+            return requantize(wrap_int32(acc), requant[0], requant[1], channel_axis,
+                              relu=activation == "relu")
         return activate(wrap_int32(acc), activation)
     if bias is not None:
         acc = acc + along(np.asarray(bias, np.float64), acc.ndim, channel_axis)
@@ -80,7 +86,7 @@ REQUANT_SHIFT_MAX = 63
 
 
 def check_requant(multiplier, shift, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel requantization parameters as int64 (channels,) arrays: ``multiplier``
+    """Per-channel requantization parameters as int32 (channels,) arrays: ``multiplier``
     an integer in int32's range, ``shift`` an integer in [0, 63]; a scalar applies to
     every channel. ValueError/TypeError naming the argument otherwise."""
     out = []
@@ -97,7 +103,7 @@ def check_requant(multiplier, shift, channels: int) -> tuple[np.ndarray, np.ndar
         if a.size and (a.min() < lo or a.max() > hi):
             raise ValueError(f"{name}: values must lie in [{lo}, {hi}], got "
                              f"[{a.min()}, {a.max()}]")
-        out.append(a.astype(np.int64))
+        out.append(np.ascontiguousarray(a, np.int32))
     return out[0], out[1]
 
 

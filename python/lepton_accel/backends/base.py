@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from ..arrays import ArrayView
+import numpy as np
+
+from .. import numerics
+from ..arrays import ArrayView, to_caller_kind
 from ..ops import OpSpec
 
 
@@ -75,3 +78,14 @@ class Backend:
             raise UnsupportedOperation(f"backend: {self.name!r} has no kernel for op "
                                        f"{spec.op!r}")
         return kernel(self, spec, operands)
+
+    def run_requant_on_host(self, spec: OpSpec, operands: list[ArrayView]):
+        """A requantizing spec as its int32 op on this backend, then
+        ``numerics.requantize`` (and the ReLU) on the host: for backends whose kernels
+        have no int8 epilogue of their own."""
+        out, stats = self.run(spec.int32_spec, operands[:-2])
+        mult, shift = (v.host for v in operands[-2:])
+        y = numerics.requantize(np.asarray(out), mult, shift,
+                                spec.definition.channel_axis(spec),
+                                relu=spec.activation == "relu")
+        return to_caller_kind(y, operands[0].origin), stats

@@ -284,3 +284,8 @@ class CpuBackend(Backend):
 
     def estimate(self, spec: OpSpec, operands=None) -> float:
         return MODEL.estimate(spec, "host-cpu", data_on_host=False).total_s
+
+    def run(self, spec: OpSpec, operands: list[ArrayView]):
+        if spec.requant:  # the int32 kernels, then numerics.requantize: the cores' model
+            return self.run_requant_on_host(spec, operands)
+        return super().run(spec, operands)

@@ -154,6 +154,8 @@ class CudaBackend(Backend):
             return False, why
         if spec.op not in self.kernels:
             return False, f"no {spec.op} kernel on the cuda backend"
+        if spec.requant:
+            return False, "no int8 requantization epilogue on the cuda backend"
         if spec.dtype not in core.DType.__members__:
             return False, f"{spec.dtype} operands have no CUDA kernel (int8 is the integer type)"
         if spec.op in _CONV_ROLES:

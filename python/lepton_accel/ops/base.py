@@ -31,6 +31,9 @@ class OpSpec:
     bias: bool = False
     activation: str | None = None
     params: Any = None                     # the op's parameter dataclass
+    #: the requantization epilogue: per output channel multiplier and shift operands
+    #: (after the bias) take the int32 result to int8 (``numerics.requantize``)
+    requant: bool = False
 
     @property
     def definition(self) -> "OpDef":
@@ -60,7 +63,23 @@ class OpSpec:
         return {"op": self.op, "shapes": [list(s) for s in self.shapes], "dtype": self.dtype,
                 "out_shape": list(self.out_shape), "out_dtype": self.out_dtype,
                 "acc_dtype": self.acc_dtype, "bias": self.bias, "activation": self.activation,
+                "requant": self.requant,
                 "params": asdict(self.params) if self.params is not None else {}}
+
+    @property
+    def operand_names(self) -> tuple[str, ...]:
+        """Names of the arrays a run takes: the op's operands, then ``bias`` and
+        ``multiplier``, ``shift`` where the spec has them."""
+        return (self.definition.operands + (("bias",) if self.bias else ())
+                + (("multiplier", "shift") if self.requant else ()))
+
+    @property
+    def int32_spec(self) -> "OpSpec":
+        """The same op without the requantization epilogue (int32 out, no activation:
+        the activation then applies after requantizing, as in ``numerics.requantize``)."""
+        from dataclasses import replace
+
+        return replace(self, requant=False, out_dtype="int32", activation=None)
 
 
 class OpDef:
@@ -105,7 +124,10 @@ class OpDef:
     def bytes_in(self, spec: OpSpec) -> int:
         total = sum(math.prod(s) for s in spec.shapes) * itemsize(spec.dtype)
         if spec.bias:
-            total += spec.out_shape[self.channel_axis(spec)] * itemsize(spec.out_dtype)
+            total += spec.out_shape[self.channel_axis(spec)] * itemsize(
+                "int32" if spec.requant else spec.out_dtype)
+        if spec.requant:
+            total += 2 * spec.out_shape[self.channel_axis(spec)] * 4
         return total
 
 
@@ -190,6 +212,23 @@ def check_activation(activation, dtype: str) -> str | None:
         raise ValueError(f"activation: 'gelu' is not defined for integer ({dtype} -> int32) "
                          "operations; use None or 'relu'")
     return activation
+
+
+def check_requant(requant, dtype: str, activation, out_dtype) -> tuple[bool, str | None]:
+    """(requant, out_dtype) of the requantization epilogue: integer operands only, the
+    activation None or ReLU, the output int8 (``out_dtype`` None or "int8")."""
+    if requant is not False and requant is not True:
+        raise TypeError(f"requant: expected True or False, got {requant!r}")
+    if not requant:
+        return False, out_dtype
+    if not is_integer(dtype):
+        raise ValueError(f"requant: requantization applies to integer operands, got {dtype}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation: {activation!r} cannot precede requantization; "
+                         "expected None or 'relu'")
+    if out_dtype is not None and normalize_dtype(out_dtype, "out_dtype") != "int8":
+        raise TypeError(f"out_dtype: requantization gives int8, got out_dtype={out_dtype!r}")
+    return True, None
 
 
 def check_bias(bias_shape, bias_dtype, length: int, out_dtype: str) -> bool:

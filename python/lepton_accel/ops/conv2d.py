@@ -10,8 +10,8 @@ import numpy as np
 
 from .. import numerics
 from ..dtypes import is_integer
-from .base import (OpDef, OpSpec, as_int, check_activation, check_bias, int_pair,
-                   operand_dtype, out_dtype_for, register, shape_of)
+from .base import (OpDef, OpSpec, as_int, check_activation, check_bias, check_requant,
+                   int_pair, operand_dtype, out_dtype_for, register, shape_of)
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -159,22 +159,25 @@ class Conv2d(OpDef):
 
     def spec(self, shapes, dtypes, *, bias_shape=None, bias_dtype=None, activation=None,
              out_dtype=None, stride=1, padding=0, dilation=1, groups=1,
-             layout="NCHW") -> OpSpec:
+             layout="NCHW", requant=False) -> OpSpec:
         x_shape, w_shape = shape_of(shapes[0], "x"), shape_of(shapes[1], "w")
         dtype = operand_dtype((("x", dtypes[0]), ("w", dtypes[1])))
-        out_dt, acc = out_dtype_for(dtype, out_dtype)
         activation = check_activation(activation, dtype)
+        requant, out_dtype = check_requant(requant, dtype, activation, out_dtype)
+        out_dt, acc = out_dtype_for(dtype, out_dtype)
         params, out = conv_geometry(x_shape, w_shape, stride=stride, padding=padding,
                                     dilation=dilation, groups=groups, layout=layout)
         has_bias = check_bias(bias_shape, bias_dtype, w_shape[0], out_dt)
+        if requant:
+            out_dt = "int8"
         return OpSpec("conv2d", (x_shape, w_shape), dtype, out, out_dt, acc, has_bias,
-                      activation, params)
+                      activation, params, requant)
 
-    def reference(self, spec: OpSpec, arrays, bias=None):
+    def reference(self, spec: OpSpec, arrays, bias=None, requant=None):
         p = spec.params
         integer = is_integer(spec.dtype)
         out = conv_reference(arrays[0], arrays[1], p, p.spatial(spec.out_shape), integer)
-        out = numerics.epilogue(out, bias, spec.activation, integer, 1)
+        out = numerics.epilogue(out, bias, spec.activation, integer, 1, requant)
         return out if p.layout == "NCHW" else out.transpose(0, 2, 3, 1)
 
     def channel_axis(self, spec: OpSpec) -> int:

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import numerics
 from ..dtypes import is_integer
-from .base import (OpDef, OpSpec, check_activation, check_bias, operand_dtype, out_dtype_for,
-                   register, shape_of)
+from .base import (OpDef, OpSpec, check_activation, check_bias, check_requant, operand_dtype,
+                   out_dtype_for, register, shape_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +41,16 @@ class Matmul(OpDef):
     job_properties = {"allow_tf32": {"type": "boolean"}}
 
     def spec(self, shapes, dtypes, *, bias_shape=None, bias_dtype=None, activation=None,
-             out_dtype=None, allow_tf32=False) -> OpSpec:
+             out_dtype=None, allow_tf32=False, requant=False) -> OpSpec:
         a_shape, b_shape = shape_of(shapes[0], "a"), shape_of(shapes[1], "b")
         if len(a_shape) == 0:
             raise ValueError("a: expected an array of rank >= 1, got a scalar (rank 0)")
         if len(b_shape) == 0:
             raise ValueError("b: expected an array of rank >= 1, got a scalar (rank 0)")
         dtype = operand_dtype((("a", dtypes[0]), ("b", dtypes[1])))
-        out_dt, acc = out_dtype_for(dtype, out_dtype)
         activation = check_activation(activation, dtype)
+        requant, out_dtype = check_requant(requant, dtype, activation, out_dtype)
+        out_dt, acc = out_dtype_for(dtype, out_dtype)
         ka = a_shape[-1]
         kb = b_shape[-2] if len(b_shape) >= 2 else b_shape[0]
         if ka != kb:
@@ -59,6 +60,9 @@ class Matmul(OpDef):
         batch = broadcast(a_shape[:-2], b_shape[:-2])
         out = batch + a_shape[-2:-1] + b_shape[-1:] if len(b_shape) >= 2 else batch + a_shape[-2:-1]
         has_bias = False
+        if requant and len(b_shape) < 2:
+            raise ValueError("requant: per-channel requantization needs a 2-D (or batched) b "
+                             "with an N dimension")
         if bias_shape is not None:
             if len(b_shape) < 2:
                 raise ValueError("bias: a bias needs a 2-D (or batched) b with an N dimension")
@@ -68,15 +72,17 @@ class Matmul(OpDef):
         if allow_tf32 and dtype != "float32":
             raise ValueError(f"allow_tf32: applies to float32 operands only, got {dtype}")
         params = MatmulParams(True) if allow_tf32 else _NO_TF32
+        if requant:
+            out_dt = "int8"
         return OpSpec("matmul", (a_shape, b_shape), dtype, out, out_dt, acc, has_bias,
-                      activation, params)
+                      activation, params, requant)
 
-    def reference(self, spec: OpSpec, arrays, bias=None):
+    def reference(self, spec: OpSpec, arrays, bias=None, requant=None):
         a, b = (np.asarray(v) for v in arrays)
         integer = is_integer(spec.dtype)
         t = np.int64 if integer else np.float64
         acc = np.matmul(a.astype(t), b.astype(t))
-        return numerics.epilogue(acc, bias, spec.activation, integer, -1)
+        return numerics.epilogue(acc, bias, spec.activation, integer, -1, requant)
 
     def gemm_shape(self, spec: OpSpec):
         a, b = spec.shapes
