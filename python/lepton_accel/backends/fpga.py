@@ -3,7 +3,8 @@
 
 With no board present (no board driver exists yet) the device is the Verilator model of
 each core's Verilog. matmul runs natively on int8 operands (int32 result, wrap-around,
-bias and ReLU as the dtype rules say) on the matmul core; conv2d runs on the conv2d core
+bias and ReLU as the dtype rules say; a requantizing spec's int8 epilogue in the cores'
+output stage) on the matmul core; conv2d runs on the conv2d core
 (image memory + hardware im2col; row bands for images larger than its memory) and falls
 back to host im2col on the matmul core only when the conv core cannot take the
 convolution (the run's ``RunStats.extra["route"]`` says which core ran and why).
@@ -95,8 +96,8 @@ class FpgaBackend(Backend):
                            "quantize='per_tensor' or 'per_channel')")
         if spec.activation not in (None, "relu"):
             return False, f"activation {spec.activation!r} is not supported (None or 'relu')"
-        if spec.out_dtype != "int32":
-            return False, f"out_dtype {spec.out_dtype} is not supported (int32)"
+        if spec.out_dtype != ("int8" if spec.requant else "int32"):
+            return False, f"out_dtype {spec.out_dtype} is not supported (int32, or int8 requantized)"
         return True, ""
 
     def _device_spec(self):
@@ -138,7 +139,8 @@ class FpgaBackend(Backend):
         arrays = [v.host for v in operands]
         t0 = time.perf_counter()
         drv = session.driver_for(session.config_for("matmul", spec.dtype))
-        run = drv.run(spec, arrays[0], arrays[1], arrays[2] if spec.bias else None)
+        run = drv.run(spec, arrays[0], arrays[1], arrays[2] if spec.bias else None,
+                      *_requant_arrays(spec, arrays))
         return self._result(spec, operands, run, time.perf_counter() - t0)
 
     def _conv2d(self, spec: OpSpec, operands: list[ArrayView]):
@@ -146,7 +148,9 @@ class FpgaBackend(Backend):
 
         arrays = [v.host for v in operands]
         t0 = time.perf_counter()
-        run = conv2d_run(spec, arrays[0], arrays[1], arrays[2] if spec.bias else None)
+        rq = _requant_arrays(spec, arrays)
+        run = conv2d_run(spec, arrays[0], arrays[1], arrays[2] if spec.bias else None,
+                         requant=rq if spec.requant else None)
         return self._result(spec, operands, run, time.perf_counter() - t0)
 
     def _result(self, spec: OpSpec, operands: list[ArrayView], run, wall: float):
@@ -162,3 +166,8 @@ class FpgaBackend(Backend):
         return to_caller_kind(run.out, operands[0].origin), stats
 
     kernels = {"matmul": _matmul, "conv2d": _conv2d}
+
+
+def _requant_arrays(spec: OpSpec, arrays) -> tuple:
+    """(multiplier, shift) of a requantizing spec (its last two operands), else Nones."""
+    return (arrays[-2], arrays[-1]) if spec.requant else (None, None)

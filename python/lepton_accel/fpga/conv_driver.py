@@ -130,10 +130,13 @@ class ConvDriver(CoreDriver):
         list(row_bands(job, self.capacity))
 
     # ---- one job -------------------------------------------------------------------
-    def _job(self, x: np.ndarray, w: np.ndarray, bias, job: cr.ConvJob) -> np.ndarray:
-        """One core job: x is (job.n, H, W, C) NHWC of the job's rows."""
+    def _job(self, x: np.ndarray, w: np.ndarray, bias, job: cr.ConvJob, relu: bool = False,
+             requant=None) -> np.ndarray:
+        """One core job: x is (job.n, H, W, C) NHWC of the job's rows; ``relu`` /
+        ``requant`` on the core's output stage (int8 out with requant)."""
         d, R, C, XL = self.device, self.rows, self.cols, self.x_lanes
-        frames = cr.pack_job(x, w, bias, job, rows=R, cols=C, dtype=self.dtype, x_lanes=XL)
+        frames = cr.pack_job(x, w, bias, job, rows=R, cols=C, dtype=self.dtype, x_lanes=XL,
+                             requant=requant)
         tiles = list(cr.tile_order(job, R, C))
         p_all = job.oh * job.ow
         heights = [min(R, p_all - p0) for _, p0, _ in tiles] * job.n
@@ -142,33 +145,41 @@ class ConvDriver(CoreDriver):
                    "b": InStream(b"".join(frames["b"]) * job.n, job.k)}
         if bias is not None:
             streams["bias"] = InStream(b"".join(frames["bias"]) * job.n, 1)
+        if requant is not None:
+            streams["q"] = InStream(b"".join(frames["q"]) * job.n, 1)
         try:
             for name, value in cr.register_values(job).items():
                 d.write(name, value)
-            res = d.stream(streams, c_beats, ctrl=self._ctrl_start(bias))
+            res = d.stream(streams, c_beats,
+                           ctrl=self._ctrl_start(bias, relu, requant is not None))
             out = self._finish(res, heights)
             self.last.job_cycles.append((job, self._count()))
         except BaseException:
             self._recover()
             raise
-        return cr.unpack_c(out, job, rows=R, cols=C)
+        c = cr.unpack_c(out, job, rows=R, cols=C)
+        return c.astype(np.int8) if requant is not None else c
 
     def _n_block(self, job: cr.ConvJob) -> int:
         """Images per job: within the N register and max_job_bytes of packed streams."""
         lane = self.lane_dtype.itemsize
         tiles = len(list(cr.tile_order(job, self.rows, self.cols)))
         per_image = (math.ceil(job.h * job.w * job.c / self.x_lanes) * self.x_lanes * lane
-                     + tiles * job.k * self.cols * lane + tiles * self.cols * 4
+                     + tiles * job.k * self.cols * lane + tiles * self.cols * (4 + 8)
                      + tiles * self.rows * self.cols * 4)
         return int(max(1, min(_DIM_MAX, self.max_job_bytes // max(per_image, 1))))
 
     # ---- any size ------------------------------------------------------------------
-    def conv_nhwc(self, x, w, bias, job: cr.ConvJob) -> np.ndarray:
-        """(N, OH, OW, OC) int32 of job on NHWC x, weights (OC, CG, KH, KW), int32 bias."""
+    def conv_nhwc(self, x, w, bias, job: cr.ConvJob, *, relu: bool = False,
+                  requant=None) -> np.ndarray:
+        """(N, OH, OW, OC) int32 of job on NHWC x, weights (OC, CG, KH, KW), int32 bias;
+        ``relu`` clamps at 0, ``requant`` = (multiplier, shift) per output channel gives
+        int8 (``numerics.requantize``, ReLU after it), on the core's output stage when
+        it has one."""
         with self.lock:
-            return self._conv_nhwc(x, w, bias, job)
+            return self._conv_nhwc(x, w, bias, job, relu, requant)
 
-    def _conv_nhwc(self, x, w, bias, job: cr.ConvJob) -> np.ndarray:
+    def _conv_nhwc(self, x, w, bias, job: cr.ConvJob, relu=False, requant=None) -> np.ndarray:
         x, w = np.asarray(x), np.asarray(w)
         for name, v in (("x", x), ("w", w)):
             if not self.accepts(v.dtype):
@@ -181,6 +192,7 @@ class ConvDriver(CoreDriver):
             bias = wrap_int32(bias)
             if bias.shape != (job.oc,):
                 raise ValueError(f"bias: expected shape ({job.oc},), got {bias.shape}")
+        relu, requant = self._check_out_stage(relu, requant, job.oc)
         self.last = ConvStats()
         if job.n == 0 or job.oc == 0 or job.c == 0:
             # nothing for the core to do (its registers refuse zero sizes): no output
@@ -188,11 +200,14 @@ class ConvDriver(CoreDriver):
             out = np.zeros((job.n, job.oh, job.ow, job.oc), np.int32)
             if bias is not None:
                 out[...] = bias
-            return out
+            return self._host_out_stage(out, relu, requant)
         self.check(job)
         x = x.astype(self.lane_dtype, copy=False)
         w = w.astype(self.lane_dtype, copy=False)
-        out = np.empty((job.n, job.oh, job.ow, job.oc), np.int32)
+        on_core = self.out_stage and (relu or requant is not None)
+        stage = (relu, requant) if on_core else (False, None)
+        out = np.empty((job.n, job.oh, job.ow, job.oc),
+                       np.int8 if on_core and requant is not None else np.int32)
         bands = list(row_bands(job, self.capacity))
         self.last.bands = len(bands)
         for oy0, iy0, band in bands:
@@ -203,23 +218,24 @@ class ConvDriver(CoreDriver):
                                             ("h", "w", "c", "oc", "kh", "kw", "stride", "pad",
                                              "dilation", "groups")))
                 xs = np.ascontiguousarray(x[n0:n1, iy0:iy0 + band.h])
-                out[n0:n1, oy0:oy0 + band.oh] = self._job(xs, w, bias, sub)
-        return out
+                out[n0:n1, oy0:oy0 + band.oh] = self._job(xs, w, bias, sub, *stage)
+        return out if on_core else self._host_out_stage(out, relu, requant)
 
-    def run(self, spec, x, w, bias=None) -> CoreRun:
+    def run(self, spec, x, w, bias=None, multiplier=None, shift=None) -> CoreRun:
         """A validated conv2d OpSpec on integer operands: int32 in x's layout, bias and
         ReLU by the integer rules (int32 wrap-around, ReLU after the wrapped bias add),
+        or int8 for a requantizing spec (``multiplier``, ``shift`` per output channel),
         with the run's counters. Raises :class:`ConvUnsupported` (before any job) when
         the core cannot take it."""
         if spec.activation not in (None, "relu"):
             raise ConvUnsupported(f"activation {spec.activation!r} (None or 'relu')")
-        return self.measure(lambda: self._run_spec(spec, x, w, bias))
+        requant = (multiplier, shift) if spec.requant else None
+        return self.measure(lambda: self._run_spec(spec, x, w, bias, requant))
 
-    def _run_spec(self, spec, x, w, bias) -> np.ndarray:
+    def _run_spec(self, spec, x, w, bias, requant=None) -> np.ndarray:
         nchw = spec.params.layout == "NCHW"
         x = np.asarray(x)
         x_nhwc = x.transpose(0, 2, 3, 1) if nchw else x
-        out = self._conv_nhwc(x_nhwc, w, bias, job_of_spec(spec))
-        if spec.activation == "relu":
-            np.maximum(out, 0, out=out)
+        out = self._conv_nhwc(x_nhwc, w, bias, job_of_spec(spec), spec.activation == "relu",
+                              requant)
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nchw else out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import numerics
 from .device import Device, DeviceError
 
 __all__ = ["CoreDriver", "CoreRun", "JobStats", "DEFAULT_MAX_JOB_BYTES"]
@@ -109,6 +110,10 @@ class CoreDriver:
         if code not in names:
             raise DeviceError(f"core reports unknown dtype code {code}")
         self.dtype = names[code]
+        #: the core has the output stage (CTRL.RELU / REQUANT and the q stream: interface
+        #: 1.1 on); without it ReLU and requantization run on the host, same arithmetic
+        self.out_stage = rm.field_value("VERSION", "MINOR", d.read("VERSION")) >= 1 and \
+            any(f.name == "REQUANT" for f in rm.REG["CTRL"].fields)
         return cfg
 
     @property
@@ -121,13 +126,36 @@ class CoreDriver:
         return dt.kind == "i" and dt.itemsize <= self.lane_dtype.itemsize
 
     # ---- one job -------------------------------------------------------------------
-    def _ctrl_start(self, bias) -> int:
-        """The CTRL word that starts a job (BIAS_EN when a bias is sent)."""
+    def _ctrl_start(self, bias, relu: bool = False, requant: bool = False) -> int:
+        """The CTRL word that starts a job (BIAS_EN when a bias is sent; RELU / REQUANT
+        for the output stage)."""
         rm = self.rmap
         ctrl = rm.field_mask("CTRL", "START")
         if bias is not None:
             ctrl |= rm.field_mask("CTRL", "BIAS_EN")
+        if relu:
+            ctrl |= rm.field_mask("CTRL", "RELU")
+        if requant:
+            ctrl |= rm.field_mask("CTRL", "REQUANT")
         return ctrl
+
+    @staticmethod
+    def _check_out_stage(relu, requant, channels: int):
+        """(relu, requant) checked: requant None or (multiplier, shift) per channel."""
+        if relu is not False and relu is not True:
+            raise TypeError(f"relu: expected True or False, got {relu!r}")
+        if requant is None:
+            return relu, None
+        if not isinstance(requant, (tuple, list)) or len(requant) != 2:
+            raise TypeError("requant: expected (multiplier, shift), per output channel")
+        return relu, numerics.check_requant(requant[0], requant[1], channels)
+
+    @staticmethod
+    def _host_out_stage(out: np.ndarray, relu: bool, requant, axis: int = -1) -> np.ndarray:
+        """The output stage's arithmetic on the host (int32 ``out``)."""
+        if requant is not None:
+            return numerics.requantize(out, requant[0], requant[1], axis, relu=relu)
+        return np.maximum(out, 0) if relu else out
 
     def _finish(self, res, heights: list[int]) -> list:
         """After a job's streams: wait for DONE, raise on ERROR flags (clearing them) or

@@ -15,8 +15,12 @@ blocks. M is also split so that one job's packed streams stay under ``max_job_by
 Arithmetic: integer operands (int8 on an int8 core; int8 or int16 on an int16 core)
 are multiplied exactly, accumulated in int32 with wrap-around, the int32 bias added with
 wrap-around, and ReLU (if asked for) applied to the wrapped value; the result equals
-``lepton_accel.reference`` bit for bit. Zero-size operands (K = 0, an empty batch, M or
-N = 0) give the result without a job.
+``lepton_accel.reference`` bit for bit. ``requant=(multiplier, shift)`` (per output
+channel) gives int8 outputs, ``numerics.requantize`` of the int32 values (ReLU then
+clamps the int8 values). Both run in the core's output stage (CTRL.RELU / REQUANT, the
+q stream) when the core has it and the job's sums are complete on the core; otherwise
+(an older core, K split over several jobs) the same arithmetic runs on the host. Zero-size
+operands (K = 0, an empty batch, M or N = 0) give the result without a job.
 
 Floating-point operands are accepted only with an explicit ``quantize=``:
 
@@ -83,28 +87,35 @@ class MatmulDriver(CoreDriver):
                               f"{regmap.ACC_WIDTH}")
 
     # ---- one job -------------------------------------------------------------------
-    def _job(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-        """One core job (dimensions within the registers' range)."""
+    def _job(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
+             relu: bool = False, requant=None) -> np.ndarray:
+        """One core job (dimensions within the registers' range); ``relu`` / ``requant``
+        on the core's output stage (int8 out with requant)."""
         d, R, C = self.device, self.rows, self.cols
         m, k = a.shape
         n = b.shape[1]
-        frames = regmap.pack_job(a, b, bias, rows=R, cols=C, dtype=self.dtype)
+        frames = regmap.pack_job(a, b, bias, rows=R, cols=C, dtype=self.dtype,
+                                 requant=requant)
         heights = [min(R, m - r0) for r0, _ in regmap.tile_order(m, n, R, C)]
         streams = {"a": InStream(b"".join(frames["a"]), k),
                    "b": InStream(b"".join(frames["b"]), k)}
         if bias is not None:
             streams["bias"] = InStream(b"".join(frames["bias"]), 1)
+        if requant is not None:
+            streams["q"] = InStream(b"".join(frames["q"]), 1)
         try:
             d.write("M", m)
             d.write("N", n)
             d.write("K", k)
-            res = d.stream(streams, sum(heights), ctrl=self._ctrl_start(bias))
+            res = d.stream(streams, sum(heights),
+                           ctrl=self._ctrl_start(bias, relu, requant is not None))
             out = self._finish(res, heights)
             self._count()
         except BaseException:
             self._recover()
             raise
-        return regmap.unpack_c(out, m, n, rows=R, cols=C)
+        c = regmap.unpack_c(out, m, n, rows=R, cols=C)
+        return c.astype(np.int8) if requant is not None else c
 
     # ---- any shape ------------------------------------------------------------------
     def _m_block(self, n: int, k: int) -> int:
@@ -115,15 +126,17 @@ class MatmulDriver(CoreDriver):
         tiles = max(1, self.max_job_bytes // max(per_row_tile, 1))
         return int(min(_DIM_MAX // R * R, tiles * R))
 
-    def gemm(self, a, b, bias=None) -> np.ndarray:
+    def gemm(self, a, b, bias=None, *, relu: bool = False, requant=None) -> np.ndarray:
         """int32 ``a @ b (+ bias)`` with wrap-around, for 2-D integer a (M x K), b (K x N).
 
-        bias: int32 (N,) or None. Bit-exact with ``lepton_accel.reference``.
+        bias: int32 (N,) or None. ``relu``: clamp at 0. ``requant``: (multiplier, shift)
+        per column (or scalars): int8 ``numerics.requantize`` of the int32 result (ReLU
+        after it). Bit-exact with ``lepton_accel.reference``.
         """
         with self.lock:
-            return self._gemm(np.asarray(a), np.asarray(b), bias)
+            return self._gemm(np.asarray(a), np.asarray(b), bias, relu, requant)
 
-    def _gemm(self, a: np.ndarray, b: np.ndarray, bias) -> np.ndarray:
+    def _gemm(self, a: np.ndarray, b: np.ndarray, bias, relu=False, requant=None) -> np.ndarray:
         for name, x in (("a", a), ("b", b)):
             if x.ndim != 2:
                 raise ValueError(f"{name}: expected a 2-D array, got shape {x.shape}")
@@ -138,17 +151,22 @@ class MatmulDriver(CoreDriver):
             bias = wrap_int32(bias)
             if bias.shape != (n,):
                 raise ValueError(f"bias: expected shape ({n},), got {bias.shape}")
+        relu, requant = self._check_out_stage(relu, requant, n)
         self.last = JobStats()
         out = np.zeros((m, n), np.int32)
-        if m == 0 or n == 0:
-            return out
-        if k == 0:
-            return np.broadcast_to(bias, (m, n)).copy() if bias is not None else out
+        if m == 0 or n == 0 or k == 0:
+            if k == 0 and bias is not None and m and n:
+                out = np.broadcast_to(bias, (m, n)).copy()
+            return self._host_out_stage(out, relu, requant)
         a = a.astype(self.lane_dtype, copy=False)
         b = b.astype(self.lane_dtype, copy=False)
         n_blk = _DIM_MAX // self.cols * self.cols
         k_blk = _DIM_MAX
         acc = np.zeros((m, n), np.int64) if k > k_blk else None
+        # the output stage on the core: only where a job's sums are the final ones
+        on_core = self.out_stage and acc is None and (relu or requant is not None)
+        if on_core and requant is not None:
+            out = np.zeros((m, n), np.int8)
         for n0 in range(0, n, n_blk):
             n1 = min(n, n0 + n_blk)
             m_blk = self._m_block(n1 - n0, min(k, k_blk))
@@ -157,34 +175,43 @@ class MatmulDriver(CoreDriver):
                 for k0 in range(0, k, k_blk):
                     k1 = min(k, k0 + k_blk)
                     bi = bias[n0:n1] if (bias is not None and k0 == 0) else None
-                    part = self._job(a[m0:m1, k0:k1], b[k0:k1, n0:n1], bi)
+                    if on_core:
+                        q = None if requant is None else (requant[0][n0:n1], requant[1][n0:n1])
+                        part = self._job(a[m0:m1, k0:k1], b[k0:k1, n0:n1], bi, relu, q)
+                    else:
+                        part = self._job(a[m0:m1, k0:k1], b[k0:k1, n0:n1], bi)
                     if acc is None:
                         out[m0:m1, n0:n1] = part
                     else:
                         acc[m0:m1, n0:n1] += part
-        return out if acc is None else wrap_int32(acc)
+        if on_core:
+            return out
+        return self._host_out_stage(out if acc is None else wrap_int32(acc), relu, requant)
 
     def matmul(self, a, b, bias=None, *, activation: str | None = None,
-               quantize: str | None = None) -> np.ndarray:
+               quantize: str | None = None, requant=None) -> np.ndarray:
         """NumPy-style ``activation(a @ b + bias)`` on the core.
 
         a: (..., M, K) or (K,); b: (..., K, N) or (K,); leading dims broadcast and run
         as one job per batch entry (folded into M when b has no batch dims).
-        Integer operands: int32 result (wrap-around), bias int32. Float operands need
-        ``quantize="per_tensor"`` or ``"per_channel"`` (see the module docs) and give
-        float32.
+        Integer operands: int32 result (wrap-around), bias int32; with ``requant`` =
+        (multiplier, shift) per output column, int8 (see the module docs). Float
+        operands need ``quantize="per_tensor"`` or ``"per_channel"`` (see the module
+        docs) and give float32.
         """
         with self.lock:
-            return self._matmul(a, b, bias, activation, quantize)
+            return self._matmul(a, b, bias, activation, quantize, requant)
 
-    def run(self, spec, a, b, bias=None) -> CoreRun:
+    def run(self, spec, a, b, bias=None, multiplier=None, shift=None) -> CoreRun:
         """A validated matmul OpSpec (``lepton_accel.ops``) on integer operands: the
-        int32 result in ``spec.out_shape`` (bias and ReLU by the integer rules) with the
-        run's counters."""
+        int32 result in ``spec.out_shape`` (bias and ReLU by the integer rules), or the
+        int8 one of a requantizing spec (``multiplier``, ``shift``), with the run's
+        counters."""
+        requant = (multiplier, shift) if spec.requant else None
         return self.measure(lambda: np.asarray(
-            self._matmul(a, b, bias, spec.activation, None)).reshape(spec.out_shape))
+            self._matmul(a, b, bias, spec.activation, None, requant)).reshape(spec.out_shape))
 
-    def _matmul(self, a, b, bias, activation, quantize) -> np.ndarray:
+    def _matmul(self, a, b, bias, activation, quantize, requant=None) -> np.ndarray:
         if activation not in (None, "relu"):
             raise ValueError(f"activation: {activation!r} is not supported on the fpga "
                              "backend; expected None or 'relu'")
@@ -202,6 +229,9 @@ class MatmulDriver(CoreDriver):
                     "integer operands")
             if quantize not in QUANTIZE_MODES:
                 raise ValueError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
+            if requant is not None:
+                raise ValueError("requant: applies to integer operands, not to quantized "
+                                 "float ones")
             return self._matmul_quantized(a, b, bias, activation, quantize)
         if quantize is not None:
             raise ValueError("quantize: only float operands are quantized; integer operands "
@@ -215,12 +245,11 @@ class MatmulDriver(CoreDriver):
             if bias.dtype.kind not in "iu":
                 raise TypeError(f"bias: expected an int32 bias for integer operands, got "
                                 f"{bias.dtype}")
-        out = self._batched(a, b, bias)
-        if activation == "relu":
-            np.maximum(out, 0, out=out)
-        return out
+        if requant is not None and b.ndim < 2:
+            raise ValueError("requant: per-channel requantization needs a 2-D (or batched) b")
+        return self._batched(a, b, bias, activation == "relu", requant)
 
-    def _batched(self, a, b, bias):
+    def _batched(self, a, b, bias, relu=False, requant=None):
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         if a2.shape[-1] != b2.shape[-2]:
@@ -229,15 +258,16 @@ class MatmulDriver(CoreDriver):
         m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
         nb = math.prod(batch)  # explicit sizes: reshape(-1, ...) is ambiguous when K = 0
         if b2.ndim == 2:  # one weight matrix: fold the batch into M (one job stream)
-            res = self.gemm(a2.reshape(nb * m, k), b2, bias).reshape(*batch, m, n)
+            res = self.gemm(a2.reshape(nb * m, k), b2, bias, relu=relu,
+                            requant=requant).reshape(*batch, m, n)
             stats = self.last
         else:
             aa = np.broadcast_to(a2, batch + (m, k)).reshape(nb, m, k)
             bb = np.broadcast_to(b2, batch + (k, n)).reshape(nb, k, n)
-            res = np.empty((nb, m, n), np.int32)
+            res = np.empty((nb, m, n), np.int8 if requant is not None else np.int32)
             stats = JobStats()
             for i in range(aa.shape[0]):
-                res[i] = self.gemm(aa[i], bb[i], bias)
+                res[i] = self.gemm(aa[i], bb[i], bias, relu=relu, requant=requant)
                 for f in ("jobs", "cycles", "stall_in", "stall_out"):
                     setattr(stats, f, getattr(stats, f) + getattr(self.last, f))
             res = res.reshape(*batch, m, n)
