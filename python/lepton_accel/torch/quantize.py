@@ -14,11 +14,14 @@ The scheme (docs/quantization.md):
   percentile). ReLU outputs therefore use [0, 127]: the cores take signed int8 operands
   and zero-padded convolutions need the zero point at 0.
 * **Bias**: int32, ``round(b / (s_x * s_w[o]))``, added by the core before its ReLU.
-* **Requantization** between layers, on the host: the core's int32 sums become the next
-  layer's int8 input with, per output channel, ``(acc * m + 2**(shift-1)) >> shift``
-  saturated to [-128, 127], where ``m / 2**shift`` approximates ``s_x * s_w[o] / s_y``
-  (``m`` has ``mult_bits`` bits, its top bit set). Rounding is to nearest with ties
-  towards +inf; integer-only, so hardware can reproduce it bit for bit.
+* **Requantization** between layers: the int32 sums become the next layer's int8 input
+  with, per output channel, ``(acc * m + 2**(shift-1)) >> shift`` saturated to
+  [-128, 127] (``lepton_accel.numerics.requantize``), where ``m / 2**shift`` approximates
+  ``s_x * s_w[o] / s_y`` (``m`` has ``mult_bits`` bits, its top bit set). Rounding is to
+  nearest with ties towards +inf; integer-only. It is the epilogue of the layer's op
+  (``requant=``), so on the fpga backend the cores' output stage does it (with the
+  ReLU) and int8 activations go from layer to layer; a backend without the epilogue
+  gets the int32 op and the host requantizes.
 * **Max-pool** on int8 on the host (it commutes with the monotone requantization).
 * The last layer's int32 sums are the network's output; ``dequantize_logits`` scales them
   to the float model's logits (per output channel).
@@ -41,8 +44,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import api
+from .. import numerics
 from .. import reference as _ref
 from ..api import RunStats
+from ..backends import UnsupportedOperation
 from ..numerics import along
 from ..ops import conv2d_spec, matmul_spec
 
@@ -87,17 +92,9 @@ def quantize_multiplier(scale, mult_bits: int = 31) -> tuple[np.ndarray, np.ndar
 
 def requantize(acc, multiplier, shift, axis: int = 1) -> np.ndarray:
     """int32 sums -> int8: ``(acc * m + 2**(shift-1)) >> shift`` saturated to [-128, 127],
-    with per-channel ``m`` and ``shift`` along ``axis``."""
-    a = np.asarray(acc)
-    if a.dtype != np.int32:
-        raise TypeError(f"acc: expected int32 sums, got {a.dtype}")
-    m = along(np.asarray(multiplier, np.int64), a.ndim, axis)
-    s = along(np.asarray(shift, np.int64), a.ndim, axis)
-    y = a * m                                   # int64: |acc * m| < 2**62
-    y += np.left_shift(np.int64(1), s - 1)
-    y >>= s
-    np.clip(y, INT8_MIN, INT8_MAX, out=y)
-    return y.astype(np.int8)
+    with per-channel ``m`` and ``shift`` along ``axis`` (``numerics.requantize``, the
+    cores' output stage)."""
+    return numerics.requantize(acc, multiplier, shift, axis)
 
 
 def quantize_weights(w) -> tuple[np.ndarray, np.ndarray]:
@@ -140,18 +137,18 @@ class QConv2d:
     shift: np.ndarray | None = None
     _specs: dict = field(default_factory=dict, repr=False)
 
-    def spec(self, x_shape):
-        sp = self._specs.get(x_shape)
+    def spec(self, x_shape, requant: bool = False):
+        sp = self._specs.get((x_shape, requant))
         if sp is None:
             sp = conv2d_spec(x_shape, "int8", self.weight.shape, "int8", bias_shape=self.bias.shape,
                              bias_dtype="int32", activation="relu" if self.relu else None,
                              stride=self.stride, padding=self.padding, dilation=self.dilation,
-                             groups=self.groups)
-            self._specs[x_shape] = sp
+                             groups=self.groups, requant=requant)
+            self._specs[(x_shape, requant)] = sp
         return sp
 
-    def operands(self):
-        return (self.weight, self.bias)
+    def operands(self, requant: bool = False):
+        return (self.weight, self.bias) + (_requant_params(self) if requant else ())
 
 
 @dataclass
@@ -173,17 +170,26 @@ class QLinear:
     def __post_init__(self):
         self.weight_t = np.ascontiguousarray(self.weight.T)
 
-    def spec(self, x_shape):
-        sp = self._specs.get(x_shape)
+    def spec(self, x_shape, requant: bool = False):
+        sp = self._specs.get((x_shape, requant))
         if sp is None:
             sp = matmul_spec(x_shape, "int8", self.weight_t.shape, "int8",
                              bias_shape=self.bias.shape, bias_dtype="int32",
-                             activation="relu" if self.relu else None)
-            self._specs[x_shape] = sp
+                             activation="relu" if self.relu else None, requant=requant)
+            self._specs[(x_shape, requant)] = sp
         return sp
 
-    def operands(self):
-        return (self.weight_t, self.bias)
+    def operands(self, requant: bool = False):
+        return (self.weight_t, self.bias) + (_requant_params(self) if requant else ())
+
+
+def _requant_params(layer) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's multiplier and shift as the requantization epilogue takes them."""
+    p = layer.__dict__.get("_rq")
+    if p is None:
+        p = layer.__dict__["_rq"] = numerics.check_requant(layer.multiplier, layer.shift,
+                                                           layer.weight.shape[0])
+    return p
 
 
 @dataclass
@@ -269,8 +275,11 @@ class QuantizedNet:
 
     def run(self, xq, backend: str = "fpga") -> tuple[np.ndarray, ForwardStats]:
         """The network on int8 images: every convolution and dense layer on ``backend``
-        through :func:`lepton_accel.api.execute`, requantization and pooling on the host.
-        Returns (the last layer's int32 sums, ForwardStats)."""
+        through :func:`lepton_accel.api.execute`, with its ReLU and requantization as the
+        op's epilogue (on the fpga backend the cores' output stage: int8 activations
+        from layer to layer); pooling and flattening on the host. A backend without the
+        requantization epilogue runs the int32 op and the host requantizes (the same
+        arithmetic). Returns (the last layer's int32 sums, ForwardStats)."""
         x = self._check_input(xq)
         stats = ForwardStats(backend, x.shape[0])
         t_start = time.perf_counter()
@@ -281,6 +290,12 @@ class QuantizedNet:
             layer = layers[i]
             i += 1
             if isinstance(layer, (QConv2d, QLinear)):
+                if layer.out_scale is not None:
+                    out = self._requantized(layer, x, backend)
+                    if out is not None:
+                        x, rs = out
+                        stats.layers.append((layer.name, rs))
+                        continue
                 spec = layer.spec(tuple(x.shape))
                 acc, rs = api.execute(spec, (x,) + layer.operands(), backend=backend)
                 stats.layers.append((layer.name, rs))
@@ -299,6 +314,19 @@ class QuantizedNet:
             stats.host_s += time.perf_counter() - t0
         stats.wall_s = time.perf_counter() - t_start
         return x, stats
+
+    def _requantized(self, layer, x, backend):
+        """(int8 output, RunStats) of a layer run with the requantization epilogue, or
+        None when ``backend`` does not offer it (the caller then requantizes on the
+        host)."""
+        spec = layer.spec(tuple(x.shape), requant=True)
+        if backend != "auto":
+            try:
+                api.choose_backend(spec, None, backend)
+            except UnsupportedOperation:
+                return None
+        out, rs = api.execute(spec, (x,) + layer.operands(requant=True), backend=backend)
+        return np.asarray(out), rs
 
     def reference(self, xq) -> np.ndarray:
         """The same int8 network in exact NumPy arithmetic: convolution and matmul by
