@@ -226,6 +226,22 @@ def test_seed_cnn_int8_on_cpu_is_its_reference_and_as_accurate():
     np.testing.assert_array_equal(net.predict(xte[:7], backend="cpu"), deq[:7].argmax(1))
 
 
+def test_requantization_epilogue_and_host_path_agree(monkeypatch):
+    """run() requantizes as each layer's op epilogue where the backend has it (cpu:
+    numerics.requantize after its int32 kernel); the host path (int32 op, pool, then
+    requantize) gives the same int8 values and logits."""
+    net = quantized()
+    _, _, xte, _ = digits()
+    xq = net.quantize_input(xte[:12])
+    out, stats = net.run(xq, backend="cpu")
+    assert stats.requantized == ["0", "3", "7"]
+    monkeypatch.setattr(qz.QuantizedNet, "_requantized", lambda self, layer, x, backend: None)
+    host, hstats = net.run(xq, backend="cpu")
+    assert hstats.requantized == []
+    np.testing.assert_array_equal(out, host)
+    np.testing.assert_array_equal(out, net.reference(xq))
+
+
 def test_functional_forward_quantizes_like_sequential():
     seq = trained()
 

@@ -220,7 +220,10 @@ class ForwardStats:
     backend: str
     images: int
     layers: list[tuple[str, RunStats]] = field(default_factory=list)
-    host_s: float = 0.0         # requantization, pooling, flatten on the host
+    host_s: float = 0.0         # requantization (where the backend lacks it), pooling, flatten
+    #: layers whose requantization ran as their op's epilogue on the backend (on fpga:
+    #: the cores' output stage), not on the host
+    requantized: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
     @property
@@ -295,6 +298,7 @@ class QuantizedNet:
                     if out is not None:
                         x, rs = out
                         stats.layers.append((layer.name, rs))
+                        stats.requantized.append(layer.name)
                         continue
                 spec = layer.spec(tuple(x.shape))
                 acc, rs = api.execute(spec, (x,) + layer.operands(), backend=backend)
