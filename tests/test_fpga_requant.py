@@ -177,3 +177,18 @@ def test_requant_arguments_are_checked(rng):
     out = la.matmul(a, b, requant=(2**30, 10), backend="fpga")
     np.testing.assert_array_equal(out, numerics.requantize(la.matmul(a, b, backend="cpu"),
                                                            np.full(5, 2**30), np.full(5, 10)))
+
+
+def test_conv2d_requant_on_the_matmul_fallback(rng):
+    # one output row needs 3 input rows of 40 x 4 elements, more than the 64-word
+    # memory: host im2col on the matmul core, one GEMM per group, each with the stage
+    x, w = ints(rng, (1, 4, 5, 40)), ints(rng, (6, 2, 3, 3))
+    bias = rng.integers(-2**12, 2**12, 6).astype(np.int32)
+    acc = la.conv2d(x, w, bias=bias, padding=1, groups=2, backend="cpu")
+    mult, shift = params(rng, 6, np.moveaxis(acc, 1, -1))
+    out = la.conv2d(x, w, bias=bias, padding=1, groups=2, activation="relu",
+                    requant=(mult, shift), backend="fpga")
+    np.testing.assert_array_equal(out, numerics.requantize(acc, mult, shift, axis=1,
+                                                           relu=True))
+    drv, _ = drivers()
+    assert drv.last.jobs == 2      # the fallback ran: one matmul job per group
