@@ -88,3 +88,23 @@ def test_expected_cycles_is_near_ideal_for_resnet_layers():
         job = cr.ConvJob.make(xs, ws, 1, 1)
         cyc = cr.expected_cycles(job, 16, 16, 16)
         assert cr.useful_macs(job) / (256 * cyc) > 0.95
+
+
+def test_pack_q_follows_groups_and_channel_tiles():
+    # 2 groups of 5 output channels on 4 columns: tile (g, oc0) carries g*5 + oc0 + j
+    job = cr.ConvJob.make((1, 3, 3, 4), (10, 2, 1, 1), groups=2)
+    mult = np.arange(10) * 1000 - 4000
+    shift = np.arange(10) + 3
+    frames = cr.pack_q(mult, shift, job, rows=4, cols=4)
+    tiles = list(cr.tile_order(job, 4, 4))
+    assert len(frames) == len(tiles)
+    for (g, _, oc0), f in zip(tiles, frames):
+        lanes = np.frombuffer(f, "<u8")
+        v = min(4, job.ocg - oc0)
+        m = (lanes[:v] & 0xFFFFFFFF).astype(np.int64)
+        m[m >= 2**31] -= 2**32
+        lo = g * job.ocg + oc0
+        np.testing.assert_array_equal(m, mult[lo:lo + v])
+        np.testing.assert_array_equal(lanes[:v] >> 32, shift[lo:lo + v])
+        assert not lanes[v:].any()
+    assert cr.stream_widths(4, 4, "int8")["q"] == 4 * 64

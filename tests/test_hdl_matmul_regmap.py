@@ -117,3 +117,28 @@ def test_docs_register_table_matches_regmap():
     for r in regmap.REGISTERS:
         assert f"| 0x{r.offset:02X} | {r.name} | {r.access} |" in text, r.name
     assert f"0x{regmap.CORE_ID:08X}" in text
+
+
+def test_pack_q_lanes_follow_the_tiles():
+    # 5 columns on 2 column tiles of 4: lane j of a tile's beat = channel c0 + j
+    mult = np.array([-2**31, 2**31 - 1, -1, 7, 123456])
+    shift = np.array([0, 63, 1, 31, 40])
+    frames = regmap.pack_q(mult, shift, 3, rows=2, cols=4)
+    tiles = list(regmap.tile_order(3, 5, 2, 4))
+    assert len(frames) == len(tiles)
+    for (_, c0), f in zip(tiles, frames):
+        lanes = np.frombuffer(f, "<u8")
+        assert lanes.size == 4
+        v = min(4, 5 - c0)
+        m = (lanes[:v] & 0xFFFFFFFF).astype(np.int64)
+        m[m >= 2**31] -= 2**32
+        np.testing.assert_array_equal(m, mult[c0:c0 + v])
+        np.testing.assert_array_equal(lanes[:v] >> 32, shift[c0:c0 + v])
+        assert not lanes[v:].any()
+    fr = regmap.pack_job(np.zeros((3, 2)), np.zeros((2, 5)), rows=2, cols=4, dtype="int8",
+                         requant=(mult, shift))
+    assert fr["q"] == frames
+    with pytest.raises(ValueError, match="requant"):
+        regmap.pack_job(np.zeros((3, 2)), np.zeros((2, 5)), rows=2, cols=4, dtype="int8",
+                        requant=(mult[:4], shift))
+    assert regmap.stream_widths(2, 4, "int8")["q"] == 4 * 64
