@@ -16,7 +16,7 @@ conv2d and matmul cores) two ways, alternately:
 Both are checked logit for logit against ``QuantizedNet.reference``. Reported: the
 median forward wall time and host share over ``--rounds`` (simulation time dominates
 the wall time: it is the simulator's speed, not a projection of a board), the cores'
-cycles per layer (the stage adds 4 per job), and per layer the bytes of the activation
+cycles per layer (the stage adds REQUANT_DELAY = 6 per job), and per layer the bytes of the activation
 handed from layer to layer on the host (int32 vs int8) and of the ``c`` stream (the same
 both ways: one int8 per 32-bit lane).
 """
@@ -125,7 +125,7 @@ def report(r: dict, command: str) -> str:
     lines += ["", "Wall time is almost all the simulator's (the C++ harness clocking the "
               "models): it does not project a board, and on this shared machine it moves "
               "with the load more than between the two ways. Both ways run the layers' "
-              "ReLU in the output stage, so the core cycles are the same (each job 4 more "
+              "ReLU in the output stage, so the core cycles are the same (each job 6 more "
               "than without the stage, REQUANT_DELAY); the host share is pooling and "
               "flatten, plus NumPy requantization on the host way."]
     return "\n".join(lines) + "\n"

@@ -370,7 +370,7 @@ def useful_macs(job: ConvJob) -> int:
 READ_DELAY = 2
 DEPOSIT_DELAY = 3
 OUT_DELAY = 1
-REQUANT_DELAY = 4
+REQUANT_DELAY = 6
 
 
 def expected_cycles(job: ConvJob, rows: int, cols: int, x_lanes: int,

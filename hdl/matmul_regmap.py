@@ -260,7 +260,7 @@ def pack_job(a, b, bias=None, *, rows: int, cols: int, dtype: str,
 INPUT_DELAY = 1
 DEPOSIT_DELAY = 3
 OUT_DELAY = 1
-REQUANT_DELAY = 4
+REQUANT_DELAY = 6
 
 
 def expected_cycles(m: int, n: int, k: int, rows: int, cols: int,

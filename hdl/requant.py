@@ -11,9 +11,10 @@ same datapath runs with m = 1, s = 0 and no saturation, so the lane keeps its in
 value (clamped at 0 with ReLU). ``lepton_accel.numerics.requantize`` is the same
 arithmetic in NumPy.
 
-Four registered stages, one multiplier or one shifter or one short adder each: the input
-beat with its parameters; the product; the shift with its rounding bit; rounding,
-saturation and ReLU. All stages advance together when the last one is empty or its beat
+Six registered stages, each at most one multiplier, one adder or one shifter: the input
+beat with its parameters; four 16x16 partial products (each one 18x18 DSP multiplier);
+``hh * 2**32 + ll`` (a concatenation) and the middle sum ``lh + hl``; the product
+``base + mid * 2**16``; the shift with its rounding bit; rounding, saturation and ReLU. All stages advance together when the last one is empty or its beat
 is taken (``o.ready``), so ``i.ready`` is a function of ``o.ready`` and one register.
 """
 
@@ -24,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["Requant", "REQUANT_DELAY", "MULT_BITS", "SHIFT_BITS"]
 
 #: cycles a beat spends in the stage (its registers)
-REQUANT_DELAY = 4
+REQUANT_DELAY = 6
 #: width of a lane's multiplier (signed) and of its shift
 MULT_BITS, SHIFT_BITS = 32, 6
 
@@ -72,44 +73,59 @@ class Requant(wiring.Component):
                 m.d.sync += [valid[k].eq(valid[k - 1]), side[k].eq(side[k - 1])]
 
         out_lanes = []
+        H = MULT_BITS // 2           # the 32x32 product as four 16x16 partial products
         for j in range(L):
             # stage 0: the lane and its parameters (m = 1, s = 0 without requantization)
             x0 = Signal(signed(aw), name=f"rq_x{j}")
             m0 = Signal(signed(MULT_BITS), name=f"rq_m{j}")
             s0 = Signal(SHIFT_BITS, name=f"rq_s{j}")
-            # stage 1: the product
-            p1 = Signal(signed(PW), name=f"rq_p{j}")
-            s1 = Signal(SHIFT_BITS, name=f"rq_s1_{j}")
-            # stage 2: p >> s and the rounding bit p[s-1]
-            q2 = Signal(signed(PW), name=f"rq_q{j}")
-            r2 = Signal(name=f"rq_r{j}")
-            # stage 3: the lane's output
-            y3 = Signal(aw, name=f"rq_y{j}")
+            # stage 1: the partial products (each fits an 18x18 signed multiplier)
+            ll = Signal(2 * H, name=f"rq_ll{j}")                 # xl * ml, unsigned
+            lh = Signal(signed(2 * H + 1), name=f"rq_lh{j}")     # xl * mh
+            hl = Signal(signed(2 * H + 1), name=f"rq_hl{j}")     # xh * ml
+            hh = Signal(signed(2 * H), name=f"rq_hh{j}")         # xh * mh
+            # stage 2: hh * 2**32 + ll (a concatenation) and the middle sum
+            base = Signal(signed(PW), name=f"rq_base{j}")
+            mid = Signal(signed(2 * H + 2), name=f"rq_mid{j}")
+            # stage 3: the product p = base + mid * 2**16
+            p3 = Signal(signed(PW), name=f"rq_p{j}")
+            # stage 4: p >> s and the rounding bit p[s-1]
+            q4 = Signal(signed(PW), name=f"rq_q{j}")
+            r4 = Signal(name=f"rq_r{j}")
+            # stage 5: the lane's output
+            y5 = Signal(aw, name=f"rq_y{j}")
+            # the shift travels with the beat
+            s_at = [s0] + [Signal(SHIFT_BITS, name=f"rq_s{k}_{j}") for k in (1, 2, 3)]
 
+            xl, xh = x0[:H].as_unsigned(), x0[H:].as_signed()
+            ml, mh = m0[:H].as_unsigned(), m0[H:].as_signed()
             shifted = Signal(signed(PW + 1), name=f"rq_sh{j}")
-            m.d.comb += shifted.eq(Cat(Const(0, 1), p1).as_signed() >> s1)
+            m.d.comb += shifted.eq(Cat(Const(0, 1), p3).as_signed() >> s_at[3])
 
             sat_hi = Signal(name=f"rq_sat_hi{j}")   # q >= 127: the result is 127
             sat_lo = Signal(name=f"rq_sat_lo{j}")   # q < -128: the result is -128
             y8 = Signal(signed(8), name=f"rq_y8_{j}")
             m.d.comb += [
-                sat_hi.eq(~q2[-1] & (q2[7:].any() | (q2[:7] == 0x7F))),
-                sat_lo.eq(q2[-1] & ~q2[7:].all()),
+                sat_hi.eq(~q4[-1] & (q4[7:].any() | (q4[:7] == 0x7F))),
+                sat_lo.eq(q4[-1] & ~q4[7:].all()),
                 # otherwise q is in [-128, 126] and q + r fits in 8 bits
-                y8.eq(Mux(sat_hi, 127, Mux(sat_lo, -128, (q2[:8] + r2)[:8].as_signed()))),
+                y8.eq(Mux(sat_hi, 127, Mux(sat_lo, -128, (q4[:8] + r4)[:8].as_signed()))),
             ]
-            wide = Mux(self.requant, y8, q2[:aw].as_signed())   # sign-extended to aw
+            wide = Mux(self.requant, y8, q4[:aw].as_signed())   # sign-extended to aw
             with m.If(adv):
                 m.d.sync += [
                     x0.eq(self.i.payload.data[j * aw:(j + 1) * aw]),
                     m0.eq(Mux(self.requant,
                               self.mult[j * MULT_BITS:(j + 1) * MULT_BITS], 1)),
                     s0.eq(Mux(self.requant, self.shift[j * SHIFT_BITS:(j + 1) * SHIFT_BITS], 0)),
-                    p1.eq(x0 * m0), s1.eq(s0),
-                    q2.eq(shifted[1:]), r2.eq(shifted[0]),
-                    y3.eq(Mux(self.relu & wide[aw - 1], 0, wide)),
+                    ll.eq(xl * ml), lh.eq(xl * mh), hl.eq(xh * ml), hh.eq(xh * mh),
+                    base.eq(Cat(ll, hh).as_signed()), mid.eq(lh + hl),
+                    p3.eq(base + (mid << H)),
+                    q4.eq(shifted[1:]), r4.eq(shifted[0]),
+                    y5.eq(Mux(self.relu & wide[aw - 1], 0, wide)),
                 ]
-            out_lanes.append(y3)
+                m.d.sync += [s_at[k].eq(s_at[k - 1]) for k in (1, 2, 3)]
+            out_lanes.append(y5)
         m.d.comb += self.o.payload.data.eq(Cat(*out_lanes))
         pos = 0
         for f in others:
