@@ -97,7 +97,7 @@ def _spec(opdef: OpDef, views, activation, out_dtype, params: dict,
 
 
 def requant_operands(spec: OpSpec, multiplier, shift):
-    """The requantization's per-channel multiplier and shift as int64 arrays, checked
+    """The requantization's per-channel multiplier and shift as int32 arrays, checked
     against the spec's output channels (ValueError/TypeError naming the argument)."""
     channels = spec.out_shape[spec.definition.channel_axis(spec)] if spec.out_shape else 1
     return numerics.check_requant(multiplier, shift, channels)
@@ -139,7 +139,7 @@ def _check_memory(spec: OpSpec, views) -> None:
 
 def execute(spec: OpSpec, operands, backend: str = "auto"):
     """Run a validated spec on its operands (the op's arrays in order, then the bias if
-    the spec has one): returns ``(output, RunStats)``. The statistics are the caller's to
+    the spec has one, then the multiplier and shift if it requantizes): returns ``(output, RunStats)``. The statistics are the caller's to
     keep; :func:`matmul` and :func:`conv2d` record them in the process's perf model."""
     _check_backend_name(backend)
     names = spec.operand_names
