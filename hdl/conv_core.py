@@ -64,6 +64,8 @@ class ConvCore(wiring.Component):
         # two int8 MACs per multiplier (a DSP48E2's 27x18) unless told otherwise
         self.pair_macs = dtype == "int8" if pair_macs is None else pair_macs
         self.capacity = x_lanes * depth
+        # depthwise mode: CT channels per tile, P columns per channel (conv_regmap.MODE)
+        self.dw_ct, self.dw_p = cr.dw_config(cols, x_lanes, self.pair_macs)
         self.in_width = cr.DTYPES[dtype]
         self.acc_width = cr.ACC_WIDTH
         ports = {
@@ -75,6 +77,7 @@ class ConvCore(wiring.Component):
             "start": In(1),
             "bias_en": In(1),
             "relu_en": In(1), "rq_en": In(1),   # the output stage (see drain_output)
+            "depthwise": In(1),
             "busy": Out(1),
             "loading": Out(1),
             "done": Out(1),
@@ -104,12 +107,16 @@ class ConvCore(wiring.Component):
         CB = 26                                         # signed coordinate bits
         DB = cr.DIM_BITS
 
-        m.submodules.array = array = SystolicArray(R, C, w, aw, self.pair_macs)
+        CT, P = self.dw_ct, self.dw_p
+        ct_bits = CT.bit_length() - 1
+        m.submodules.array = array = SystolicArray(R, C, w, aw, self.pair_macs, cell_lanes=CT)
 
         # --- job parameters, latched at start -------------------------------------
         p = {name: Signal(DB, name=f"{name}_r") for name in DIMS}
         p.update({name: Signal(cr.SMALL_BITS, name=f"{name}_r") for name in SMALL})
         bias_en = Signal()
+        dw_on = Signal()                  # depthwise mode: channels on the columns
+        gstep = Signal(DB)                # channel offset between groups (CG, or CT)
         npix = Signal(32)                 # OH*OW
         hwc = Signal(AB + 1)              # H*W*C (checked against the capacity)
         s_wc = Signal(AB)                 # SW*C: next pixel in a row
@@ -138,8 +145,11 @@ class ConvCore(wiring.Component):
         start_q = Signal()
         m.d.sync += start_q.eq(self.start)
         zero = Signal()
+        dw_bad = (self.cg != 1) | (self.g != self.ch)
+        if ct_bits:
+            dw_bad = dw_bad | (self.ch[:ct_bits] != 0)
         m.d.comb += zero.eq(Cat(*[getattr(self, n) == 0 for n in DIMS + SMALL[:6]]).any()
-                            | (hwc2 > self.capacity))
+                            | (hwc2 > self.capacity) | (self.depthwise & dw_bad))
         start_ok = Signal()
         m.d.comb += [
             start_ok.eq(start_q & ~self.busy & ~zero),
@@ -247,7 +257,7 @@ class ConvCore(wiring.Component):
                 with m.If(last_tp):
                     # next group: same pixels, channels CG further on
                     goff = Signal(AB)
-                    m.d.comb += goff.eq(wk_goff + p["cg"])
+                    m.d.comb += goff.eq(wk_goff + gstep)
                     m.d.sync += [wk_left.eq(npix), wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
                                  wk_iy0.eq(-p["pt"]), wk_goff.eq(goff),
                                  wk_base.eq(base0 + goff), wk_rowbase.eq(base0 + goff),
@@ -266,6 +276,8 @@ class ConvCore(wiring.Component):
         off = Signal(AB)          # offhw + c: the step's offset from a pixel's base
         oc_left = Signal(DB)      # OCG - oc0 (oc0: the tile's first output channel)
         last_col = Signal()
+        oc_step = Signal(range(C + 1))   # output channels per tile: C, or P in depthwise
+        m.d.comb += oc_step.eq(Mux(dw_on, P, C))
 
         last_c, last_kw, last_kh = Signal(), Signal(), Signal()
         is_last = Signal()
@@ -274,7 +286,7 @@ class ConvCore(wiring.Component):
             last_kw.eq(kc_kw == m1["kw"]),
             last_kh.eq(kc_kh == m1["kh"]),
             is_last.eq(last_c & last_kw & last_kh),
-            last_col.eq(oc_left <= C),
+            last_col.eq(oc_left <= oc_step),
         ]
 
         fill = Signal(range(R + C + DEPOSIT_DELAY + READ_DELAY + 1))
@@ -297,6 +309,7 @@ class ConvCore(wiring.Component):
         # masked, enters the array from a register, with the weights and flags of step
         # f delayed to match.
         lanes = []
+        chunks = []     # depthwise: the row's CT channels of its pixel's tap
         for i in range(R):
             addr = Signal(AB, name=f"addr_{i}")
             iy = Signal(signed(CB), name=f"iy_{i}")
@@ -321,7 +334,14 @@ class ConvCore(wiring.Component):
                 elem = word
             m.d.sync += lane.eq(Mux(a_ok, elem, 0))
             lanes.append(lane)
-        m.d.comb += array.a.eq(Cat(*lanes))
+            # depthwise: the pixel's address is a multiple of CT, so its CT channels are
+            # one aligned chunk of the word; lane 0 of the chunk is ``elem``
+            chunk = Signal(CT * w, name=f"dw_chunk_{i}")
+            sel = word if CT == XL else word.word_select(sel2[ct_bits:], CT * w)
+            m.d.sync += chunk.eq(Mux(a_ok, sel, 0))
+            chunks.append(chunk)
+        m.d.comb += [array.a.eq(Cat(*lanes)), array.a_cells.eq(Cat(*chunks)),
+                     array.dw.eq(dw_on)]
 
         ctl_d = [Signal(Control, name=f"ctl_d{s}") for s in range(READ_DELAY + 1)]
         b_d = [Signal(len(self.b.payload.data), name=f"b_d{s}") for s in range(READ_DELAY + 1)]
@@ -365,12 +385,14 @@ class ConvCore(wiring.Component):
                 # READ_DELAY cycles on (read, its pipeline, injection, skew, the cells)
                 m.d.sync += [fill.eq(R + C + DEPOSIT_DELAY + READ_DELAY - 1),
                              d_rows.eq(ac_rows),
-                             d_mask.eq(Cat(*[oc_left > j for j in range(C)])),
+                             d_mask.eq(Mux(dw_on, Cat(*[(j // P < CT) & (oc_left > j % P)
+                                                     for j in range(C)]),
+                                           Cat(*[oc_left > j for j in range(C)]))),
                              d_final.eq(image_end & (img == m1["n"]))]
                 with m.If(last_col):
                     m.d.sync += oc_left.eq(p["ocg"])
                 with m.Else():
-                    m.d.sync += oc_left.eq(oc_left - C)
+                    m.d.sync += oc_left.eq(oc_left - oc_step)
 
         # swap in the gathered pixels when the active tile is finished (or empty)
         swap = Signal()
@@ -429,10 +451,14 @@ class ConvCore(wiring.Component):
         with m.If(start_ok):
             m.d.sync += [p[n].eq(getattr(self, n)) for n in p]
             m.d.sync += [m1[n].eq(getattr(self, n) - 1) for n in m1]
+            with m.If(self.depthwise):   # groups are the C / CT channel tiles
+                m.d.sync += m1["g"].eq((self.ch >> ct_bits) - 1)
             b0 = Signal(AB)
             m.d.comb += b0.eq(-(ptwc2 + plc2))
             m.d.sync += [
                 bias_en.eq(self.bias_en),
+                dw_on.eq(self.depthwise),
+                gstep.eq(Mux(self.depthwise, CT, self.cg)),
                 npix.eq(npix1),
                 hwc.eq(hwc2),
                 s_wc.eq(swc1),

@@ -40,7 +40,7 @@ right padding follow from them: any tap past the image reads zero), so asymmetri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil
 
 import numpy as np
@@ -56,12 +56,13 @@ __all__ = [
     "PORT_SEPARATOR", "MIN_SIDE", "MAX_SIDE", "ConvJob", "default_x_lanes", "stream_widths",
     "config_word", "field_value", "field_mask", "describe", "tile_order", "register_values",
     "pack_x", "pack_b", "pack_bias", "pack_job", "unpack_c", "expected_cycles",
-    "useful_macs", "check_config", "pack_q", "REQUANT_DELAY",
+    "useful_macs", "check_config", "pack_q", "REQUANT_DELAY", "dw_config", "dw_config_word",
+    "depthwise_job", "depthwise_operands",
 ]
 
 #: Value of the ID register: ASCII "LCNV" (lepton conv core).
 CORE_ID = 0x4C434E56
-VERSION = (1, 1, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream)
+VERSION = (1, 2, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream); 1.2: MODE
 VERSION_WORD = common.version_word(VERSION)
 #: Width of the size registers (N, H, W, C, CG, OCG, G, OH, OW).
 DIM_BITS = 16
@@ -109,6 +110,12 @@ REGISTERS: tuple[Register, ...] = (
              "Computing cycles in which a tile's last step waited for the previous tile "
              "to drain."),
     Register("LOAD_CYCLES", 0x64, "ro", "Busy cycles spent taking images on x."),
+    Register("MODE", 0x80, "rw", "Job mode (since 1.2).", (
+        Field("DW", 0, 1, "depthwise mode: channels on the columns (CG = 1, G = C, "
+                          "C a multiple of DW_CONFIG.CT)"),)),
+    Register("DW_CONFIG", 0x84, "ro", "Depthwise mode of this build (since 1.2).", (
+        Field("CT", 0, 8, "channels per depthwise tile (0: no depthwise mode)"),
+        Field("P", 8, 4, "columns per channel (output channels m0, m0+1 of one channel)"))),
 )
 REG = {r.name: r for r in REGISTERS}
 
@@ -139,6 +146,21 @@ def field_value(reg: str, name: str, word: int) -> int:
     return common.field_value(REG, reg, name, word)
 
 
+def dw_config(cols: int, x_lanes: int, pair_macs: bool) -> tuple[int, int]:
+    """(CT, P) of the depthwise mode: P = 2 where adjacent columns share one multiplier
+    (and so one image operand), else 1; CT = the largest power of two <= the array's
+    cell columns ceil(cols / P) and <= x_lanes, so that a tile's CT channels of a pixel
+    always lie in one image word (C and c0 are multiples of CT)."""
+    p = 2 if pair_macs and cols >= 2 else 1
+    cells = -(-cols // p)
+    ct = 1 << (min(cells, x_lanes).bit_length() - 1)
+    return ct, p
+
+
+def dw_config_word(ct: int, p: int) -> int:
+    return ct | (p << 8)
+
+
 def default_x_lanes(rows: int) -> int:
     """Image lanes XL: the smallest power of two >= rows."""
     return 1 << max(0, (rows - 1).bit_length())
@@ -166,9 +188,11 @@ def config_word(rows: int, cols: int, dtype: str, x_lanes: int | None = None) ->
 
 
 def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
-             depth: int = 1024) -> dict:
-    """JSON-ready description of a configuration and its register map."""
+             depth: int = 1024, pair_macs: bool | None = None) -> dict:
+    """JSON-ready description of a configuration and its register map (``pair_macs``:
+    as the core's, default on for int8)."""
     x_lanes = x_lanes or default_x_lanes(rows)
+    ct, p = dw_config(cols, x_lanes, dtype == "int8" if pair_macs is None else pair_macs)
     check_config(rows, cols, dtype, x_lanes, depth)
     widths = stream_widths(rows, cols, dtype, x_lanes)
     lanes = {"x": x_lanes, "b": cols, "bias": cols, "q": cols, "c": cols}
@@ -179,7 +203,9 @@ def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
         "config": {"rows": rows, "cols": cols, "dtype": dtype, "x_lanes": x_lanes,
                    "depth": depth, "capacity": x_lanes * depth, "acc_width": ACC_WIDTH,
                    "overflow": "wrap", "dataflow": "output-stationary, hardware im2col",
-                   "config_word": config_word(rows, cols, dtype, x_lanes)},
+                   "config_word": config_word(rows, cols, dtype, x_lanes),
+                   "depthwise": {"channels_per_tile": ct, "columns_per_channel": p,
+                                 "dw_config_word": dw_config_word(ct, p)}},
         **common.describe_interface(REGISTERS, PORT_PREFIX),
         "streams": [
             {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,
@@ -211,6 +237,8 @@ class ConvJob:
     pad: tuple = ((0, 0), (0, 0))
     dilation: tuple = (1, 1)
     groups: int = 1
+    #: depthwise mode: (CT, P) of the core (see the module doc), or () for the normal mode
+    dw: tuple = ()
 
     @classmethod
     def make(cls, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
@@ -251,9 +279,34 @@ class ConvJob:
         return (self.w + pl + pr - dw * (self.kw - 1) - 1) // sw + 1
 
 
+def depthwise_job(job: ConvJob, ct: int, p: int) -> ConvJob:
+    """The depthwise-mode job of a depthwise convolution (groups == C, one input channel
+    per group) on a core with DW_CONFIG (ct, p): channels padded to a multiple of ct."""
+    if job.cg != 1 or job.groups != job.c:
+        raise ValueError(f"not a depthwise job (groups {job.groups}, channels {job.c})")
+    cp = -(-job.c // ct) * ct
+    return replace(job, c=cp, oc=cp * job.ocg, groups=cp, dw=(ct, p))
+
+
+def depthwise_operands(x, w, bias, dwjob: ConvJob):
+    """x (N, H, W, C), w (C*M, 1, KH, KW) and bias (C*M,) padded with zero channels to
+    the channels of ``dwjob`` (:func:`depthwise_job`); output channels past C*M of the
+    job are then zero and can be dropped."""
+    x, w = np.asarray(x), np.asarray(w)
+    extra = dwjob.c - x.shape[-1]
+    if extra:
+        x = np.concatenate([x, np.zeros(x.shape[:-1] + (extra,), x.dtype)], axis=-1)
+        w = np.concatenate([w, np.zeros((extra * dwjob.ocg,) + w.shape[1:], w.dtype)])
+        if bias is not None:
+            bias = np.concatenate([np.asarray(bias), np.zeros(extra * dwjob.ocg,
+                                                              np.asarray(bias).dtype)])
+    return x, w, bias
+
+
 def register_values(job: ConvJob) -> dict[str, int]:
     """Values of the job registers (written before CTRL.START)."""
     return {
+        "MODE": int(bool(job.dw)),
         "N": job.n, "H": job.h, "W": job.w, "C": job.c, "G": job.groups, "CG": job.cg,
         "OCG": job.ocg, "OH": job.oh, "OW": job.ow,
         "KERNEL": job.kh | (job.kw << 8),
@@ -264,11 +317,27 @@ def register_values(job: ConvJob) -> dict[str, int]:
 
 
 def tile_order(job: ConvJob, rows: int, cols: int):
-    """Yield (g, p0, oc0) of each tile of one image in the order the core runs them."""
+    """Yield (g, p0, oc0) of each tile of one image in the order the core runs them; in
+    depthwise mode g is the channel tile (channels g*CT ...) and oc0 the multiplier m0."""
+    if job.dw:
+        ct, p = job.dw
+        for g in range(job.c // ct):
+            for p0 in range(0, job.oh * job.ow, rows):
+                for m0 in range(0, job.ocg, p):
+                    yield g, p0, m0
+        return
     for g in range(job.groups):
         for p0 in range(0, job.oh * job.ow, rows):
             for oc0 in range(0, job.ocg, cols):
                 yield g, p0, oc0
+
+
+def _dw_lanes(job: ConvJob, g: int, m0: int, cols: int):
+    """Depthwise mode: the valid lanes of tile (g, m0) and their output channels."""
+    ct, p = job.dw
+    j = np.arange(cols)
+    ok = (j // p < ct) & (m0 + j % p < job.ocg)
+    return j[ok], (g * ct + j[ok] // p) * job.ocg + m0 + j[ok] % p
 
 
 _lane_dtype = common.lane_dtype
@@ -292,6 +361,15 @@ def pack_b(w, job: ConvJob, *, rows: int, cols: int, dtype: str) -> list[bytes]:
     """One frame per tile (for one image) of the (OC, CG, KH, KW) weights."""
     w = _check_int(w, dtype, "w")
     ocg = job.ocg
+    if job.dw:
+        taps = w.reshape(job.oc, job.kh * job.kw)
+        frames = []
+        for g, _, m0 in tile_order(job, rows, cols):
+            blk = np.zeros((job.k, cols), _lane_dtype(dtype))
+            lanes, chans = _dw_lanes(job, g, m0, cols)
+            blk[:, lanes] = taps[chans].T
+            frames.append(blk.tobytes())
+        return frames
     # (G, KH, KW, CG, OCG): row k = (kh*KW + kw)*CG + c, column = output channel
     wk = w.reshape(job.groups, ocg, job.cg, job.kh, job.kw).transpose(0, 3, 4, 2, 1)
     wk = wk.reshape(job.groups, job.k, ocg)
@@ -308,6 +386,11 @@ def pack_bias(bias, job: ConvJob, *, rows: int, cols: int) -> list[bytes]:
     frames = []
     for g, _, oc0 in tile_order(job, rows, cols):
         beat = np.zeros(cols, "<i4")
+        if job.dw:
+            lanes, chans = _dw_lanes(job, g, oc0, cols)
+            beat[lanes] = bias[chans].astype("<i4")
+            frames.append(beat.tobytes())
+            continue
         lo = g * job.ocg + oc0
         n = min(cols, job.ocg - oc0)
         beat[:n] = bias[lo:lo + n].astype("<i4")
@@ -318,6 +401,17 @@ def pack_bias(bias, job: ConvJob, *, rows: int, cols: int) -> list[bytes]:
 def pack_q(multiplier, shift, job: ConvJob, *, rows: int, cols: int) -> list[bytes]:
     """One q beat per tile (for one image): per output channel its multiplier and shift
     (``regmap_common.pack_q_beat``)."""
+    if job.dw:
+        frames = []
+        for g, _, m0 in tile_order(job, rows, cols):
+            lanes, chans = _dw_lanes(job, g, m0, cols)
+            beat = np.frombuffer(common.pack_q_beat(np.asarray(multiplier)[chans],
+                                                    np.asarray(shift)[chans], 0,
+                                                    len(chans), cols), "<u8")
+            out = np.zeros(cols, "<u8")
+            out[lanes] = beat[:len(chans)]
+            frames.append(out.tobytes())
+        return frames
     return [common.pack_q_beat(multiplier, shift, g * job.ocg + oc0,
                                min(cols, job.ocg - oc0), cols)
             for g, _, oc0 in tile_order(job, rows, cols)]
@@ -352,6 +446,10 @@ def unpack_c(frames, job: ConvJob, *, rows: int, cols: int) -> np.ndarray:
                 raise ValueError(f"tile {(n, g, p0, oc0)}: expected {h * cols} lanes, "
                                  f"got {blk.size}")
             blk = blk.reshape(h, cols)
+            if job.dw:
+                lanes, chans = _dw_lanes(job, g, oc0, cols)
+                out[n, p0:p0 + h][:, chans] = blk[:, lanes]
+                continue
             wdt = min(cols, job.ocg - oc0)
             lo = g * job.ocg + oc0
             out[n, p0:p0 + h, lo:lo + wdt] = blk[:, :wdt]

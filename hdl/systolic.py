@@ -1,9 +1,10 @@
 """R x C output-stationary systolic array."""
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .lane_skew import LaneSkew
 from .pe import Control, PairedProcessingElement, ProcessingElement
 
 __all__ = ["SystolicArray"]
@@ -27,22 +28,33 @@ class SystolicArray(wiring.Component):
     drain register by cycle t + rows + cols - 1 + DEPOSIT_DELAY (bottom-right cell last;
     :data:`.pe.DEPOSIT_DELAY` is the cell's pipeline). After that, each ``shift`` moves
     the drain registers up one row; ``out`` shows row 0, straight from registers.
+
+    ``cell_lanes`` > 0 adds the depthwise feed: ``a_cells`` holds ``cell_lanes`` lanes
+    per row (row i's lanes at ``[i*cell_lanes*in_width, ...)``), and while ``dw`` is set
+    cell column q (1 <= q < cell_lanes) of row i takes lane q of its row, delayed i + q
+    cycles (:class:`.lane_skew.LaneSkew`: when the wavefront would have brought ``a``
+    there), instead of its left neighbour's operand; cell column 0 always takes ``a``
+    (the core presents lane 0 of its row there). The flags and B travel as before.
     """
 
     def __init__(self, rows: int, cols: int, in_width: int, acc_width: int,
-                 pair_macs: bool = False):
+                 pair_macs: bool = False, cell_lanes: int = 0):
         if pair_macs and in_width != 8:
             raise ValueError("pair_macs needs 8-bit inputs (two products on one multiplier)")
         self.rows, self.cols = rows, cols
         self.in_width, self.acc_width = in_width, acc_width
         self.pair_macs = pair_macs
-        super().__init__({
+        self.cell_lanes = cell_lanes
+        ports = {
             "a": In(in_width * rows),
             "b": In(in_width * cols),
             "ctl": In(Control),
             "shift": In(1),
             "out": Out(acc_width * cols),
-        })
+        }
+        if cell_lanes:
+            ports.update(a_cells=In(in_width * rows * cell_lanes), dw=In(1))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -87,12 +99,23 @@ class SystolicArray(wiring.Component):
                 lane = self.b[j * w:(j + 1) * w].as_signed()
                 m.d.comb += port.eq(delayed(lane, q, f"skew_b{j}", signed(w)))
 
+        L = min(self.cell_lanes, len(groups))
+        fed = [[None] * len(groups) for _ in range(R)]   # depthwise operand per cell
+        if L > 1:
+            for i in range(R):
+                row = self.a_cells[i * self.cell_lanes * w:(i + 1) * self.cell_lanes * w]
+                m.submodules[f"dw_skew_{i}"] = sk = LaneSkew(L - 1, w, base=i + 1)
+                m.d.comb += sk.i.eq(row[w:L * w])
+                for q in range(1, L):
+                    fed[i][q] = sk.o[(q - 1) * w:q * w].as_signed()
         for i in range(R):
             for q, g in enumerate(groups):
                 cell = cells[i][q]
                 m.d.comb += cell.shift.eq(self.shift)
                 if q + 1 < len(groups):
-                    m.d.comb += [cells[i][q + 1].a_in.eq(cell.a_out),
+                    nxt = fed[i][q + 1]
+                    m.d.comb += [cells[i][q + 1].a_in.eq(
+                                     cell.a_out if nxt is None else Mux(self.dw, nxt, cell.a_out)),
                                  cells[i][q + 1].ctl_in.eq(cell.ctl_out)]
                 d_in = ports(cell, g, "drain_in")
                 if i + 1 < R:

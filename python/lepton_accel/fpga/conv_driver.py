@@ -8,6 +8,14 @@ the frames packed by ``conv_regmap.pack_job`` (weights and bias once per image) 
 assembles the output with ``conv_regmap.unpack_c``. Convolutions with no output element
 or no input channel (N, OC or C = 0) give their result without a job.
 
+Depthwise convolutions (groups == C >= 2, any channel multiplier) run in the core's
+depthwise mode (channels on the array's columns, ``conv_regmap.MODE``) on cores that have
+it (VERSION 1.2 or later with a nonzero DW_CONFIG) when the cycle model
+(``conv_regmap.expected_cycles``) says it is not slower than one column group per
+channel; the image and weights are padded with zero channels to a multiple of the
+core's channels per tile and the padded output channels dropped. Older cores run them
+as before.
+
 Images larger than the core's image memory (H*W*C > CAPACITY) run in bands of output
 rows: each band is an ordinary job on the input rows it reads, with PAD_T = the rows of
 top padding it still sees (0 for inner bands) and OH = the band's output rows (bottom
@@ -22,7 +30,7 @@ then ReLU on the wrapped value; the result equals ``lepton_accel.reference`` and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,6 +57,7 @@ class ConvStats(JobStats):
 
     job_cycles: list = field(default_factory=list)   # [(ConvJob, cycles)]
     bands: int = 0
+    depthwise_mode: bool = False
 
 
 def job_of_spec(spec) -> cr.ConvJob:
@@ -84,8 +93,7 @@ def row_bands(job: cr.ConvJob, capacity: int):
         iy0, iy1 = max(0, top), min(job.h, top + span)
         band_pt = iy0 - top
         band_pb = (top + span) - iy1
-        band = cr.ConvJob(job.n, iy1 - iy0, job.w, job.c, job.oc, job.kh, job.kw,
-                          job.stride, ((band_pt, band_pb), pad_w), job.dilation, job.groups)
+        band = replace(job, h=iy1 - iy0, pad=((band_pt, band_pb), pad_w))
         assert band.oh == n_out and band.h * band.w * band.c <= capacity
         yield oy0, iy0, band
 
@@ -110,7 +118,23 @@ class ConvDriver(CoreDriver):
         if cr.field_value("CONFIG", "ACC_WIDTH", cfg) != cr.ACC_WIDTH:
             raise DeviceError("core accumulator width differs from conv_regmap.ACC_WIDTH")
         self.capacity = d.read("CAPACITY")
+        # depthwise mode and its MODE register: interface 1.2 on
+        self.has_mode = cr.field_value("VERSION", "MINOR", d.read("VERSION")) >= 2
+        dwc = d.read("DW_CONFIG") if self.has_mode else 0
+        ct, p = cr.field_value("DW_CONFIG", "CT", dwc), cr.field_value("DW_CONFIG", "P", dwc)
+        self.dw = (ct, p) if ct and p else None
 
+    def depthwise_job(self, job: cr.ConvJob) -> cr.ConvJob | None:
+        """The depthwise-mode job for job on this core, or None where the mode is absent,
+        job is not depthwise (groups == C >= 2) or the cycle model finds it slower."""
+        if not self.dw or job.dw or job.cg != 1 or job.groups != job.c or job.c < 2:
+            return None
+        dwj = cr.depthwise_job(job, *self.dw)
+        one = replace(job, n=1)
+        if cr.expected_cycles(replace(dwj, n=1), self.rows, self.cols, self.x_lanes) > \
+                cr.expected_cycles(one, self.rows, self.cols, self.x_lanes):
+            return None
+        return dwj
     # ---- what fits -----------------------------------------------------------------
     def check(self, job: cr.ConvJob) -> None:
         """Raise :class:`ConvUnsupported` if job cannot run on this core (register
@@ -149,7 +173,8 @@ class ConvDriver(CoreDriver):
             streams["q"] = InStream(b"".join(frames["q"]) * job.n, 1)
         try:
             for name, value in cr.register_values(job).items():
-                d.write(name, value)
+                if name != "MODE" or self.has_mode:
+                    d.write(name, value)
             res = d.stream(streams, c_beats,
                            ctrl=self._ctrl_start(bias, relu, requant is not None))
             out = self._finish(res, heights)
@@ -201,11 +226,25 @@ class ConvDriver(CoreDriver):
             if bias is not None:
                 out[...] = bias
             return self._host_out_stage(out, relu, requant)
-        self.check(job)
         x = x.astype(self.lane_dtype, copy=False)
         w = w.astype(self.lane_dtype, copy=False)
         on_core = self.out_stage and (relu or requant is not None)
         stage = (relu, requant) if on_core else (False, None)
+        oc = job.oc
+        dwj = self.depthwise_job(job)
+        if dwj is not None:
+            try:
+                self.check(dwj)
+            except ConvUnsupported:   # the padded channels do not fit: the normal mode
+                dwj = None
+        if dwj is not None:
+            x, w, bias = cr.depthwise_operands(x, w, bias, dwj)
+            if stage[1] is not None:   # the padded channels' output stage: zeros
+                stage = (relu, tuple(np.concatenate([np.asarray(v), np.zeros(
+                    dwj.oc - oc, np.asarray(v).dtype)]) for v in stage[1]))
+            job = dwj
+            self.last.depthwise_mode = True
+        self.check(job)
         out = np.empty((job.n, job.oh, job.ow, job.oc),
                        np.int8 if on_core and requant is not None else np.int32)
         bands = list(row_bands(job, self.capacity))
@@ -214,11 +253,11 @@ class ConvDriver(CoreDriver):
             nb = self._n_block(band)
             for n0 in range(0, job.n, nb):
                 n1 = min(job.n, n0 + nb)
-                sub = cr.ConvJob(n1 - n0, *(getattr(band, f) for f in
-                                            ("h", "w", "c", "oc", "kh", "kw", "stride", "pad",
-                                             "dilation", "groups")))
+                sub = replace(band, n=n1 - n0)
                 xs = np.ascontiguousarray(x[n0:n1, iy0:iy0 + band.h])
                 out[n0:n1, oy0:oy0 + band.oh] = self._job(xs, w, bias, sub, *stage)
+        if out.shape[-1] != oc:
+            out = np.ascontiguousarray(out[..., :oc])
         return out if on_core else self._host_out_stage(out, relu, requant)
 
     def run(self, spec, x, w, bias=None, multiplier=None, shift=None) -> CoreRun:
