@@ -133,7 +133,9 @@ def test_cycles_recorded_equal_model(rng):
         job = job_of_spec(spec)
         drv = conv_driver()
         assert drv.last.jobs == 1
-        expect = cr.expected_cycles(job, *SIZE, drv.x_lanes)
+        # the depthwise layer runs in the core's depthwise mode: its job's model
+        assert drv.last.depthwise_mode == (job.groups > 1)
+        expect = cr.expected_cycles(drv.depthwise_job(job) or job, *SIZE, drv.x_lanes)
         cyc = MODEL._fpga_cycles[(*SIZE, "int8", fpga_cycle_key(spec))]
         assert cyc == drv.last.cycles == expect
         from lepton_accel.backends import REGISTRY
@@ -219,3 +221,73 @@ def test_a_failed_job_does_not_poison_the_next(rng):
     for _ in range(2):
         np.testing.assert_array_equal(drv.run(spec, x, w).out, conv2d_ref(x, w, padding=1))
     dev.close()
+
+
+#: depthwise layers (x NCHW, multiplier, kwargs): channel counts below, at and above the
+#: core's channels per tile, primes, one channel, stride, dilation, padding, batch
+DEPTHWISE = [
+    ((1, 1, 5, 6), 1, dict(padding=1)),
+    ((1, 2, 6, 5), 1, dict(padding=1)),
+    ((2, 5, 6, 7), 1, dict(padding=1)),
+    ((1, 7, 7, 6), 1, dict(stride=2, padding=1)),
+    ((1, 8, 6, 6), 2, dict(dilation=2, padding=2)),
+    ((1, 3, 9, 7), 3, dict(stride=(2, 1), padding=(0, 2), dilation=(1, 2))),
+    ((1, 13, 5, 5), 1, dict(padding=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16"])
+@pytest.mark.parametrize("xs,mult,kw", DEPTHWISE)
+def test_depthwise_mode_bit_exact(rng, dtype, xs, mult, kw):
+    """Depthwise layers run in the core's depthwise mode, bit-exact with the oracle, with
+    CYCLES as modelled for the depthwise job; an older core (no DW_CONFIG) gives the same
+    answer on the normal path."""
+    c = xs[1]
+    x, w = ints(rng, xs, dtype), ints(rng, (c * mult, 1, 3, 3), dtype)
+    bias = rng.integers(-2**31, 2**31, c * mult).astype(np.int32)
+    kw = dict(kw, groups=c)
+    expect = conv2d_ref(x, w, bias, **kw)
+    drv = conv_driver(dtype)
+    out = la.conv2d(x, w, bias=bias, backend="fpga", **kw)
+    np.testing.assert_array_equal(out, expect)
+    job = job_of_spec(la.conv2d_spec(xs, dtype, w.shape, dtype, bias_shape=bias.shape,
+                                     bias_dtype="int32", **kw))
+    dwj = drv.depthwise_job(job)
+    assert drv.last.depthwise_mode == (dwj is not None)
+    if c > 1 and mult == 1:   # (with a larger multiplier the model may prefer the normal mode)
+        assert dwj is not None and dwj.c % dwj.dw[0] == 0
+    for j, cyc in drv.last.job_cycles:
+        assert bool(j.dw) == drv.last.depthwise_mode
+        assert cyc == cr.expected_cycles(j, *SIZE, drv.x_lanes)
+    # the depthwise mode forced, whatever the model prefers (NHWC, padded channels)
+    forced = cr.depthwise_job(job, *drv.dw)
+    xp, wp, bp = cr.depthwise_operands(x.transpose(0, 2, 3, 1), w, bias, forced)
+    got = drv.conv_nhwc(xp, wp, bp, forced)
+    np.testing.assert_array_equal(got[..., :c * mult], expect.transpose(0, 2, 3, 1))
+    assert all(cyc == cr.expected_cycles(j, *SIZE, drv.x_lanes) and j.dw
+               for j, cyc in drv.last.job_cycles)
+    saved = drv.dw
+    drv.dw = None   # as an interface 1.0 core answers
+    try:
+        np.testing.assert_array_equal(la.conv2d(x, w, bias=bias, backend="fpga", **kw), expect)
+        assert not drv.last.depthwise_mode
+    finally:
+        drv.dw = saved
+
+
+def test_depthwise_mode_refuses_bad_jobs():
+    """MODE.DW with CG != 1, G != C or C not a multiple of CT is refused (BAD_DIM)."""
+    drv = conv_driver()
+    dev = drv.device
+    ct, _ = drv.dw
+    bad = cr.field_mask("ERROR", "BAD_DIM")
+    good = cr.depthwise_job(cr.ConvJob.make((1, 3, 3, 2 * ct), (2 * ct, 1, 3, 3),
+                                            groups=2 * ct), *drv.dw)
+    for regs in ({"CG": 2}, {"G": ct}, {"C": 2 * ct + 1, "G": 2 * ct + 1}):
+        for name, value in {**cr.register_values(good), **regs}.items():
+            dev.write(name, value)
+        dev.write("CTRL", cr.field_mask("CTRL", "START"))
+        assert dev.read("ERROR") == bad, regs
+        assert not cr.field_value("STATUS", "BUSY", dev.read("STATUS"))
+        dev.write("ERROR", bad)
+    dev.write("MODE", 0)

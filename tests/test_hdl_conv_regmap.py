@@ -108,3 +108,73 @@ def test_pack_q_follows_groups_and_channel_tiles():
         np.testing.assert_array_equal(lanes[:v] >> 32, shift[lo:lo + v])
         assert not lanes[v:].any()
     assert cr.stream_widths(4, 4, "int8")["q"] == 4 * 64
+
+
+def test_dw_config():
+    assert cr.dw_config(16, 16, False) == (16, 1)
+    assert cr.dw_config(16, 16, True) == (8, 2)
+    assert cr.dw_config(5, 4, False) == (4, 1)      # no more than the image lanes
+    assert cr.dw_config(7, 8, True) == (4, 2)       # 4 cell columns
+    assert cr.dw_config(3, 2, False) == (2, 1)
+    assert cr.dw_config(6, 1, False) == (1, 1)
+    word = cr.dw_config_word(8, 2)
+    assert cr.field_value("DW_CONFIG", "CT", word) == 8
+    assert cr.field_value("DW_CONFIG", "P", word) == 2
+    job = cr.ConvJob.make((1, 4, 4, 6), (6, 1, 3, 3), groups=6)
+    assert cr.register_values(job)["MODE"] == 0
+    assert cr.register_values(cr.depthwise_job(job, 4, 1))["MODE"] == 1
+    with pytest.raises(ValueError, match="not a depthwise job"):
+        cr.depthwise_job(cr.ConvJob.make((1, 4, 4, 6), (6, 3, 3, 3), groups=2), 4, 1)
+
+
+@pytest.mark.parametrize("ct,p,mult,c", [(4, 1, 1, 6), (2, 2, 1, 5), (4, 2, 3, 7), (1, 1, 2, 3),
+                                         (8, 2, 2, 8)])
+def test_depthwise_protocol_computes_the_convolution(ct, p, mult, c):
+    """The depthwise-mode streams, computed as the module doc says the core does (column
+    j of tile (c0, p0, m0): channel c0 + j // P, the b beat of each tap), give the
+    oracle's convolution after unpack_c."""
+    rng = np.random.default_rng()
+    R, C = 3, ct * p + 1     # one column more than the tile uses
+    x = rng.integers(-128, 128, (2, 5, 6, c)).astype(np.int8)
+    w = rng.integers(-128, 128, (c * mult, 1, 3, 3)).astype(np.int8)
+    bias = rng.integers(-2**31, 2**31, c * mult)
+    job = cr.ConvJob.make(x.shape, w.shape, (2, 1), ((1, 0), (2, 1)), (1, 2), c)
+    dwj = cr.depthwise_job(job, ct, p)
+    assert dwj.c % ct == 0 and dwj.k == 9
+    xp, wp, bp = cr.depthwise_operands(x, w, bias, dwj)
+    tiles = list(cr.tile_order(dwj, R, C))
+    b = cr.pack_b(wp, dwj, rows=R, cols=C, dtype="int8")
+    bb = cr.pack_bias(bp, dwj, rows=R, cols=C)
+    (pt, _), (pl, _) = dwj.pad
+    xpad = np.pad(xp.astype(np.int64), ((0, 0), (pt, 8), (pl, 8), (0, 0)))
+    frames = []
+    for n in range(2):
+        for t, (g, p0, m0) in enumerate(tiles):
+            wk = np.frombuffer(b[t], np.int8).reshape(9, C).astype(np.int64)
+            bias_beat = np.frombuffer(bb[t], "<i4").astype(np.int64)
+            h = min(R, dwj.oh * dwj.ow - p0)
+            blk = np.zeros((h, C), np.int64)
+            for i in range(h):
+                oy, ox = divmod(p0 + i, dwj.ow)
+                for j in range(C):
+                    ch = g * ct + j // p
+                    if j // p >= ct:
+                        continue
+                    for k in range(9):
+                        kh, kw = divmod(k, 3)
+                        iy = oy * dwj.stride[0] + kh * dwj.dilation[0]
+                        ix = ox * dwj.stride[1] + kw * dwj.dilation[1]
+                        blk[i, j] += xpad[n, iy, ix, ch] * wk[k, j]
+                    blk[i, j] += bias_beat[j]
+            frames.append(((blk + 2**31) % 2**32 - 2**31).astype("<i4").tobytes())
+    out = cr.unpack_c(frames, dwj, rows=R, cols=C)
+    np.testing.assert_array_equal(out[..., :c * mult], _ref(x, w, bias, job))
+
+
+def _ref(x, w, bias, job):
+    from lepton_accel.reference import conv2d_ref
+
+    (pt, pb), (pl, pr) = job.pad
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    return conv2d_ref(xp, w, bias, stride=job.stride, dilation=job.dilation,
+                      groups=job.groups, layout="NHWC")
