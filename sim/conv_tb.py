@@ -56,6 +56,8 @@ def _groups(j):
 @coverage.CoverPoint("conv.bias", xf=lambda j: j["bias"], bins=[False, True])
 @coverage.CoverPoint("conv.wraps", xf=lambda j: j["wraps"], bins=[False, True])
 @coverage.CoverPoint("conv.backpressure", xf=lambda j: j["pauses"], bins=[False, True])
+@coverage.CoverPoint("conv.mode", xf=lambda j: "depthwise" if j["job"].dw else "normal",
+                     bins=["normal", "depthwise"])
 @coverage.CoverCross("conv.kernel_x_groups", items=["conv.kernel", "conv.groups"],
                      ign_bins=[("7x7", "grouped"), ("1x1", "depthwise")])
 @coverage.CoverPoint("conv.out_mode", xf=lambda j: j["out_mode"], bins=OUT_MODES)
@@ -79,9 +81,13 @@ class TB(AxiTB):
         assert cr.field_value("CONFIG", "ACC_WIDTH", cfg) == cr.ACC_WIDTH
         assert cfg == cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes)
         self.capacity = await self.read("CAPACITY")
+        dwc = await self.read("DW_CONFIG")
+        self.dw = (cr.field_value("DW_CONFIG", "CT", dwc), cr.field_value("DW_CONFIG", "P", dwc))
+        assert self.dw[0] >= 1 and self.dw[1] in (1, 2), self.dw
         self.np_dtype = np.int8 if self.dtype == "int8" else np.int16
-        self.dut._log.info("core: %dx%d %s, %d image lanes, capacity %d", self.rows,
-                           self.cols, self.dtype, self.x_lanes, self.capacity)
+        self.dut._log.info("core: %dx%d %s, %d image lanes, capacity %d, depthwise %s",
+                           self.rows, self.cols, self.dtype, self.x_lanes, self.capacity,
+                           self.dw)
 
     def rand(self, shape, extremes=False):
         info = np.iinfo(self.np_dtype)
@@ -189,6 +195,31 @@ class TB(AxiTB):
             return job
         raise AssertionError("no random job found")
 
+    def random_dw_job(self, i):
+        """A random depthwise-mode job (channels padded to CT) that fits the memory."""
+        r = self.rng
+        ct, _ = self.dw
+        for _ in range(1000):
+            c = int(r.choice([1, ct, int(r.integers(1, 2 * ct + 4))]))
+            mult = int(r.integers(1, 4)) if i % 2 else 1
+            kh, kw = [(3, 3), (int(r.integers(1, 6)), int(r.integers(1, 6)))][i % 2]
+            s = (int(r.integers(1, 3)), int(r.integers(1, 3)))
+            d = (1, 1) if r.random() < 0.5 else (int(r.integers(1, 3)), int(r.integers(1, 3)))
+            pad = tuple((int(r.integers(0, k + 1)), int(r.integers(0, k + 1))) for k in (kh, kw))
+            h, w = int(r.integers(1, 10)), int(r.integers(1, 10))
+            n = 2 if r.random() < 0.25 else 1
+            try:
+                job = cr.ConvJob.make((n, h, w, c), (c * mult, 1, kh, kw), s, pad, d, c)
+            except ValueError:
+                continue
+            dwj = cr.depthwise_job(job, *self.dw)
+            if job.oh < 1 or job.ow < 1 or h * w * dwj.c > self.capacity:
+                continue
+            if dwj.n * dwj.oh * dwj.ow * dwj.oc * dwj.k > 20_000:
+                continue
+            return job, dwj
+        raise AssertionError("no random depthwise job found")
+
 
 def oracle(x, w, bias, job, unwrapped=False):
     """The oracle's answer for an NHWC job. The core takes any padding (the API at most
@@ -239,6 +270,10 @@ async def test_registers(dut):
     for name in ("STATUS", "ERROR", "N", "H", "KERNEL", "PAD", "CTRL", "CYCLES_LO",
                  "TILES_DONE"):
         assert await tb.read(name) == 0, name
+    assert await tb.read("DW_CONFIG") == cr.dw_config_word(*tb.dw)
+    for v in (1, 0):
+        await tb.write("MODE", v)
+        assert await tb.read("MODE") == v
     for name in ("N", "H", "W", "C", "G", "CG", "OCG", "OH", "OW"):
         v = int(tb.rng.integers(1, 2 ** cr.DIM_BITS))
         await tb.write(name, v)
@@ -309,6 +344,41 @@ async def test_random_jobs(dut):
 
 
 @cocotb.test()
+async def test_depthwise_mode(dut):
+    """Random depthwise-mode jobs (channels on the columns), back to back with normal
+    jobs, random pauses on every port; refused depthwise STARTs."""
+    tb = TB(dut)
+    await tb.start()
+    njobs = int(os.environ.get("LEPTON_DW_JOBS", "4"))
+    for i in range(njobs):
+        tb.set_pauses(*[(0.0, 0.0), (0.3, 0.3), (0.1, 0.6), (0.6, 0.1)][i % 4])
+        job, dwj = tb.random_dw_job(i)
+        extremes = bool(tb.rng.random() < 0.3)
+        x = tb.rand((job.n, job.h, job.w, job.c), extremes)
+        w = tb.rand((job.oc, 1, job.kh, job.kw), extremes)
+        bias = tb.rand_bias(job.oc, extremes) if i % 2 else None
+        x, w, bias = cr.depthwise_operands(x, w, bias, dwj)
+        dut._log.info("depthwise job %d: %s bias=%s", i, dwj, bias is not None)
+        await tb.run_job(x, w, bias, dwj, extremes)
+        if i == 1:   # a normal job right after: MODE is per job
+            job = tb.random_job(2)
+            await tb.run_job(tb.rand((job.n, job.h, job.w, job.c)),
+                             tb.rand((job.oc, job.cg, job.kh, job.kw)), None, job)
+    assert await tb.read("ERROR") == 0
+    bad = cr.field_mask("ERROR", "BAD_DIM")
+    ct = tb.dw[0]
+    good = cr.depthwise_job(cr.ConvJob.make((1, 2, 2, ct), (ct, 1, 1, 1), groups=ct), *tb.dw)
+    wrong = [{"CG": 2}, {"G": ct + 1}] + ([{"C": ct + 1, "G": ct + 1}] if ct > 1 else [])
+    for regs in wrong:
+        for name, value in {**cr.register_values(good), **regs}.items():
+            await tb.write(name, value)
+        await tb.write("CTRL", cr.field_mask("CTRL", "START"))
+        assert await tb.read("ERROR") == bad, regs
+        assert not cr.field_value("STATUS", "BUSY", await tb.read("STATUS"))
+        await tb.write("ERROR", bad)
+
+
+@cocotb.test()
 async def test_reset_and_tlast(dut):
     """A reset mid-job leaves a clean core; a missing x tlast is flagged."""
     tb = TB(dut)
@@ -359,6 +429,10 @@ async def test_cycle_count(dut):
         {"x": [1, 5, 5, 2 * R], "w": [2 * C, 2 * R, 3, 3], "stride": 1, "padding": 1},
         {"x": [2, 7, 7, 3], "w": [C + 1, 3, 3, 3], "stride": 2, "padding": 1},
         {"x": [1, 4, 4, 4], "w": [4, 1, 3, 3], "stride": 1, "padding": 1, "groups": 4},
+        {"x": [1, 5, 4, 2 * tb.dw[0]], "w": [2 * tb.dw[0], 1, 3, 3], "stride": 1,
+         "padding": 1, "groups": 2 * tb.dw[0], "depthwise": True},
+        {"x": [1, 6, 5, tb.dw[0]], "w": [2 * tb.dw[0], 1, 3, 3], "stride": 2, "padding": 1,
+         "groups": tb.dw[0], "depthwise": True},
     ]
     # The default layers run without and with a bias: the bias stream must cost no cycles.
     variants = (False,) if os.environ.get("LEPTON_UTIL_LAYERS") else (False, True)
@@ -368,9 +442,14 @@ async def test_cycle_count(dut):
                               L.get("dilation", 1), L.get("groups", 1))
         x = tb.rand(tuple(L["x"]))
         w = tb.rand(tuple(L["w"]))
-        cycles = await tb.run_job(x, w, tb.rand_bias(job.oc) if with_bias else None, job)
+        bias = tb.rand_bias(job.oc) if with_bias else None
+        macs = cr.useful_macs(job)    # of the layer itself (not of padded channels)
+        if L.get("depthwise"):
+            job = cr.depthwise_job(job, *tb.dw)
+            x, w, bias = cr.depthwise_operands(x, w, bias, job)
+        cycles = await tb.run_job(x, w, bias, job)
         expect = cr.expected_cycles(job, R, C, tb.x_lanes)
-        util = cr.useful_macs(job) / (R * C * cycles)
+        util = macs / (R * C * cycles)
         load = await tb.read("LOAD_CYCLES")
         dut._log.info("%s bias=%s on %dx%d: %d cycles (model %d, load %d), utilisation %.4f",
                       job, with_bias, R, C, cycles, expect, load, util)
@@ -379,7 +458,8 @@ async def test_cycle_count(dut):
         results.append(dict(layer=L, rows=R, cols=C, dtype=tb.dtype, cycles=cycles,
                             model_cycles=expect, load_cycles=load,
                             stall_out=await tb.read("STALL_OUT"),
-                            useful_macs=cr.useful_macs(job), utilisation=util))
+                            useful_macs=macs, utilisation=util,
+                            mode="depthwise" if job.dw else "normal"))
     write_results(results)
 
 
