@@ -1,6 +1,6 @@
-"""MAC utilisation of the conv2d core on ResNet-50-like layers (16x16 int8 array).
+"""MAC utilisation of the conv2d core on ResNet-50-like and depthwise layers (16x16).
 
-    python benchmarks/fpga_conv_util.py [--full] [--depth D]
+    python benchmarks/fpga_conv_util.py [--full]
 
 Runs the layers through the cocotb testbench on Verilator (``test_cycle_count``: full-rate
 streams, CYCLES checked against ``conv_regmap.expected_cycles``) and writes
@@ -9,6 +9,11 @@ utilisation = useful MACs / (R * C * cycles). By default the layers run at a qua
 their spatial size with the real channel counts (14x14 instead of 56x56 and 28x28);
 ``--full`` also simulates the full-size layers (a larger image memory, minutes). The
 model's cycle count of every full layer is recorded beside them, marked as a model.
+
+The 3x3 depthwise 32-channel layer (MobileNet-style, 56x56, stride 1 and 2; simulated at
+28x28) runs in the core's depthwise mode on the int8 array (adjacent columns share a
+multiplier: 8 channels x 2 columns per tile) and on the int16 array (16 channels per
+tile); the model also gives its cycles on the normal path (one column per channel).
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ FULL = [
 ]
 SCALED = [dict(L, name=L["name"] + " (simulated at 14x14)", x=[1, 14, 14, L["x"][3]])
           for L in FULL]
+DW_FULL = [
+    {"name": f"depthwise 3x3 stride {s}: 56x56x32", "x": [1, 56, 56, 32], "w": [32, 1, 3, 3],
+     "stride": s, "padding": 1, "groups": 32, "depthwise": True} for s in (1, 2)]
+DW_SCALED = [dict(L, name=L["name"] + " (simulated at 28x28)", x=[1, 28, 28, 32])
+             for L in DW_FULL]
 
 
 def _job(L):
@@ -56,14 +66,15 @@ def main(argv=None) -> int:
         print(f"skipped: {reason}", file=sys.stderr)
         return 1
     xl = cr.default_x_lanes(R)
-    runs = [("scaled", SCALED)] + ([("full", FULL)] if args.full else [])
-    report = {"array": f"{R}x{C}", "dtype": "int8", "x_lanes": xl,
+    runs = ([("scaled", "int8", SCALED + DW_SCALED), ("scaled", "int16", DW_SCALED)]
+            + ([("full", "int8", FULL + DW_FULL)] if args.full else []))
+    report = {"array": f"{R}x{C}", "dtypes": ["int8", "int16"], "x_lanes": xl,
               "clock_hz_assumed": CLOCK_HZ, "simulator": "verilator (cocotb testbench)",
               "simulated": [], "model_full_layers": []}
-    for kind, layers in runs:
+    for kind, dtype, layers in runs:
         need = max(L["x"][1] * L["x"][2] * L["x"][3] for L in layers)
         depth = 1 << (ceil(need / xl) - 1).bit_length()
-        cfg = harness.Conv2dConfig(R, C, "int8", depth=depth)
+        cfg = harness.Conv2dConfig(R, C, dtype, depth=depth)
         out = harness.build_dir("verilator", cfg) / f"util_{kind}.json"
         t = time.time()
         harness.run("verilator", cfg, name=f"util_{kind}",
@@ -76,17 +87,26 @@ def main(argv=None) -> int:
                      memory_capacity=xl * depth, wall_s_all_layers_incl_build=round(wall, 1),
                      projected_us_at_250mhz=r["cycles"] / CLOCK_HZ * 1e6)
             report["simulated"].append(r)
-            print(f"{r['name']}: {r['cycles']} cycles (load {r['load_cycles']}), "
-                  f"utilisation {r['utilisation']:.4f}", flush=True)
-    for L in FULL:
+            print(f"{r['name']} ({dtype}, {r['mode']}): {r['cycles']} cycles "
+                  f"(load {r['load_cycles']}), utilisation {r['utilisation']:.4f}", flush=True)
+    for L in FULL + DW_FULL:
         job = _job(L)
-        cyc = cr.expected_cycles(job, R, C, xl)
-        report["model_full_layers"].append({
-            "name": L["name"], "layer": L, "model_cycles": cyc,
-            "useful_macs": cr.useful_macs(job),
-            "utilisation": cr.useful_macs(job) / (R * C * cyc),
-            "projected_us_at_250mhz": cyc / CLOCK_HZ * 1e6,
-            "image_memory_elements": job.h * job.w * job.c})
+        for dtype in ("int8", "int16") if L.get("depthwise") else ("int8",):
+            modes = [("normal", job)]
+            if L.get("depthwise"):
+                modes.append(("depthwise", cr.depthwise_job(
+                    job, *cr.dw_config(C, xl, dtype == "int8"))))
+            for mode, j in modes:
+                cyc = cr.expected_cycles(j, R, C, xl)
+                load = ceil(j.h * j.w * j.c / xl)
+                macs = cr.useful_macs(job)
+                report["model_full_layers"].append({
+                    "name": L["name"], "layer": L, "dtype": dtype, "mode": mode,
+                    "model_cycles": cyc, "load_cycles": load, "useful_macs": macs,
+                    "utilisation": macs / (R * C * cyc),
+                    "utilisation_without_load": macs / (R * C * (cyc - load)),
+                    "projected_us_at_250mhz": cyc / CLOCK_HZ * 1e6,
+                    "image_memory_elements": j.h * j.w * j.c})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
