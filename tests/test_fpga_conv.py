@@ -248,8 +248,9 @@ def test_depthwise_mode_bit_exact(rng, dtype, xs, mult, kw):
     kw = dict(kw, groups=c)
     expect = conv2d_ref(x, w, bias, **kw)
     drv = conv_driver(dtype)
-    out = la.conv2d(x, w, bias=bias, backend="fpga", **kw)
+    out, route = check(x, w, bias, **kw)
     np.testing.assert_array_equal(out, expect)
+    assert route["depthwise"] == drv.last.depthwise_mode
     job = job_of_spec(la.conv2d_spec(xs, dtype, w.shape, dtype, bias_shape=bias.shape,
                                      bias_dtype="int32", **kw))
     dwj = drv.depthwise_job(job)

@@ -57,10 +57,12 @@ class CoreRun:
 
     @property
     def route(self) -> dict:
-        """Which core ran and why: {"core", "reason", "bands"} (bands: the conv2d core's
-        row bands, 0 elsewhere)."""
+        """Which core ran and why: {"core", "reason", "bands", "depthwise"} (bands: the
+        conv2d core's row bands, 0 elsewhere; depthwise: whether it ran in the conv2d
+        core's depthwise mode)."""
         return {"core": self.core, "reason": self.reason,
-                "bands": getattr(self.stats, "bands", 0)}
+                "bands": getattr(self.stats, "bands", 0),
+                "depthwise": getattr(self.stats, "depthwise_mode", False)}
 
 
 class CoreDriver:
