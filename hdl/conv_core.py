@@ -15,6 +15,7 @@ from .axi import beat_layout
 from .drain import drain_output
 from .pe import DEPOSIT_DELAY, Control
 from .systolic import SystolicArray
+from .weight_buffer import WeightBuffer
 
 __all__ = ["ConvCore", "DIMS", "DIM_REG", "SMALL", "READ_DELAY"]
 
@@ -78,6 +79,7 @@ class ConvCore(wiring.Component):
             "bias_en": In(1),
             "relu_en": In(1), "rq_en": In(1),   # the output stage (see drain_output)
             "depthwise": In(1),
+            "wreuse": In(1),
             "busy": Out(1),
             "loading": Out(1),
             "done": Out(1),
@@ -296,11 +298,15 @@ class ConvCore(wiring.Component):
 
         can = Signal()
         fire = Signal()
+        # a group's weights kept across its pixel tiles (MODE.WREUSE): b_d[0] comes from
+        # the buffer, which registers the stream beat or reads its copy
+        m.submodules.wbuf = wbuf = WeightBuffer(self.depth, len(self.b.payload.data))
+        replay = wbuf.replay
         m.d.comb += [
             can.eq(computing & ac_full & (~is_last | drain_free)),
-            self.b.ready.eq(can),
-            fire.eq(can & self.b.valid),
-            self.err_b_last.eq(fire & (self.b.payload.last != is_last)),
+            self.b.ready.eq(can & ~replay),
+            fire.eq(can & (self.b.valid | replay)),
+            self.err_b_last.eq(fire & ~replay & (self.b.payload.last != is_last)),
         ]
 
         # Step at cycle f: the address (one adder) goes to the memory, the tap's
@@ -345,7 +351,8 @@ class ConvCore(wiring.Component):
 
         ctl_d = [Signal(Control, name=f"ctl_d{s}") for s in range(READ_DELAY + 1)]
         b_d = [Signal(len(self.b.payload.data), name=f"b_d{s}") for s in range(READ_DELAY + 1)]
-        m.d.sync += [b_d[0].eq(self.b.payload.data), ctl_d[0].valid.eq(fire),
+        m.d.comb += [wbuf.b_in.eq(self.b.payload.data), b_d[0].eq(wbuf.b_out)]
+        m.d.sync += [ctl_d[0].valid.eq(fire),
                      ctl_d[0].first.eq((kc_c == 0) & (kc_kw == 0) & (kc_kh == 0)),
                      ctl_d[0].last.eq(is_last)]
         for s in range(READ_DELAY):
@@ -362,6 +369,8 @@ class ConvCore(wiring.Component):
             tile_end.eq(fire & is_last),
             ptile_end.eq(tile_end & last_col),
             image_end.eq(ptile_end & ac_last_tp & ac_last_g),
+            wbuf.start.eq(start_ok), wbuf.enable.eq(self.wreuse), wbuf.fire.eq(fire),
+            wbuf.tile_end.eq(ptile_end), wbuf.group_end.eq(ac_last_tp),
         ]
         with m.If(fire):
             with m.If(last_c):
@@ -442,7 +451,7 @@ class ConvCore(wiring.Component):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             with m.If(loading):
                 m.d.sync += self.load_cycles.eq(self.load_cycles + 1)
-            with m.If(computing & ac_full & (~is_last | drain_free) & ~self.b.valid):
+            with m.If(computing & ac_full & (~is_last | drain_free) & ~self.b.valid & ~replay):
                 m.d.sync += self.stall_in.eq(self.stall_in + 1)
             with m.If(computing & ac_full & self.b.valid & is_last & ~drain_free):
                 m.d.sync += self.stall_out.eq(self.stall_out + 1)

@@ -25,6 +25,12 @@ Host protocol of one job (registers first, then CTRL.START, then the streams):
   step k is x[n, iy, ix, g*CG + c] with iy = oy*SH - PAD_T + kh*DH, ix = ox*SW - PAD_L +
   kw*DW for pixel p0 + i, and zero where (iy, ix) falls outside the image (padding) or
   the pixel is past OH*OW.
+* With MODE.WREUSE (since 1.2) the core keeps a group's weights: when the b beats of one
+  pixel tile of the group (K * ceil(OCG / C), or K * ceil(OCG / P) in the depthwise mode)
+  are at most WBUF_DEPTH, the host sends b frames only for the tiles of each group's
+  first pixel tile (p0 = 0), once per image, and the core replays them from its buffer
+  for the group's later pixel tiles at the same rate; otherwise every tile's frame is
+  sent as without WREUSE (the core sees the overflow itself). CYCLES is the same.
 * With CTRL.BIAS_EN one ``bias`` beat per tile: lane j = bias[g*OCG + oc0 + j], ``tlast``=1.
 * With CTRL.REQUANT one ``q`` beat per tile: lane j = multiplier and shift of channel
   g*OCG + oc0 + j; every output is then ``lepton_accel.numerics.requantize`` of its int32
@@ -57,7 +63,7 @@ __all__ = [
     "config_word", "field_value", "field_mask", "describe", "tile_order", "register_values",
     "pack_x", "pack_b", "pack_bias", "pack_job", "unpack_c", "expected_cycles",
     "useful_macs", "check_config", "pack_q", "REQUANT_DELAY", "dw_config", "dw_config_word",
-    "depthwise_job", "depthwise_operands",
+    "depthwise_job", "depthwise_operands", "group_weight_beats", "weights_held", "b_tiles",
 ]
 
 #: Value of the ID register: ASCII "LCNV" (lepton conv core).
@@ -112,10 +118,14 @@ REGISTERS: tuple[Register, ...] = (
     Register("LOAD_CYCLES", 0x64, "ro", "Busy cycles spent taking images on x."),
     Register("MODE", 0x80, "rw", "Job mode (since 1.2).", (
         Field("DW", 0, 1, "depthwise mode: channels on the columns (CG = 1, G = C, "
-                          "C a multiple of DW_CONFIG.CT)"),)),
+                          "C a multiple of DW_CONFIG.CT)"),
+        Field("WREUSE", 1, 1, "keep a group's weights on chip: b carries them for the "
+                              "group's first pixel tile only, when they fit WBUF_DEPTH"))),
     Register("DW_CONFIG", 0x84, "ro", "Depthwise mode of this build (since 1.2).", (
         Field("CT", 0, 8, "channels per depthwise tile (0: no depthwise mode)"),
         Field("P", 8, 4, "columns per channel (output channels m0, m0+1 of one channel)"))),
+    Register("WBUF_DEPTH", 0x88, "ro",
+             "Weight buffer size in b beats (since 1.2; MODE.WREUSE)."),
 )
 REG = {r.name: r for r in REGISTERS}
 
@@ -239,6 +249,8 @@ class ConvJob:
     groups: int = 1
     #: depthwise mode: (CT, P) of the core (see the module doc), or () for the normal mode
     dw: tuple = ()
+    #: MODE.WREUSE: the core's WBUF_DEPTH, or 0 (weights streamed for every tile)
+    wreuse: int = 0
 
     @classmethod
     def make(cls, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
@@ -306,7 +318,7 @@ def depthwise_operands(x, w, bias, dwjob: ConvJob):
 def register_values(job: ConvJob) -> dict[str, int]:
     """Values of the job registers (written before CTRL.START)."""
     return {
-        "MODE": int(bool(job.dw)),
+        "MODE": int(bool(job.dw)) | (int(bool(job.wreuse)) << 1),
         "N": job.n, "H": job.h, "W": job.w, "C": job.c, "G": job.groups, "CG": job.cg,
         "OCG": job.ocg, "OH": job.oh, "OW": job.ow,
         "KERNEL": job.kh | (job.kw << 8),
@@ -330,6 +342,25 @@ def tile_order(job: ConvJob, rows: int, cols: int):
         for p0 in range(0, job.oh * job.ow, rows):
             for oc0 in range(0, job.ocg, cols):
                 yield g, p0, oc0
+
+
+def group_weight_beats(job: ConvJob, cols: int) -> int:
+    """b beats of one group's pixel tile: K per channel tile (per multiplier step P in
+    the depthwise mode)."""
+    step = job.dw[1] if job.dw else cols
+    return job.k * ceil(job.ocg / step)
+
+
+def weights_held(job: ConvJob, cols: int) -> bool:
+    """MODE.WREUSE and a group's weights fit the buffer: the b stream then carries only
+    the tiles of each group's first pixel tile (per image)."""
+    return bool(job.wreuse) and group_weight_beats(job, cols) <= job.wreuse
+
+
+def b_tiles(job: ConvJob, rows: int, cols: int) -> list[bool]:
+    """Per tile of one image (``tile_order``): whether its weights come on ``b``."""
+    held = weights_held(job, cols)
+    return [not held or p0 == 0 for _, p0, _ in tile_order(job, rows, cols)]
 
 
 def _dw_lanes(job: ConvJob, g: int, m0: int, cols: int):
@@ -358,13 +389,18 @@ def pack_x(x, *, dtype: str, x_lanes: int) -> list[bytes]:
 
 
 def pack_b(w, job: ConvJob, *, rows: int, cols: int, dtype: str) -> list[bytes]:
-    """One frame per tile (for one image) of the (OC, CG, KH, KW) weights."""
+    """One frame per tile (for one image) of the (OC, CG, KH, KW) weights; with the
+    weights held (:func:`weights_held`) only the tiles of each group's first pixel
+    tile."""
     w = _check_int(w, dtype, "w")
     ocg = job.ocg
+    sent = b_tiles(job, rows, cols)
     if job.dw:
         taps = w.reshape(job.oc, job.kh * job.kw)
         frames = []
-        for g, _, m0 in tile_order(job, rows, cols):
+        for t, (g, _, m0) in enumerate(tile_order(job, rows, cols)):
+            if not sent[t]:
+                continue
             blk = np.zeros((job.k, cols), _lane_dtype(dtype))
             lanes, chans = _dw_lanes(job, g, m0, cols)
             blk[:, lanes] = taps[chans].T
@@ -374,7 +410,9 @@ def pack_b(w, job: ConvJob, *, rows: int, cols: int, dtype: str) -> list[bytes]:
     wk = w.reshape(job.groups, ocg, job.cg, job.kh, job.kw).transpose(0, 3, 4, 2, 1)
     wk = wk.reshape(job.groups, job.k, ocg)
     frames = []
-    for g, _, oc0 in tile_order(job, rows, cols):
+    for t, (g, _, oc0) in enumerate(tile_order(job, rows, cols)):
+        if not sent[t]:
+            continue
         blk = np.zeros((job.k, cols), _lane_dtype(dtype))
         blk[:, :min(cols, ocg - oc0)] = wk[g, :, oc0:oc0 + cols]
         frames.append(blk.tobytes())

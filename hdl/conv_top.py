@@ -70,12 +70,14 @@ class AXIConv2d(wiring.Component):
                                   ("pt", "PAD", "PAD_T"), ("pl", "PAD", "PAD_L")):
             fd = regs.field(reg, f)
             m.d.comb += getattr(core, port_name).eq(packed[reg][fd.lsb:fd.lsb + fd.width])
-        mode = Signal(1, name="reg_mode")
-        m.d.comb += core.depthwise.eq(mode[cr.REG["MODE"].fields[0].lsb])
+        mode = Signal(2, name="reg_mode")
+        m.d.comb += [core.depthwise.eq(mode[regs.field("MODE", "DW").lsb]),
+                     core.wreuse.eq(mode[regs.field("MODE", "WREUSE").lsb])]
         regs.write({**dims, **packed, "MODE": mode})
         regs.read({"CAPACITY": Const(self.x_lanes * self.depth, 32), **dims, **packed,
                    "LOAD_CYCLES": core.load_cycles, "MODE": mode,
-                   "DW_CONFIG": Const(cr.dw_config_word(core.dw_ct, core.dw_p), 32)})
+                   "DW_CONFIG": Const(cr.dw_config_word(core.dw_ct, core.dw_p), 32),
+                   "WBUF_DEPTH": Const(self.depth, 32)})
         return m
 
 

@@ -10,6 +10,8 @@ COCOTB_RANDOM_SEED reproduces a run).
 import json
 import os
 
+from dataclasses import replace
+
 import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, RisingEdge
@@ -31,6 +33,13 @@ REG = cr.REG
 def _kernel(j):
     k = (j["job"].kh, j["job"].kw)
     return {(1, 1): "1x1", (3, 3): "3x3", (7, 7): "7x7"}.get(k, "other")
+
+
+def _weights(j):
+    job = j["job"]
+    if not job.wreuse:
+        return "streamed"
+    return "held" if cr.weights_held(job, j["cols"]) else "too_many"
 
 
 def _groups(j):
@@ -58,6 +67,8 @@ def _groups(j):
 @coverage.CoverPoint("conv.backpressure", xf=lambda j: j["pauses"], bins=[False, True])
 @coverage.CoverPoint("conv.mode", xf=lambda j: "depthwise" if j["job"].dw else "normal",
                      bins=["normal", "depthwise"])
+@coverage.CoverPoint("conv.weights", xf=lambda j: _weights(j),
+                     bins=["streamed", "held", "too_many"])
 @coverage.CoverCross("conv.kernel_x_groups", items=["conv.kernel", "conv.groups"],
                      ign_bins=[("7x7", "grouped"), ("1x1", "depthwise")])
 @coverage.CoverPoint("conv.out_mode", xf=lambda j: j["out_mode"], bins=OUT_MODES)
@@ -84,6 +95,8 @@ class TB(AxiTB):
         dwc = await self.read("DW_CONFIG")
         self.dw = (cr.field_value("DW_CONFIG", "CT", dwc), cr.field_value("DW_CONFIG", "P", dwc))
         assert self.dw[0] >= 1 and self.dw[1] in (1, 2), self.dw
+        self.wbuf = await self.read("WBUF_DEPTH")
+        assert self.wbuf >= 2
         self.np_dtype = np.int8 if self.dtype == "int8" else np.int16
         self.dut._log.info("core: %dx%d %s, %d image lanes, capacity %d, depthwise %s",
                            self.rows, self.cols, self.dtype, self.x_lanes, self.capacity,
@@ -192,7 +205,8 @@ class TB(AxiTB):
                 continue
             if job.n * job.oh * job.ow * job.oc * job.k > 60_000:
                 continue
-            return job
+            # the weights kept on chip for half of the jobs
+            return replace(job, wreuse=self.wbuf) if r.random() < 0.5 else job
         raise AssertionError("no random job found")
 
     def random_dw_job(self, i):
@@ -217,7 +231,7 @@ class TB(AxiTB):
                 continue
             if dwj.n * dwj.oh * dwj.ow * dwj.oc * dwj.k > 20_000:
                 continue
-            return job, dwj
+            return job, replace(dwj, wreuse=self.wbuf) if r.random() < 0.5 else dwj
         raise AssertionError("no random depthwise job found")
 
 
@@ -376,6 +390,38 @@ async def test_depthwise_mode(dut):
         assert await tb.read("ERROR") == bad, regs
         assert not cr.field_value("STATUS", "BUSY", await tb.read("STATUS"))
         await tb.write("ERROR", bad)
+
+
+@cocotb.test()
+async def test_weight_reuse(dut):
+    """MODE.WREUSE: weights sent once per group and image and replayed (several pixel
+    and channel tiles, groups, batch, depthwise), a group too large for the buffer
+    streamed as before; same CYCLES as streaming them at full rate."""
+    tb = TB(dut)
+    await tb.start()
+    R, C, D = tb.rows, tb.cols, tb.wbuf
+    cg_over = D // 9 + 1          # 3x3 taps x cg_over channels > D beats
+    jobs = [
+        cr.ConvJob.make((2, 5, 6, 4), (2 * C + 2, 2, 3, 3), 1, 1, 1, 2),
+        cr.ConvJob.make((1, 2, 3, cg_over), (C, cg_over, 3, 3), 1, 1),
+        cr.depthwise_job(cr.ConvJob.make((1, 6, 5, tb.dw[0] + 1), (2 * tb.dw[0] + 2, 1, 3, 3),
+                                         2, 1, 1, tb.dw[0] + 1), *tb.dw),
+    ]
+    for i, job in enumerate(jobs):
+        job = replace(job, wreuse=D)
+        assert cr.weights_held(job, C) == (i != 1)
+        assert job.h * job.w * job.c <= tb.capacity
+        x = tb.rand((job.n, job.h, job.w, job.c))
+        w = tb.rand((job.oc, job.cg, job.kh, job.kw))
+        bias = tb.rand_bias(job.oc) if i % 2 == 0 else None
+        for pauses in ((0.0, 0.0), (0.3, 0.3)):
+            tb.set_pauses(*pauses)
+            dut._log.info("weight reuse %d: %s", i, job)
+            cycles = await tb.run_job(x, w, bias, job)
+            if pauses == (0.0, 0.0):
+                assert cycles == cr.expected_cycles(job, R, C, tb.x_lanes), job
+                assert await tb.read("STALL_IN") == 0
+    assert await tb.read("ERROR") == 0
 
 
 @cocotb.test()

@@ -30,7 +30,8 @@ SLOW = [
 ]
 POINTS = ",".join(f"conv.{p}" for p in ("kernel", "stride", "pad", "dilation", "groups",
                                         "ocg", "pixels", "batch", "bias", "wraps",
-                                        "backpressure", "mode")) + "," + ",".join(STALL_POINTS)
+                                        "backpressure", "mode", "weights")) + "," + \
+    ",".join(STALL_POINTS)
 #: the default run also reaches every output-stage mode (test_output_stage)
 ALL_POINTS = POINTS + ",conv.out_mode"
 
@@ -73,7 +74,8 @@ def test_conv_more_configs(cfg):
 @pytest.mark.parametrize("cfg", [FAST[0], FAST[1], FAST[3]], ids=_ids)
 def test_conv_long_random(cfg):
     _run(cfg, "long",
-         testcase=["test_random_jobs", "test_depthwise_mode", "test_coverage_report"],
+         testcase=["test_random_jobs", "test_depthwise_mode", "test_weight_reuse",
+                   "test_coverage_report"],
          env={"LEPTON_JOBS": "60", "LEPTON_COVERAGE_REQUIRE": POINTS})
 
 

@@ -292,3 +292,34 @@ def test_depthwise_mode_refuses_bad_jobs():
         assert not cr.field_value("STATUS", "BUSY", dev.read("STATUS"))
         dev.write("ERROR", bad)
     dev.write("MODE", 0)
+
+
+@pytest.mark.parametrize("xs,ws,kw", [
+    ((2, 4, 9, 7), (6, 2, 3, 3), dict(groups=2, padding=1)),     # held: 18 x 2 beats
+    ((1, 8, 4, 7), (5, 8, 3, 3), dict(padding=1)),               # 72 beats > 64: streamed
+    ((1, 6, 5, 7), (6, 1, 3, 3), dict(groups=6, padding=1)),     # depthwise mode, held
+])
+def test_weight_reuse_same_result_and_cycles(rng, xs, ws, kw):
+    """MODE.WREUSE (weights once per group and image, replayed from the core's buffer)
+    gives the same output and CYCLES as streaming them for every pixel tile."""
+    x, w = ints(rng, xs), ints(rng, ws)
+    bias = rng.integers(-2**31, 2**31, ws[0]).astype(np.int32)
+    drv = conv_driver()
+    assert drv.wbuf == DEPTH
+    runs = {}
+    for keep in (True, False):
+        drv.keep_weights = keep
+        try:
+            out, _ = check(x, w, bias, **kw)
+        finally:
+            drv.keep_weights = True
+        runs[keep] = (out, [(j, c) for j, c in drv.last.job_cycles])
+    np.testing.assert_array_equal(runs[True][0], runs[False][0])
+    assert [c for _, c in runs[True][1]] == [c for _, c in runs[False][1]]
+    (job, _), = runs[True][1]
+    assert job.wreuse == DEPTH and not runs[False][1][0][0].wreuse
+    sent = cr.b_tiles(job, *SIZE)
+    held = cr.weights_held(job, SIZE[1])
+    assert held == (cr.group_weight_beats(job, SIZE[1]) <= DEPTH)
+    assert (sum(sent) < len(sent)) == held
+    assert held == (ws[1] * 9 <= DEPTH)

@@ -178,3 +178,26 @@ def _ref(x, w, bias, job):
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     return conv2d_ref(xp, w, bias, stride=job.stride, dilation=job.dilation,
                       groups=job.groups, layout="NHWC")
+
+
+def test_weight_reuse_sends_the_first_pixel_tile_of_each_group():
+    from dataclasses import replace
+
+    rng = np.random.default_rng()
+    job = cr.ConvJob.make((1, 5, 4, 6), (10, 3, 3, 3), 1, 1, 1, 2)   # 2 groups, OCG 5
+    R, C = 4, 4
+    assert cr.group_weight_beats(job, C) == 27 * 2
+    w = rng.integers(-128, 128, (10, 3, 3, 3)).astype(np.int8)
+    every = cr.pack_b(w, job, rows=R, cols=C, dtype="int8")
+    tiles = list(cr.tile_order(job, R, C))
+    for depth, held in ((54, True), (53, False)):
+        kept = replace(job, wreuse=depth)
+        assert cr.weights_held(kept, C) == held
+        assert cr.register_values(kept)["MODE"] == 2
+        frames = cr.pack_b(w, kept, rows=R, cols=C, dtype="int8")
+        expect = [f for f, (_, p0, _) in zip(every, tiles) if p0 == 0 or not held]
+        assert frames == expect
+    assert cr.b_tiles(job, R, C) == [True] * len(tiles)
+    dw = cr.ConvJob.make((1, 5, 4, 6), (18, 1, 3, 3), 1, 1, 1, 6)    # multiplier 3
+    dwj = replace(cr.depthwise_job(dw, 4, 2), wreuse=9 * 2)
+    assert cr.group_weight_beats(dwj, C) == 9 * 2 and cr.weights_held(dwj, C)

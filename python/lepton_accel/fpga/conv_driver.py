@@ -8,13 +8,17 @@ the frames packed by ``conv_regmap.pack_job`` (weights and bias once per image) 
 assembles the output with ``conv_regmap.unpack_c``. Convolutions with no output element
 or no input channel (N, OC or C = 0) give their result without a job.
 
-Depthwise convolutions (groups == C >= 2, any channel multiplier) run in the core's
+Depthwise convolutions (groups == C, any channel multiplier) run in the core's
 depthwise mode (channels on the array's columns, ``conv_regmap.MODE``) on cores that have
 it (VERSION 1.2 or later with a nonzero DW_CONFIG) when the cycle model
 (``conv_regmap.expected_cycles``) says it is not slower than one column group per
 channel; the image and weights are padded with zero channels to a multiple of the
 core's channels per tile and the padded output channels dropped. Older cores run them
 as before.
+
+On such cores every job also sets MODE.WREUSE: a group's weights are sent once per
+image when they fit the core's weight buffer (WBUF_DEPTH b beats), not once per pixel
+tile (``conv_regmap.b_tiles``).
 
 Images larger than the core's image memory (H*W*C > CAPACITY) run in bands of output
 rows: each band is an ordinary job on the input rows it reads, with PAD_T = the rows of
@@ -106,6 +110,8 @@ class ConvDriver(CoreDriver):
     what = "conv2d core"
     stats = ConvStats
     whole_op = True
+    #: use MODE.WREUSE (weights sent once per group and image) on cores that have it
+    keep_weights = True
 
     # ---- identification ------------------------------------------------------------
     def _check_core(self) -> None:
@@ -123,11 +129,12 @@ class ConvDriver(CoreDriver):
         dwc = d.read("DW_CONFIG") if self.has_mode else 0
         ct, p = cr.field_value("DW_CONFIG", "CT", dwc), cr.field_value("DW_CONFIG", "P", dwc)
         self.dw = (ct, p) if ct and p else None
+        self.wbuf = d.read("WBUF_DEPTH") if self.has_mode else 0
 
     def depthwise_job(self, job: cr.ConvJob) -> cr.ConvJob | None:
         """The depthwise-mode job for job on this core, or None where the mode is absent,
-        job is not depthwise (groups == C >= 2) or the cycle model finds it slower."""
-        if not self.dw or job.dw or job.cg != 1 or job.groups != job.c or job.c < 2:
+        job is not depthwise (groups == C) or the cycle model finds it slower."""
+        if not self.dw or job.dw or job.cg != 1 or job.groups != job.c:
             return None
         dwj = cr.depthwise_job(job, *self.dw)
         one = replace(job, n=1)
@@ -244,6 +251,8 @@ class ConvDriver(CoreDriver):
                     dwj.oc - oc, np.asarray(v).dtype)]) for v in stage[1]))
             job = dwj
             self.last.depthwise_mode = True
+        if self.wbuf and self.keep_weights:
+            job = replace(job, wreuse=self.wbuf)
         self.check(job)
         out = np.empty((job.n, job.oh, job.ow, job.oc),
                        np.int8 if on_core and requant is not None else np.int32)
