@@ -323,3 +323,24 @@ def test_weight_reuse_same_result_and_cycles(rng, xs, ws, kw):
     assert held == (cr.group_weight_beats(job, SIZE[1]) <= DEPTH)
     assert (sum(sent) < len(sent)) == held
     assert held == (ws[1] * 9 <= DEPTH)
+
+
+@pytest.mark.parametrize("c,mult", [(5, 1), (3, 2)])
+def test_depthwise_mode_with_the_output_stage(rng, c, mult):
+    """Depthwise mode with requantization and ReLU on the core's output stage: the padded
+    channels get zero parameters and are dropped; bit-exact with numerics.requantize."""
+    from lepton_accel import numerics
+
+    x, w = ints(rng, (1, c, 6, 5)), ints(rng, (c * mult, 1, 3, 3))
+    bias = rng.integers(-2**12, 2**12, c * mult).astype(np.int32)
+    kw = dict(groups=c, padding=1)
+    acc = la.conv2d(x, w, bias=bias, backend="cpu", **kw)
+    m = rng.integers(2**30, 2**31, c * mult)
+    s = rng.integers(8, 14, c * mult)
+    drv = conv_driver()
+    for act in (None, "relu"):
+        out = la.conv2d(x, w, bias=bias, activation=act, requant=(m, s), backend="fpga", **kw)
+        assert out.dtype == np.int8
+        assert drv.last.depthwise_mode and drv.out_stage
+        np.testing.assert_array_equal(out, numerics.requantize(acc, m, s, axis=1,
+                                                               relu=act == "relu"))
