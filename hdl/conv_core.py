@@ -453,7 +453,7 @@ class ConvCore(wiring.Component):
                 m.d.sync += self.load_cycles.eq(self.load_cycles + 1)
             with m.If(computing & ac_full & (~is_last | drain_free) & ~self.b.valid & ~replay):
                 m.d.sync += self.stall_in.eq(self.stall_in + 1)
-            with m.If(computing & ac_full & self.b.valid & is_last & ~drain_free):
+            with m.If(computing & ac_full & (self.b.valid | replay) & is_last & ~drain_free):
                 m.d.sync += self.stall_out.eq(self.stall_out + 1)
 
         # --- start ----------------------------------------------------------------------

@@ -421,6 +421,10 @@ async def test_weight_reuse(dut):
             if pauses == (0.0, 0.0):
                 assert cycles == cr.expected_cycles(job, R, C, tb.x_lanes), job
                 assert await tb.read("STALL_IN") == 0
+                held_out = await tb.read("STALL_OUT")
+                # the same job with every tile's weights streamed: same counters
+                assert await tb.run_job(x, w, bias, replace(job, wreuse=0)) == cycles
+                assert await tb.read("STALL_OUT") == held_out
     assert await tb.read("ERROR") == 0
 
 
