@@ -142,7 +142,7 @@ class ConvCore(wiring.Component):
             wc1.eq(self.w * self.ch), npix1.eq(self.oh * self.ow),
             swc1.eq(self.sw * self.ch), dwc1.eq(self.dw * self.ch), plc1.eq(self.pl * self.ch),
             hwc2.eq(self.h * wc1), shwc2.eq(self.sh * wc1[:AB]), dhwc2.eq(self.dh * wc1[:AB]),
-            ptwc2.eq(self.pt * wc1[:AB]), plc2.eq(plc1),
+            ptwc2.eq(self.pt * wc1[:AB]), plc2.eq(plc1 - 1),
         ]
         start_q = Signal()
         m.d.sync += start_q.eq(self.start)
@@ -160,7 +160,16 @@ class ConvCore(wiring.Component):
         ]
         # sizes minus one, for the loops' end tests (equality against a register)
         m1 = {name: Signal(cr.SMALL_BITS if name in SMALL else DB, name=f"{name}_m1")
-              for name in ("n", "g", "cg", "ow", "kh", "kw")}
+              for name in ("n", "g")}
+        # ... and minus two, and "is one": the loops' end flags are registers, each set a
+        # step ahead from an equality against the counter's current value
+        m2 = {name: Signal(cr.SMALL_BITS if name in SMALL else DB, name=f"{name}_m2")
+              for name in ("cg", "ow", "kh", "kw")}
+        is1 = {name: Signal(name=f"{name}_is1") for name in ("cg", "ow", "kh", "kw")}
+        npix_le1 = Signal()               # OH*OW <= 1
+        ocg_le_c = Signal()               # OCG <= C (P in depthwise): one output-channel tile
+        npl = Signal(signed(CB))          # -PAD_L
+        npt = Signal(signed(CB))          # -PAD_T
 
         # --- state --------------------------------------------------------------
         loading = Signal()     # taking an image on x
@@ -190,12 +199,16 @@ class ConvCore(wiring.Component):
 
         # --- pixel walker: gathers the next tile's R pixels ------------------------
         wk_left = Signal(32)     # pixels of this group still to gather
+        wk_nz = Signal()         # wk_left != 0 (the pixel now at the walker is real)
+        wk_le1 = Signal()        # wk_left <= 1 (it is the group's last)
         wk_ox = Signal(DB)
+        wk_ox_last = Signal()    # wk_ox == OW - 1
         wk_ix0 = Signal(signed(CB))
         wk_iy0 = Signal(signed(CB))
         wk_base = Signal(AB)
         wk_rowbase = Signal(AB)
-        wk_goff = Signal(AB)
+        wk_gbase = Signal(AB)    # base0 + g*CG: the current group's first pixel
+        wk_gnext = Signal(AB)    # wk_gbase + CG, a register behind it
         wk_g = Signal(DB)
         wk_done = Signal()
         wk_cnt = Signal(range(R))
@@ -221,11 +234,15 @@ class ConvCore(wiring.Component):
 
         walk = Signal()
         pix_ok = Signal()
-        m.d.comb += [walk.eq(computing & ~nx_full & ~wk_done), pix_ok.eq(wk_left != 0)]
+        m.d.comb += [walk.eq(computing & ~nx_full & ~wk_done), pix_ok.eq(wk_nz)]
+        # The next group's base is ready a cycle after the group's: two group starts are
+        # at least two cycles apart (a tile's R pixels, then its swap frees the walker).
+        m.d.sync += wk_gnext.eq(wk_gbase + gstep)
 
         def walker_reset():
-            return [wk_left.eq(npix), wk_ox.eq(0), wk_ix0.eq(-p["pl"]), wk_iy0.eq(-p["pt"]),
-                    wk_base.eq(base0), wk_rowbase.eq(base0), wk_goff.eq(0), wk_g.eq(0),
+            return [wk_left.eq(npix), wk_nz.eq(1), wk_le1.eq(npix_le1), wk_ox.eq(0),
+                    wk_ox_last.eq(is1["ow"]), wk_ix0.eq(npl), wk_iy0.eq(npt),
+                    wk_base.eq(base0), wk_rowbase.eq(base0), wk_gbase.eq(base0), wk_g.eq(0),
                     wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
                     ac_full.eq(0)]
 
@@ -238,31 +255,33 @@ class ConvCore(wiring.Component):
                          nx_base[R - 1].eq(wk_base), nx_ok[R - 1].eq(pix_ok)]
             rows_next = Signal(range(R + 1))
             m.d.comb += rows_next.eq(wk_rows + pix_ok)
-            m.d.sync += [wk_left.eq(wk_left - pix_ok), wk_rows.eq(rows_next)]
+            m.d.sync += wk_rows.eq(rows_next)
             with m.If(pix_ok):
-                with m.If(wk_ox == m1["ow"]):
-                    m.d.sync += [wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
+                # one pixel fewer: the flags follow from the count before the decrement
+                m.d.sync += [wk_left.eq(wk_left - 1), wk_nz.eq(~wk_le1),
+                             wk_le1.eq((wk_left[2:] == 0) & ~wk_left[:2].all())]
+                with m.If(wk_ox_last):
+                    m.d.sync += [wk_ox.eq(0), wk_ox_last.eq(is1["ow"]), wk_ix0.eq(npl),
                                  wk_iy0.eq(wk_iy0 + p["sh"]),
                                  wk_rowbase.eq(wk_rowbase + s_hwc),
                                  wk_base.eq(wk_rowbase + s_hwc)]
                 with m.Else():
-                    m.d.sync += [wk_ox.eq(wk_ox + 1), wk_ix0.eq(wk_ix0 + p["sw"]),
-                                 wk_base.eq(wk_base + s_wc)]
+                    m.d.sync += [wk_ox.eq(wk_ox + 1), wk_ox_last.eq(wk_ox == m2["ow"]),
+                                 wk_ix0.eq(wk_ix0 + p["sw"]), wk_base.eq(wk_base + s_wc)]
             with m.If(wk_cnt == R - 1):
                 last_tp = Signal()
                 last_g = Signal()
                 # the group's pixels are all gathered after this one
-                m.d.comb += [last_tp.eq(wk_left[1:] == 0), last_g.eq(wk_g == m1["g"])]
+                m.d.comb += [last_tp.eq(wk_le1), last_g.eq(wk_g == m1["g"])]
                 m.d.sync += [wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(1),
                              nx_rows.eq(rows_next), nx_last_tp.eq(last_tp),
                              nx_last_g.eq(last_g)]
                 with m.If(last_tp):
-                    # next group: same pixels, channels CG further on
-                    goff = Signal(AB)
-                    m.d.comb += goff.eq(wk_goff + gstep)
-                    m.d.sync += [wk_left.eq(npix), wk_ox.eq(0), wk_ix0.eq(-p["pl"]),
-                                 wk_iy0.eq(-p["pt"]), wk_goff.eq(goff),
-                                 wk_base.eq(base0 + goff), wk_rowbase.eq(base0 + goff),
+                    # next group: same pixels, channels CG (CT in depthwise) further on
+                    m.d.sync += [wk_left.eq(npix), wk_nz.eq(1), wk_le1.eq(npix_le1),
+                                 wk_ox.eq(0), wk_ox_last.eq(is1["ow"]), wk_ix0.eq(npl),
+                                 wk_iy0.eq(npt), wk_gbase.eq(wk_gnext),
+                                 wk_base.eq(wk_gnext), wk_rowbase.eq(wk_gnext),
                                  wk_g.eq(wk_g + 1), wk_done.eq(last_g)]
             with m.Else():
                 m.d.sync += wk_cnt.eq(wk_cnt + 1)
@@ -281,15 +300,10 @@ class ConvCore(wiring.Component):
         oc_step = Signal(range(C + 1))   # output channels per tile: C, or P in depthwise
         m.d.comb += oc_step.eq(Mux(dw_on, P, C))
 
+        # registers: kc_c == CG-1, kc_kw == KW-1, kc_kh == KH-1, oc_left <= oc_step
         last_c, last_kw, last_kh = Signal(), Signal(), Signal()
         is_last = Signal()
-        m.d.comb += [
-            last_c.eq(kc_c == m1["cg"]),
-            last_kw.eq(kc_kw == m1["kw"]),
-            last_kh.eq(kc_kh == m1["kh"]),
-            is_last.eq(last_c & last_kw & last_kh),
-            last_col.eq(oc_left <= oc_step),
-        ]
+        m.d.comb += is_last.eq(last_c & last_kw & last_kh)
 
         fill = Signal(range(R + C + DEPOSIT_DELAY + READ_DELAY + 1))
         draining = Signal()
@@ -374,21 +388,22 @@ class ConvCore(wiring.Component):
         ]
         with m.If(fire):
             with m.If(last_c):
-                m.d.sync += kc_c.eq(0)
+                m.d.sync += [kc_c.eq(0), last_c.eq(is1["cg"])]
                 with m.If(last_kw):
-                    m.d.sync += [kc_kw.eq(0), kwd.eq(0)]
+                    m.d.sync += [kc_kw.eq(0), kwd.eq(0), last_kw.eq(is1["kw"])]
                     with m.If(last_kh):
                         m.d.sync += [kc_kh.eq(0), khd.eq(0), offh.eq(0), offhw.eq(0),
-                                     off.eq(0)]
+                                     off.eq(0), last_kh.eq(is1["kh"])]
                     with m.Else():
                         m.d.sync += [kc_kh.eq(kc_kh + 1), khd.eq(khd + p["dh"]),
                                      offh.eq(offh + d_hwc), offhw.eq(offh + d_hwc),
-                                     off.eq(offh + d_hwc)]
+                                     off.eq(offh + d_hwc), last_kh.eq(kc_kh == m2["kh"])]
                 with m.Else():
                     m.d.sync += [kc_kw.eq(kc_kw + 1), kwd.eq(kwd + p["dw"]),
-                                 offhw.eq(offhw + d_wc), off.eq(offhw + d_wc)]
+                                 offhw.eq(offhw + d_wc), off.eq(offhw + d_wc),
+                                 last_kw.eq(kc_kw == m2["kw"])]
             with m.Else():
-                m.d.sync += [kc_c.eq(kc_c + 1), off.eq(off + 1)]
+                m.d.sync += [kc_c.eq(kc_c + 1), off.eq(off + 1), last_c.eq(kc_c == m2["cg"])]
             with m.If(is_last):
                 # the bottom-right sum reaches its drain register R + C + DEPOSIT_DELAY +
                 # READ_DELAY cycles on (read, its pipeline, injection, skew, the cells)
@@ -399,9 +414,10 @@ class ConvCore(wiring.Component):
                                            Cat(*[oc_left > j for j in range(C)]))),
                              d_final.eq(image_end & (img == m1["n"]))]
                 with m.If(last_col):
-                    m.d.sync += oc_left.eq(p["ocg"])
+                    m.d.sync += [oc_left.eq(p["ocg"]), last_col.eq(ocg_le_c)]
                 with m.Else():
-                    m.d.sync += oc_left.eq(oc_left - oc_step)
+                    m.d.sync += [oc_left.eq(oc_left - oc_step),
+                                 last_col.eq(Mux(dw_on, oc_left <= 2 * P, oc_left <= 2 * C))]
 
         # swap in the gathered pixels when the active tile is finished (or empty)
         swap = Signal()
@@ -462,8 +478,15 @@ class ConvCore(wiring.Component):
             m.d.sync += [m1[n].eq(getattr(self, n) - 1) for n in m1]
             with m.If(self.depthwise):   # groups are the C / CT channel tiles
                 m.d.sync += m1["g"].eq((self.ch >> ct_bits) - 1)
+            m.d.sync += [m2[n].eq(getattr(self, n) - 2) for n in m2]
+            m.d.sync += [is1[n].eq(getattr(self, n) == 1) for n in is1]
+            # base0 = -(PT*W*C + PL*C) = ~(PT*W*C + PL*C - 1): plc2 holds PL*C - 1
             b0 = Signal(AB)
-            m.d.comb += b0.eq(-(ptwc2 + plc2))
+            m.d.comb += b0.eq(~(ptwc2 + plc2))
+            npix1_le1 = Signal()
+            m.d.comb += npix1_le1.eq(npix1[1:] == 0)
+            ocg_le1 = Signal()            # one output-channel tile: OCG <= C (P in depthwise)
+            m.d.comb += ocg_le1.eq(Mux(self.depthwise, self.ocg <= P, self.ocg <= C))
             m.d.sync += [
                 bias_en.eq(self.bias_en),
                 dw_on.eq(self.depthwise),
@@ -475,7 +498,9 @@ class ConvCore(wiring.Component):
                 d_wc.eq(dwc1),
                 d_hwc.eq(dhwc2),
                 base0.eq(b0),
-                oc_left.eq(self.ocg),
+                oc_left.eq(self.ocg), last_col.eq(ocg_le1), ocg_le_c.eq(ocg_le1),
+                last_c.eq(self.cg == 1), last_kw.eq(self.kw == 1), last_kh.eq(self.kh == 1),
+                npix_le1.eq(npix1_le1), npl.eq(-self.pl), npt.eq(-self.pt),
                 self.busy.eq(1), loading.eq(1), computing.eq(0), img.eq(0), x_count.eq(0),
                 kc_c.eq(0), kc_kw.eq(0), kc_kh.eq(0), kwd.eq(0), khd.eq(0), offh.eq(0),
                 offhw.eq(0), off.eq(0),
@@ -483,8 +508,9 @@ class ConvCore(wiring.Component):
                 self.stall_out.eq(0), self.load_cycles.eq(0),
             ]
             # the walker starts from base0, which is only latched now: load it directly
-            m.d.sync += [wk_left.eq(npix1), wk_ox.eq(0), wk_ix0.eq(-self.pl), wk_iy0.eq(-self.pt),
-                         wk_base.eq(b0), wk_rowbase.eq(b0), wk_goff.eq(0), wk_g.eq(0),
-                         wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
-                         ac_full.eq(0)]
+            m.d.sync += [wk_left.eq(npix1), wk_nz.eq(1), wk_le1.eq(npix1_le1), wk_ox.eq(0),
+                         wk_ox_last.eq(self.ow == 1), wk_ix0.eq(-self.pl),
+                         wk_iy0.eq(-self.pt), wk_base.eq(b0), wk_rowbase.eq(b0),
+                         wk_gbase.eq(b0), wk_g.eq(0), wk_done.eq(0), wk_cnt.eq(0),
+                         wk_rows.eq(0), nx_full.eq(0), ac_full.eq(0)]
         return m
