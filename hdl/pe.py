@@ -35,7 +35,11 @@ class ProcessingElement(wiring.Component):
     neighbour's register, which the placer cannot put next to every multiplier), the
     product is registered, the accumulator adds the registered product, and the drain
     register takes the accumulator one cycle after the last beat's sum
-    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell).
+    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell). The multiplier's
+    operand registers load on a valid beat only (a bubble's product is never added):
+    with the same input and no enable they would be the same flip-flops as ``a_out`` and
+    ``b_out``, and synthesis merges identical flip-flops, which would leave one register
+    to serve both the multiplier and the next cell.
     """
 
     def __init__(self, in_width: int, acc_width: int):
@@ -63,12 +67,12 @@ class ProcessingElement(wiring.Component):
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
             self.ctl_out.eq(self.ctl_in),   # also the flags of a_m, b_m
-            a_m.eq(self.a_in),
-            b_m.eq(self.b_in),
             prod.eq(a_m * b_m),
             ctl_p.eq(self.ctl_out),
             deposit.eq(ctl_p.valid & ctl_p.last),
         ]
+        with m.If(self.ctl_in.valid):
+            m.d.sync += [a_m.eq(self.a_in), b_m.eq(self.b_in)]
         with m.If(ctl_p.valid):
             m.d.sync += acc.eq(Mux(ctl_p.first, 0, acc) + prod)
         # A deposit and a drain shift never fall in the same cycle (the core only
@@ -98,7 +102,8 @@ class PairedProcessingElement(wiring.Component):
 
     Ports and timing are those of two :class:`ProcessingElement` side by side, with one
     ``a``/``ctl`` path (``b0``/``drain0`` the left column, ``b1``/``drain1`` the right);
-    the pipeline has the same stages (:data:`DEPOSIT_DELAY`).
+    the pipeline has the same stages (:data:`DEPOSIT_DELAY`), and the multiplier's operand
+    registers load on a valid beat only, as there.
     """
 
     def __init__(self, acc_width: int):
@@ -134,12 +139,12 @@ class PairedProcessingElement(wiring.Component):
             self.b0_out.eq(self.b0_in),
             self.b1_out.eq(self.b1_in),
             self.ctl_out.eq(self.ctl_in),
-            a_m.eq(self.a_in),
-            bp_m.eq(Cat(b0_ext, b1_adj).as_signed()),
             prod.eq(a_m * bp_m),
             ctl_p.eq(self.ctl_out),
             deposit.eq(ctl_p.last & ctl_p.valid),
         ]
+        with m.If(self.ctl_in.valid):
+            m.d.sync += [a_m.eq(self.a_in), bp_m.eq(Cat(b0_ext, b1_adj).as_signed())]
         lo = prod[:PAIR_SHIFT].as_signed()            # a * b0
         hi = prod[PAIR_SHIFT:].as_signed()            # a * b1 - (a * b0 < 0)
         with m.If(ctl_p.valid):
