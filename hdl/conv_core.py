@@ -52,7 +52,12 @@ class ConvCore(wiring.Component):
     H*W*C capacity check) come from two stages of registered multipliers that run
     continuously on the size inputs; every A step's address is one adder from registers;
     the memory read, its output register and the element select each take a cycle
-    (:data:`READ_DELAY`) before lane i enters the array from a register.
+    (:data:`READ_DELAY`) before lane i enters the array from a register. The loop-end
+    tests of the walker and of the A steps (pixels left, last output column, last
+    channel, kernel column and row, last output-channel tile) are registers, each set in
+    the step before from an equality of the counter's current value with a register or a
+    constant, so no comparison feeds an adder's operand select in the cycle it is made;
+    the next group's base address is a register that follows the current group's.
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8", x_lanes: int | None = None,
@@ -136,11 +141,13 @@ class ConvCore(wiring.Component):
         wc1 = Signal(2 * DB)            # W*C, exact
         npix1 = Signal(32)              # OH*OW
         swc1, dwc1, plc1 = Signal(AB), Signal(AB), Signal(AB)
+        hb1, wb1 = Signal(DB + 1), Signal(DB + 1)   # H - 1 + PAD_T, W - 1 + PAD_L
         hwc2 = Signal(3 * DB)           # H*W*C, exact (checked against the capacity)
         shwc2, dhwc2, ptwc2, plc2 = Signal(AB), Signal(AB), Signal(AB), Signal(AB)
         m.d.sync += [
             wc1.eq(self.w * self.ch), npix1.eq(self.oh * self.ow),
             swc1.eq(self.sw * self.ch), dwc1.eq(self.dw * self.ch), plc1.eq(self.pl * self.ch),
+            hb1.eq(self.h + self.pt - 1), wb1.eq(self.w + self.pl - 1),
             hwc2.eq(self.h * wc1), shwc2.eq(self.sh * wc1[:AB]), dhwc2.eq(self.dh * wc1[:AB]),
             ptwc2.eq(self.pt * wc1[:AB]), plc2.eq(plc1 - 1),
         ]
@@ -170,6 +177,8 @@ class ConvCore(wiring.Component):
         ocg_le_c = Signal()               # OCG <= C (P in depthwise): one output-channel tile
         npl = Signal(signed(CB))          # -PAD_L
         npt = Signal(signed(CB))          # -PAD_T
+        wb = Signal(signed(CB))           # W - 1 + PAD_L: ixb of a row's first pixel
+        hb = Signal(signed(CB))           # H - 1 + PAD_T: iyb of the first row
 
         # --- state --------------------------------------------------------------
         loading = Signal()     # taking an image on x
@@ -205,6 +214,11 @@ class ConvCore(wiring.Component):
         wk_ox_last = Signal()    # wk_ox == OW - 1
         wk_ix0 = Signal(signed(CB))
         wk_iy0 = Signal(signed(CB))
+        # the same coordinates from the far edge, W - 1 - ix0 and H - 1 - iy0: a tap is
+        # inside the image when none of ix, iy and these two (less the kernel offset) is
+        # negative, so the bounds test is four sign bits and no comparator
+        wk_ixb = Signal(signed(CB))
+        wk_iyb = Signal(signed(CB))
         wk_base = Signal(AB)
         wk_rowbase = Signal(AB)
         wk_gbase = Signal(AB)    # base0 + g*CG: the current group's first pixel
@@ -216,6 +230,8 @@ class ConvCore(wiring.Component):
 
         nx_iy0 = [Signal(signed(CB), name=f"nx_iy0_{i}") for i in range(R)]
         nx_ix0 = [Signal(signed(CB), name=f"nx_ix0_{i}") for i in range(R)]
+        nx_iyb = [Signal(signed(CB), name=f"nx_iyb_{i}") for i in range(R)]
+        nx_ixb = [Signal(signed(CB), name=f"nx_ixb_{i}") for i in range(R)]
         nx_base = [Signal(AB, name=f"nx_base_{i}") for i in range(R)]
         nx_ok = [Signal(name=f"nx_ok_{i}") for i in range(R)]
         nx_full = Signal()
@@ -225,6 +241,8 @@ class ConvCore(wiring.Component):
 
         ac_iy0 = [Signal(signed(CB), name=f"ac_iy0_{i}") for i in range(R)]
         ac_ix0 = [Signal(signed(CB), name=f"ac_ix0_{i}") for i in range(R)]
+        ac_iyb = [Signal(signed(CB), name=f"ac_iyb_{i}") for i in range(R)]
+        ac_ixb = [Signal(signed(CB), name=f"ac_ixb_{i}") for i in range(R)]
         ac_base = [Signal(AB, name=f"ac_base_{i}") for i in range(R)]
         ac_ok = [Signal(name=f"ac_ok_{i}") for i in range(R)]
         ac_full = Signal()
@@ -242,7 +260,7 @@ class ConvCore(wiring.Component):
         def walker_reset():
             return [wk_left.eq(npix), wk_nz.eq(1), wk_le1.eq(npix_le1), wk_ox.eq(0),
                     wk_ox_last.eq(is1["ow"]), wk_ix0.eq(npl), wk_iy0.eq(npt),
-                    wk_base.eq(base0), wk_rowbase.eq(base0), wk_gbase.eq(base0), wk_g.eq(0),
+                    wk_ixb.eq(wb), wk_iyb.eq(hb), wk_base.eq(base0), wk_rowbase.eq(base0), wk_gbase.eq(base0), wk_g.eq(0),
                     wk_done.eq(0), wk_cnt.eq(0), wk_rows.eq(0), nx_full.eq(0),
                     ac_full.eq(0)]
 
@@ -250,8 +268,10 @@ class ConvCore(wiring.Component):
             # shift the pixel in at the top; after R shifts lane 0 holds the first one
             for i in range(R - 1):
                 m.d.sync += [nx_iy0[i].eq(nx_iy0[i + 1]), nx_ix0[i].eq(nx_ix0[i + 1]),
+                             nx_iyb[i].eq(nx_iyb[i + 1]), nx_ixb[i].eq(nx_ixb[i + 1]),
                              nx_base[i].eq(nx_base[i + 1]), nx_ok[i].eq(nx_ok[i + 1])]
             m.d.sync += [nx_iy0[R - 1].eq(wk_iy0), nx_ix0[R - 1].eq(wk_ix0),
+                         nx_iyb[R - 1].eq(wk_iyb), nx_ixb[R - 1].eq(wk_ixb),
                          nx_base[R - 1].eq(wk_base), nx_ok[R - 1].eq(pix_ok)]
             rows_next = Signal(range(R + 1))
             m.d.comb += rows_next.eq(wk_rows + pix_ok)
@@ -262,12 +282,14 @@ class ConvCore(wiring.Component):
                              wk_le1.eq((wk_left[2:] == 0) & ~wk_left[:2].all())]
                 with m.If(wk_ox_last):
                     m.d.sync += [wk_ox.eq(0), wk_ox_last.eq(is1["ow"]), wk_ix0.eq(npl),
-                                 wk_iy0.eq(wk_iy0 + p["sh"]),
+                                 wk_iy0.eq(wk_iy0 + p["sh"]), wk_ixb.eq(wb),
+                                 wk_iyb.eq(wk_iyb - p["sh"]),
                                  wk_rowbase.eq(wk_rowbase + s_hwc),
                                  wk_base.eq(wk_rowbase + s_hwc)]
                 with m.Else():
                     m.d.sync += [wk_ox.eq(wk_ox + 1), wk_ox_last.eq(wk_ox == m2["ow"]),
-                                 wk_ix0.eq(wk_ix0 + p["sw"]), wk_base.eq(wk_base + s_wc)]
+                                 wk_ix0.eq(wk_ix0 + p["sw"]), wk_ixb.eq(wk_ixb - p["sw"]),
+                                 wk_base.eq(wk_base + s_wc)]
             with m.If(wk_cnt == R - 1):
                 last_tp = Signal()
                 last_g = Signal()
@@ -280,7 +302,8 @@ class ConvCore(wiring.Component):
                     # next group: same pixels, channels CG (CT in depthwise) further on
                     m.d.sync += [wk_left.eq(npix), wk_nz.eq(1), wk_le1.eq(npix_le1),
                                  wk_ox.eq(0), wk_ox_last.eq(is1["ow"]), wk_ix0.eq(npl),
-                                 wk_iy0.eq(npt), wk_gbase.eq(wk_gnext),
+                                 wk_iy0.eq(npt), wk_ixb.eq(wb), wk_iyb.eq(hb),
+                                 wk_gbase.eq(wk_gnext),
                                  wk_base.eq(wk_gnext), wk_rowbase.eq(wk_gnext),
                                  wk_g.eq(wk_g + 1), wk_done.eq(last_g)]
             with m.Else():
@@ -334,6 +357,8 @@ class ConvCore(wiring.Component):
             addr = Signal(AB, name=f"addr_{i}")
             iy = Signal(signed(CB), name=f"iy_{i}")
             ix = Signal(signed(CB), name=f"ix_{i}")
+            iyb = Signal(signed(CB), name=f"iyb_{i}")
+            ixb = Signal(signed(CB), name=f"ixb_{i}")
             tap_ok = Signal(name=f"tap_ok_{i}")
             a_ok = Signal(name=f"a_ok_{i}")
             word = Signal(XL * w, name=f"word_{i}")
@@ -342,7 +367,9 @@ class ConvCore(wiring.Component):
                          mems[i][1].addr.eq(addr[xl_bits:xl_bits + WB])]
             m.d.sync += [
                 iy.eq(ac_iy0[i] + khd), ix.eq(ac_ix0[i] + kwd), tap_ok.eq(ac_ok[i]),
-                a_ok.eq(tap_ok & (iy >= 0) & (iy < p["h"]) & (ix >= 0) & (ix < p["w"])),
+                iyb.eq(ac_iyb[i] - khd), ixb.eq(ac_ixb[i] - kwd),
+                # 0 <= iy < H and 0 <= ix < W
+                a_ok.eq(tap_ok & ~iy[-1] & ~iyb[-1] & ~ix[-1] & ~ixb[-1]),
                 word.eq(mems[i][1].data),
             ]
             if xl_bits:
@@ -427,6 +454,7 @@ class ConvCore(wiring.Component):
                          ac_last_tp.eq(nx_last_tp), ac_last_g.eq(nx_last_g)]
             for i in range(R):
                 m.d.sync += [ac_iy0[i].eq(nx_iy0[i]), ac_ix0[i].eq(nx_ix0[i]),
+                             ac_iyb[i].eq(nx_iyb[i]), ac_ixb[i].eq(nx_ixb[i]),
                              ac_base[i].eq(nx_base[i]), ac_ok[i].eq(nx_ok[i])]
         with m.Elif(ptile_end):
             m.d.sync += ac_full.eq(0)
@@ -500,7 +528,8 @@ class ConvCore(wiring.Component):
                 base0.eq(b0),
                 oc_left.eq(self.ocg), last_col.eq(ocg_le1), ocg_le_c.eq(ocg_le1),
                 last_c.eq(self.cg == 1), last_kw.eq(self.kw == 1), last_kh.eq(self.kh == 1),
-                npix_le1.eq(npix1_le1), npl.eq(-self.pl), npt.eq(-self.pt),
+                npix_le1.eq(npix1_le1), npl.eq(-self.pl), npt.eq(-self.pt), wb.eq(wb1),
+                hb.eq(hb1),
                 self.busy.eq(1), loading.eq(1), computing.eq(0), img.eq(0), x_count.eq(0),
                 kc_c.eq(0), kc_kw.eq(0), kc_kh.eq(0), kwd.eq(0), khd.eq(0), offh.eq(0),
                 offhw.eq(0), off.eq(0),
@@ -510,7 +539,8 @@ class ConvCore(wiring.Component):
             # the walker starts from base0, which is only latched now: load it directly
             m.d.sync += [wk_left.eq(npix1), wk_nz.eq(1), wk_le1.eq(npix1_le1), wk_ox.eq(0),
                          wk_ox_last.eq(self.ow == 1), wk_ix0.eq(-self.pl),
-                         wk_iy0.eq(-self.pt), wk_base.eq(b0), wk_rowbase.eq(b0),
+                         wk_iy0.eq(-self.pt), wk_ixb.eq(wb1), wk_iyb.eq(hb1),
+                         wk_base.eq(b0), wk_rowbase.eq(b0),
                          wk_gbase.eq(b0), wk_g.eq(0), wk_done.eq(0), wk_cnt.eq(0),
                          wk_rows.eq(0), nx_full.eq(0), ac_full.eq(0)]
         return m
