@@ -103,6 +103,10 @@ MUTANTS = [
            "a_ok.eq(tap_ok & ~iy[-1] & ~iyb[-1] & ~ix[-1])",
            "conv tap test drops the right edge's sign bit (right padding reads the next row)",
            (CONV,)),
+    Mutant("conv_capacity_high_bits_ignored", "conv_core.py",
+           "over2.eq(wc1[AB + 1:] != 0)", "over2.eq(0)",
+           "conv capacity check sees only W*C's low bits (an image row of twice the "
+           "capacity is accepted)", (CONV,)),
     Mutant("conv_x_ready_always", "conv_core.py",
            "self.x.ready.eq(loading),", "self.x.ready.eq(1),",
            "conv x TREADY high outside the load (ready path)", (CONV,)),

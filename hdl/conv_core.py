@@ -142,23 +142,30 @@ class ConvCore(wiring.Component):
         npix1 = Signal(32)              # OH*OW
         swc1, dwc1, plc1 = Signal(AB), Signal(AB), Signal(AB)
         hb1, wb1 = Signal(DB + 1), Signal(DB + 1)   # H - 1 + PAD_T, W - 1 + PAD_L
-        hwc2 = Signal(3 * DB)           # H*W*C, exact (checked against the capacity)
+        # H*W*C against the capacity (<= 2**AB): W*C of AB+2 bits or more is over it for
+        # any H >= 1, so one multiplier of H by W*C's low AB+1 bits and a flag suffice
+        hwc2 = Signal(DB + AB + 1)      # H * (W*C mod 2**(AB+1))
+        over2 = Signal()                # W*C >= 2**(AB+1)
+        zero1 = Signal()                # a size, kernel, stride or dilation is 0, or a
+        #                                 depthwise job that is not one (CG 1, G = C, CT | C)
+        dw_bad = (self.cg != 1) | (self.g != self.ch)
+        if ct_bits:
+            dw_bad = dw_bad | (self.ch[:ct_bits] != 0)
         shwc2, dhwc2, ptwc2, plc2 = Signal(AB), Signal(AB), Signal(AB), Signal(AB)
         m.d.sync += [
             wc1.eq(self.w * self.ch), npix1.eq(self.oh * self.ow),
             swc1.eq(self.sw * self.ch), dwc1.eq(self.dw * self.ch), plc1.eq(self.pl * self.ch),
             hb1.eq(self.h + self.pt - 1), wb1.eq(self.w + self.pl - 1),
-            hwc2.eq(self.h * wc1), shwc2.eq(self.sh * wc1[:AB]), dhwc2.eq(self.dh * wc1[:AB]),
+            hwc2.eq(self.h * wc1[:AB + 1]), over2.eq(wc1[AB + 1:] != 0),
+            zero1.eq(Cat(*[getattr(self, n) == 0 for n in DIMS + SMALL[:6]]).any()
+                     | (self.depthwise & dw_bad)),
+            shwc2.eq(self.sh * wc1[:AB]), dhwc2.eq(self.dh * wc1[:AB]),
             ptwc2.eq(self.pt * wc1[:AB]), plc2.eq(plc1 - 1),
         ]
         start_q = Signal()
         m.d.sync += start_q.eq(self.start)
         zero = Signal()
-        dw_bad = (self.cg != 1) | (self.g != self.ch)
-        if ct_bits:
-            dw_bad = dw_bad | (self.ch[:ct_bits] != 0)
-        m.d.comb += zero.eq(Cat(*[getattr(self, n) == 0 for n in DIMS + SMALL[:6]]).any()
-                            | (hwc2 > self.capacity) | (self.depthwise & dw_bad))
+        m.d.comb += zero.eq(zero1 | over2 | (hwc2 > self.capacity))
         start_ok = Signal()
         m.d.comb += [
             start_ok.eq(start_q & ~self.busy & ~zero),

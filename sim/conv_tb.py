@@ -301,10 +301,14 @@ async def test_registers(dut):
     assert await tb.axil.read_dword(0xFC) == 0
     await tb.check_strobes("KERNEL")
     bad = cr.field_mask("ERROR", "BAD_DIM")
-    # a zero kernel size, then an image larger than the memory: both refused
+    # a zero kernel size, then images larger than the memory: too many rows, and one
+    # row of twice the capacity (W*C alone over it; its low bits alone would fit)
     job = cr.ConvJob.make((1, 3, 3, 1), (1, 1, 1, 1))
-    for regs in ({**cr.register_values(job), "KERNEL": 0},
-                 {**cr.register_values(job), "H": tb.capacity + 1}):
+    refused = [{**cr.register_values(job), "KERNEL": 0},
+               {**cr.register_values(job), "H": tb.capacity + 1}]
+    if 2 * tb.capacity < 2 ** cr.DIM_BITS:
+        refused.append({**cr.register_values(job), "H": 1, "W": 2 * tb.capacity})
+    for regs in refused:
         for name, value in regs.items():
             await tb.write(name, value)
         await tb.write("CTRL", cr.field_mask("CTRL", "START"))
