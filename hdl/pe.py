@@ -9,7 +9,7 @@ __all__ = ["Control", "ProcessingElement", "PairedProcessingElement", "DEPOSIT_D
 
 #: cycles from a tile's last operands entering a cell (``a_in``/``b_in``) to its sum in
 #: the drain register, beyond the one cycle of an unpipelined cell: operand register,
-#: product register, accumulator, then the drain takes the accumulator
+#: two product registers, then the drain takes the accumulator's adder output
 DEPOSIT_DELAY = 3
 
 
@@ -33,8 +33,10 @@ class ProcessingElement(wiring.Component):
     Pipeline, so that no cycle holds more than one of multiplier, adder and long route:
     the operands are registered again beside the multiplier (``a_in`` comes from the
     neighbour's register, which the placer cannot put next to every multiplier), the
-    product is registered, the accumulator adds the registered product, and the drain
-    register takes the accumulator one cycle after the last beat's sum
+    product is registered twice (the first register's only load is the second, so it
+    can sit at the multiplier's output and the second carries the route to the
+    accumulator), the accumulator adds the registered product, and on the last beat the
+    drain register takes the adder's output together with the accumulator
     (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell). The multiplier's
     operand registers load on a valid beat only (a bubble's product is never added):
     with the same input and no enable they would be the same flip-flops as ``a_out`` and
@@ -57,9 +59,10 @@ class ProcessingElement(wiring.Component):
         m = Module()
         w = self.in_width
         a_m, b_m = Signal(signed(w)), Signal(signed(w))   # operand registers
-        prod = Signal(signed(2 * w))
-        ctl_p = Signal(Control)                           # flags of the product
+        p1, p2 = Signal(signed(2 * w)), Signal(signed(2 * w))   # the product, twice
+        ctl_p1, ctl_p2 = Signal(Control), Signal(Control)       # their flags
         acc = Signal(signed(self.acc_width))
+        acc_next = Signal(signed(self.acc_width))
         deposit = Signal()
         drain = Signal(signed(self.acc_width))
 
@@ -67,18 +70,21 @@ class ProcessingElement(wiring.Component):
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
             self.ctl_out.eq(self.ctl_in),   # also the flags of a_m, b_m
-            prod.eq(a_m * b_m),
-            ctl_p.eq(self.ctl_out),
-            deposit.eq(ctl_p.valid & ctl_p.last),
+            p1.eq(a_m * b_m),
+            ctl_p1.eq(self.ctl_out),
+            p2.eq(p1),
+            ctl_p2.eq(ctl_p1),
         ]
         with m.If(self.ctl_in.valid):
             m.d.sync += [a_m.eq(self.a_in), b_m.eq(self.b_in)]
-        with m.If(ctl_p.valid):
-            m.d.sync += acc.eq(Mux(ctl_p.first, 0, acc) + prod)
+        m.d.comb += [acc_next.eq(Mux(ctl_p2.first, 0, acc) + p2),
+                     deposit.eq(ctl_p2.valid & ctl_p2.last)]
+        with m.If(ctl_p2.valid):
+            m.d.sync += acc.eq(acc_next)
         # A deposit and a drain shift never fall in the same cycle (the core only
         # shifts once every cell has deposited), so the order here does not matter.
         with m.If(deposit):
-            m.d.sync += drain.eq(acc)
+            m.d.sync += drain.eq(acc_next)
         with m.Elif(self.shift):
             m.d.sync += drain.eq(self.drain_in)
         m.d.comb += self.drain_out.eq(drain)
@@ -129,9 +135,11 @@ class PairedProcessingElement(wiring.Component):
         m.d.comb += [b0_ext.eq(self.b0_in), b1_adj.eq(self.b1_in - self.b0_in[w - 1])]
         a_m = Signal(signed(w))
         bp_m = Signal(signed(PAIR_SHIFT + w + 1))
-        prod = Signal(signed(w + len(bp_m)))
-        ctl_p = Signal(Control)
+        p1 = Signal(signed(w + len(bp_m)))
+        p2 = Signal(signed(w + len(bp_m)))
+        ctl_p1, ctl_p2 = Signal(Control), Signal(Control)
         acc0, acc1 = Signal(signed(aw)), Signal(signed(aw))
+        acc0_next, acc1_next = Signal(signed(aw)), Signal(signed(aw))
         drain0, drain1 = Signal(signed(aw)), Signal(signed(aw))
         deposit = Signal()
         m.d.sync += [
@@ -139,19 +147,22 @@ class PairedProcessingElement(wiring.Component):
             self.b0_out.eq(self.b0_in),
             self.b1_out.eq(self.b1_in),
             self.ctl_out.eq(self.ctl_in),
-            prod.eq(a_m * bp_m),
-            ctl_p.eq(self.ctl_out),
-            deposit.eq(ctl_p.last & ctl_p.valid),
+            p1.eq(a_m * bp_m),
+            ctl_p1.eq(self.ctl_out),
+            p2.eq(p1),
+            ctl_p2.eq(ctl_p1),
         ]
         with m.If(self.ctl_in.valid):
             m.d.sync += [a_m.eq(self.a_in), bp_m.eq(Cat(b0_ext, b1_adj).as_signed())]
-        lo = prod[:PAIR_SHIFT].as_signed()            # a * b0
-        hi = prod[PAIR_SHIFT:].as_signed()            # a * b1 - (a * b0 < 0)
-        with m.If(ctl_p.valid):
-            m.d.sync += [acc0.eq(Mux(ctl_p.first, 0, acc0) + lo),
-                         acc1.eq(Mux(ctl_p.first, 0, acc1) + hi + prod[PAIR_SHIFT - 1])]
+        lo = p2[:PAIR_SHIFT].as_signed()              # a * b0
+        hi = p2[PAIR_SHIFT:].as_signed()              # a * b1 - (a * b0 < 0)
+        m.d.comb += [acc0_next.eq(Mux(ctl_p2.first, 0, acc0) + lo),
+                     acc1_next.eq(Mux(ctl_p2.first, 0, acc1) + hi + p2[PAIR_SHIFT - 1]),
+                     deposit.eq(ctl_p2.last & ctl_p2.valid)]
+        with m.If(ctl_p2.valid):
+            m.d.sync += [acc0.eq(acc0_next), acc1.eq(acc1_next)]
         with m.If(deposit):
-            m.d.sync += [drain0.eq(acc0), drain1.eq(acc1)]
+            m.d.sync += [drain0.eq(acc0_next), drain1.eq(acc1_next)]
         with m.Elif(self.shift):
             m.d.sync += [drain0.eq(self.drain0_in), drain1.eq(self.drain1_in)]
         m.d.comb += [self.drain0_out.eq(drain0), self.drain1_out.eq(drain1)]
