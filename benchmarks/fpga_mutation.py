@@ -80,7 +80,7 @@ MUTANTS = [
            "tile's last pair not held for the drain (ready/fire mismatch)", (MATMUL,)),
     Mutant("pe_deposit_early", "pe.py",   # the paired int8 cell, which the subset runs
            "deposit.eq(ctl_p2.last & ctl_p2.valid)]",
-           "deposit.eq(ctl_p1.last & ctl_p1.valid)]",
+           "deposit.eq(ctl_m.last & ctl_m.valid)]",
            "cell's drain takes the sum one cycle early (without the last product)"),
     Mutant("pair_borrow_dropped", "pe.py",
            "acc1_next.eq(Mux(ctl_p2.first, 0, acc1) + hi + p2[PAIR_SHIFT - 1]),",

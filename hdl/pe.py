@@ -8,8 +8,8 @@ __all__ = ["Control", "ProcessingElement", "PairedProcessingElement", "DEPOSIT_D
            "PAIR_SHIFT"]
 
 #: cycles from a tile's last operands entering a cell (``a_in``/``b_in``) to its sum in
-#: the drain register, beyond the one cycle of an unpipelined cell: operand register,
-#: two product registers, then the drain takes the accumulator's adder output
+#: the drain register, beyond the one cycle of an unpipelined cell: two operand
+#: registers, the product register, then the drain takes the accumulator's adder output
 DEPOSIT_DELAY = 3
 
 
@@ -31,17 +31,16 @@ class ProcessingElement(wiring.Component):
     tile accumulates. The sum wraps modulo 2**acc_width.
 
     Pipeline, so that no cycle holds more than one of multiplier, adder and long route:
-    the operands are registered again beside the multiplier (``a_in`` comes from the
-    neighbour's register, which the placer cannot put next to every multiplier), the
-    product is registered twice (the first register's only load is the second, so it
-    can sit at the multiplier's output and the second carries the route to the
-    accumulator), the accumulator adds the registered product, and on the last beat the
+    the operands are registered twice more on their way to the multiplier (``a_in``
+    comes from the neighbour's register, and the multiplier sites are fixed and few, so
+    the route to the one a cell gets can be long: the first copy takes that route, the
+    second, whose only load is the multiplier, can sit beside it), the product is
+    registered, the accumulator adds the registered product, and on the last beat the
     drain register takes the adder's output together with the accumulator
-    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell). The multiplier's
-    operand registers load on a valid beat only (a bubble's product is never added):
-    with the same input and no enable they would be the same flip-flops as ``a_out`` and
-    ``b_out``, and synthesis merges identical flip-flops, which would leave one register
-    to serve both the multiplier and the next cell.
+    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell). The operand copies
+    load on a valid beat only (a bubble's product is never added): with the same input
+    and no enable the first would be the same flip-flops as ``a_out`` and ``b_out``, and
+    synthesis merges identical flip-flops.
     """
 
     def __init__(self, in_width: int, acc_width: int):
@@ -58,9 +57,11 @@ class ProcessingElement(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w = self.in_width
-        a_m, b_m = Signal(signed(w)), Signal(signed(w))   # operand registers
-        p1, p2 = Signal(signed(2 * w)), Signal(signed(2 * w))   # the product, twice
-        ctl_p1, ctl_p2 = Signal(Control), Signal(Control)       # their flags
+        a_m0, b_m0 = Signal(signed(w)), Signal(signed(w))  # operand registers, twice
+        a_m, b_m = Signal(signed(w)), Signal(signed(w))
+        ctl_m = Signal(Control)                             # flags of a_m, b_m
+        p2 = Signal(signed(2 * w))                          # the product
+        ctl_p2 = Signal(Control)                            # its flags
         acc = Signal(signed(self.acc_width))
         acc_next = Signal(signed(self.acc_width))
         deposit = Signal()
@@ -69,14 +70,15 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
-            self.ctl_out.eq(self.ctl_in),   # also the flags of a_m, b_m
-            p1.eq(a_m * b_m),
-            ctl_p1.eq(self.ctl_out),
-            p2.eq(p1),
-            ctl_p2.eq(ctl_p1),
+            self.ctl_out.eq(self.ctl_in),   # also the flags of a_m0, b_m0
+            ctl_m.eq(self.ctl_out),
+            p2.eq(a_m * b_m),
+            ctl_p2.eq(ctl_m),
         ]
         with m.If(self.ctl_in.valid):
-            m.d.sync += [a_m.eq(self.a_in), b_m.eq(self.b_in)]
+            m.d.sync += [a_m0.eq(self.a_in), b_m0.eq(self.b_in)]
+        with m.If(self.ctl_out.valid):
+            m.d.sync += [a_m.eq(a_m0), b_m.eq(b_m0)]
         m.d.comb += [acc_next.eq(Mux(ctl_p2.first, 0, acc) + p2),
                      deposit.eq(ctl_p2.valid & ctl_p2.last)]
         with m.If(ctl_p2.valid):
@@ -108,8 +110,8 @@ class PairedProcessingElement(wiring.Component):
 
     Ports and timing are those of two :class:`ProcessingElement` side by side, with one
     ``a``/``ctl`` path (``b0``/``drain0`` the left column, ``b1``/``drain1`` the right);
-    the pipeline has the same stages (:data:`DEPOSIT_DELAY`), and the multiplier's operand
-    registers load on a valid beat only, as there.
+    the pipeline has the same stages (:data:`DEPOSIT_DELAY`), and the operand copies load
+    on a valid beat only, as there.
     """
 
     def __init__(self, acc_width: int):
@@ -133,11 +135,12 @@ class PairedProcessingElement(wiring.Component):
         b0_ext = Signal(signed(PAIR_SHIFT))
         b1_adj = Signal(signed(w + 1))
         m.d.comb += [b0_ext.eq(self.b0_in), b1_adj.eq(self.b1_in - self.b0_in[w - 1])]
-        a_m = Signal(signed(w))
+        a_m0, a_m = Signal(signed(w)), Signal(signed(w))
+        bp_m0 = Signal(signed(PAIR_SHIFT + w + 1))
         bp_m = Signal(signed(PAIR_SHIFT + w + 1))
-        p1 = Signal(signed(w + len(bp_m)))
+        ctl_m = Signal(Control)
         p2 = Signal(signed(w + len(bp_m)))
-        ctl_p1, ctl_p2 = Signal(Control), Signal(Control)
+        ctl_p2 = Signal(Control)
         acc0, acc1 = Signal(signed(aw)), Signal(signed(aw))
         acc0_next, acc1_next = Signal(signed(aw)), Signal(signed(aw))
         drain0, drain1 = Signal(signed(aw)), Signal(signed(aw))
@@ -147,13 +150,14 @@ class PairedProcessingElement(wiring.Component):
             self.b0_out.eq(self.b0_in),
             self.b1_out.eq(self.b1_in),
             self.ctl_out.eq(self.ctl_in),
-            p1.eq(a_m * bp_m),
-            ctl_p1.eq(self.ctl_out),
-            p2.eq(p1),
-            ctl_p2.eq(ctl_p1),
+            ctl_m.eq(self.ctl_out),
+            p2.eq(a_m * bp_m),
+            ctl_p2.eq(ctl_m),
         ]
         with m.If(self.ctl_in.valid):
-            m.d.sync += [a_m.eq(self.a_in), bp_m.eq(Cat(b0_ext, b1_adj).as_signed())]
+            m.d.sync += [a_m0.eq(self.a_in), bp_m0.eq(Cat(b0_ext, b1_adj).as_signed())]
+        with m.If(self.ctl_out.valid):
+            m.d.sync += [a_m.eq(a_m0), bp_m.eq(bp_m0)]
         lo = p2[:PAIR_SHIFT].as_signed()              # a * b0
         hi = p2[PAIR_SHIFT:].as_signed()              # a * b1 - (a * b0 < 0)
         m.d.comb += [acc0_next.eq(Mux(ctl_p2.first, 0, acc0) + lo),
