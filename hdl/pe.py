@@ -8,8 +8,8 @@ __all__ = ["Control", "ProcessingElement", "PairedProcessingElement", "DEPOSIT_D
            "PAIR_SHIFT"]
 
 #: cycles from a tile's last operands entering a cell (``a_in``/``b_in``) to its sum in
-#: the drain register, beyond the one cycle of an unpipelined cell: two operand
-#: registers, the product register, then the drain takes the accumulator's adder output
+#: the drain register, beyond the one cycle of an unpipelined cell: operand register,
+#: product register, accumulator, then the drain takes the accumulator
 DEPOSIT_DELAY = 3
 
 
@@ -31,16 +31,11 @@ class ProcessingElement(wiring.Component):
     tile accumulates. The sum wraps modulo 2**acc_width.
 
     Pipeline, so that no cycle holds more than one of multiplier, adder and long route:
-    the operands are registered twice more on their way to the multiplier (``a_in``
-    comes from the neighbour's register, and the multiplier sites are fixed and few, so
-    the route to the one a cell gets can be long: the first copy takes that route, the
-    second, whose only load is the multiplier, can sit beside it), the product is
-    registered, the accumulator adds the registered product, and on the last beat the
-    drain register takes the adder's output together with the accumulator
-    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell). The operand copies
-    load on a valid beat only (a bubble's product is never added): with the same input
-    and no enable the first would be the same flip-flops as ``a_out`` and ``b_out``, and
-    synthesis merges identical flip-flops.
+    the operands are registered again beside the multiplier (``a_in`` comes from the
+    neighbour's register, which the placer cannot put next to every multiplier), the
+    product is registered, the accumulator adds the registered product, and the drain
+    register takes the accumulator one cycle after the last beat's sum
+    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell).
     """
 
     def __init__(self, in_width: int, acc_width: int):
@@ -57,36 +52,29 @@ class ProcessingElement(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w = self.in_width
-        a_m0, b_m0 = Signal(signed(w)), Signal(signed(w))  # operand registers, twice
-        a_m, b_m = Signal(signed(w)), Signal(signed(w))
-        ctl_m = Signal(Control)                             # flags of a_m, b_m
-        p2 = Signal(signed(2 * w))                          # the product
-        ctl_p2 = Signal(Control)                            # its flags
+        a_m, b_m = Signal(signed(w)), Signal(signed(w))   # operand registers
+        prod = Signal(signed(2 * w))
+        ctl_p = Signal(Control)                           # flags of the product
         acc = Signal(signed(self.acc_width))
-        acc_next = Signal(signed(self.acc_width))
         deposit = Signal()
         drain = Signal(signed(self.acc_width))
 
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
-            self.ctl_out.eq(self.ctl_in),   # also the flags of a_m0, b_m0
-            ctl_m.eq(self.ctl_out),
-            p2.eq(a_m * b_m),
-            ctl_p2.eq(ctl_m),
+            self.ctl_out.eq(self.ctl_in),   # also the flags of a_m, b_m
+            a_m.eq(self.a_in),
+            b_m.eq(self.b_in),
+            prod.eq(a_m * b_m),
+            ctl_p.eq(self.ctl_out),
+            deposit.eq(ctl_p.valid & ctl_p.last),
         ]
-        with m.If(self.ctl_in.valid):
-            m.d.sync += [a_m0.eq(self.a_in), b_m0.eq(self.b_in)]
-        with m.If(self.ctl_out.valid):
-            m.d.sync += [a_m.eq(a_m0), b_m.eq(b_m0)]
-        m.d.comb += [acc_next.eq(Mux(ctl_p2.first, 0, acc) + p2),
-                     deposit.eq(ctl_p2.valid & ctl_p2.last)]
-        with m.If(ctl_p2.valid):
-            m.d.sync += acc.eq(acc_next)
+        with m.If(ctl_p.valid):
+            m.d.sync += acc.eq(Mux(ctl_p.first, 0, acc) + prod)
         # A deposit and a drain shift never fall in the same cycle (the core only
         # shifts once every cell has deposited), so the order here does not matter.
         with m.If(deposit):
-            m.d.sync += drain.eq(acc_next)
+            m.d.sync += drain.eq(acc)
         with m.Elif(self.shift):
             m.d.sync += drain.eq(self.drain_in)
         m.d.comb += self.drain_out.eq(drain)
@@ -110,8 +98,7 @@ class PairedProcessingElement(wiring.Component):
 
     Ports and timing are those of two :class:`ProcessingElement` side by side, with one
     ``a``/``ctl`` path (``b0``/``drain0`` the left column, ``b1``/``drain1`` the right);
-    the pipeline has the same stages (:data:`DEPOSIT_DELAY`), and the operand copies load
-    on a valid beat only, as there.
+    the pipeline has the same stages (:data:`DEPOSIT_DELAY`).
     """
 
     def __init__(self, acc_width: int):
@@ -135,14 +122,11 @@ class PairedProcessingElement(wiring.Component):
         b0_ext = Signal(signed(PAIR_SHIFT))
         b1_adj = Signal(signed(w + 1))
         m.d.comb += [b0_ext.eq(self.b0_in), b1_adj.eq(self.b1_in - self.b0_in[w - 1])]
-        a_m0, a_m = Signal(signed(w)), Signal(signed(w))
-        bp_m0 = Signal(signed(PAIR_SHIFT + w + 1))
+        a_m = Signal(signed(w))
         bp_m = Signal(signed(PAIR_SHIFT + w + 1))
-        ctl_m = Signal(Control)
-        p2 = Signal(signed(w + len(bp_m)))
-        ctl_p2 = Signal(Control)
+        prod = Signal(signed(w + len(bp_m)))
+        ctl_p = Signal(Control)
         acc0, acc1 = Signal(signed(aw)), Signal(signed(aw))
-        acc0_next, acc1_next = Signal(signed(aw)), Signal(signed(aw))
         drain0, drain1 = Signal(signed(aw)), Signal(signed(aw))
         deposit = Signal()
         m.d.sync += [
@@ -150,23 +134,19 @@ class PairedProcessingElement(wiring.Component):
             self.b0_out.eq(self.b0_in),
             self.b1_out.eq(self.b1_in),
             self.ctl_out.eq(self.ctl_in),
-            ctl_m.eq(self.ctl_out),
-            p2.eq(a_m * bp_m),
-            ctl_p2.eq(ctl_m),
+            a_m.eq(self.a_in),
+            bp_m.eq(Cat(b0_ext, b1_adj).as_signed()),
+            prod.eq(a_m * bp_m),
+            ctl_p.eq(self.ctl_out),
+            deposit.eq(ctl_p.last & ctl_p.valid),
         ]
-        with m.If(self.ctl_in.valid):
-            m.d.sync += [a_m0.eq(self.a_in), bp_m0.eq(Cat(b0_ext, b1_adj).as_signed())]
-        with m.If(self.ctl_out.valid):
-            m.d.sync += [a_m.eq(a_m0), bp_m.eq(bp_m0)]
-        lo = p2[:PAIR_SHIFT].as_signed()              # a * b0
-        hi = p2[PAIR_SHIFT:].as_signed()              # a * b1 - (a * b0 < 0)
-        m.d.comb += [acc0_next.eq(Mux(ctl_p2.first, 0, acc0) + lo),
-                     acc1_next.eq(Mux(ctl_p2.first, 0, acc1) + hi + p2[PAIR_SHIFT - 1]),
-                     deposit.eq(ctl_p2.last & ctl_p2.valid)]
-        with m.If(ctl_p2.valid):
-            m.d.sync += [acc0.eq(acc0_next), acc1.eq(acc1_next)]
+        lo = prod[:PAIR_SHIFT].as_signed()            # a * b0
+        hi = prod[PAIR_SHIFT:].as_signed()            # a * b1 - (a * b0 < 0)
+        with m.If(ctl_p.valid):
+            m.d.sync += [acc0.eq(Mux(ctl_p.first, 0, acc0) + lo),
+                         acc1.eq(Mux(ctl_p.first, 0, acc1) + hi + prod[PAIR_SHIFT - 1])]
         with m.If(deposit):
-            m.d.sync += [drain0.eq(acc0_next), drain1.eq(acc1_next)]
+            m.d.sync += [drain0.eq(acc0), drain1.eq(acc1)]
         with m.Elif(self.shift):
             m.d.sync += [drain0.eq(self.drain0_in), drain1.eq(self.drain1_in)]
         m.d.comb += [self.drain0_out.eq(drain0), self.drain1_out.eq(drain1)]
