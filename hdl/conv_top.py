@@ -20,17 +20,20 @@ class AXIConv2d(wiring.Component):
     rows, cols: array size (2..32); dtype: ``"int8"`` or ``"int16"``; x_lanes: image
     lanes per x beat (power of two, default the next power of two >= rows); depth: image
     memory words per copy (capacity x_lanes*depth elements); pair_macs: two int8 MACs per
-    27x18 multiplier (DSP48E2), default on for int8 (:class:`.conv_core.ConvCore`).
+    27x18 multiplier (DSP48E2), default on for int8 (:class:`.conv_core.ConvCore`);
+    out_stage: build the output stage (ReLU and requantization, the ``q`` stream;
+    CONFIG.OUT_STAGE); without it CTRL.RELU / REQUANT are refused (ERROR.NO_STAGE).
     """
 
     def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
-                 x_lanes: int | None = None, depth: int = 1024, pair_macs: bool | None = None):
+                 x_lanes: int | None = None, depth: int = 1024, pair_macs: bool | None = None,
+                 out_stage: bool = True):
         x_lanes = x_lanes or cr.default_x_lanes(rows)
         cr.check_config(rows, cols, dtype, x_lanes, depth)
         widths = cr.stream_widths(rows, cols, dtype, x_lanes)
         self.rows, self.cols, self.dtype = rows, cols, dtype
         self.x_lanes, self.depth = x_lanes, depth
-        self.pair_macs = pair_macs
+        self.pair_macs, self.out_stage = pair_macs, bool(out_stage)
         P = cr.PORT_PREFIX
         super().__init__({
             P["ctrl"]: In(AXILiteSignature(cr.ADDR_WIDTH, cr.DATA_WIDTH)),
@@ -45,14 +48,15 @@ class AXIConv2d(wiring.Component):
         m = Module()
         P = cr.PORT_PREFIX
         m.submodules.core = core = ConvCore(self.rows, self.cols, self.dtype, self.x_lanes,
-                                            self.depth, self.pair_macs)
+                                            self.depth, self.pair_macs, self.out_stage)
         m.submodules.axil = axil = AXILiteTarget(cr.ADDR_WIDTH, cr.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
         connect_streams(m, self, core, P, ("x", "b", "bias", "q"), "c")
 
         regs = CoreRegisters(
             m, axil, cr, core,
-            config_word=cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes),
+            config_word=cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes,
+                                       self.out_stage),
             err_strobes={"START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
                          "X_LAST": core.err_x_last, "B_LAST": core.err_b_last,
                          "BIAS_LAST": core.err_bias_last, "Q_LAST": core.err_q_last},
@@ -83,9 +87,9 @@ class AXIConv2d(wiring.Component):
 
 def generate_verilog(rows: int = 16, cols: int = 16, dtype: str = "int8",
                      x_lanes: int | None = None, depth: int = 1024,
-                     name: str = "lepton_conv2d") -> str:
+                     name: str = "lepton_conv2d", out_stage: bool = True) -> str:
     """Verilog text of one configuration, top module ``name``."""
     from amaranth.back import verilog
 
-    return verilog.convert(AXIConv2d(rows, cols, dtype, x_lanes, depth), name=name,
-                           emit_src=False)
+    return verilog.convert(AXIConv2d(rows, cols, dtype, x_lanes, depth, out_stage=out_stage),
+                           name=name, emit_src=False)

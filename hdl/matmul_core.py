@@ -29,9 +29,10 @@ class MatmulCore(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8",
-                 pair_macs: bool | None = None):
+                 pair_macs: bool | None = None, out_stage: bool = True):
         widths = regmap.stream_widths(rows, cols, dtype)
         self.rows, self.cols, self.dtype = rows, cols, dtype
+        self.out_stage = bool(out_stage)   # build the output stage (ReLU / requantization)
         # two int8 MACs per multiplier (a DSP48E2's 27x18) unless told otherwise
         self.pair_macs = dtype == "int8" if pair_macs is None else pair_macs
         self.in_width = regmap.DTYPES[dtype]
@@ -180,7 +181,8 @@ class MatmulCore(wiring.Component):
         # --- drain --------------------------------------------------------------
         push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
-            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok)
+            d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok,
+            out_stage=self.out_stage)
         with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(row_last):

@@ -53,7 +53,8 @@ __all__ = [
 #: Value of the ID register: ASCII "LMMC" (lepton matmul core).
 CORE_ID = 0x4C4D4D43
 #: Interface version (major, minor, patch); major changes break host drivers.
-VERSION = (1, 1, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream)
+VERSION = (1, 2, 0)   # 1.1: the output stage (CTRL.RELU / REQUANT, the q stream);
+#                       1.2: CONFIG.OUT_STAGE, ERROR.NO_STAGE (the stage is a build option)
 VERSION_WORD = common.version_word(VERSION)
 
 #: Width of the M, N, K registers; a job needs 1 <= M, N, K < 2**DIM_BITS.
@@ -127,11 +128,11 @@ def stream_widths(rows: int, cols: int, dtype: str) -> dict[str, int]:
     return out
 
 
-def config_word(rows: int, cols: int, dtype: str) -> int:
-    return rows | (cols << 8) | (DTYPE_CODES[dtype] << 16) | (ACC_WIDTH << 24)
+def config_word(rows: int, cols: int, dtype: str, out_stage: bool = True) -> int:
+    return common.config_bits(rows, cols, dtype, out_stage)
 
 
-def describe(rows: int, cols: int, dtype: str) -> dict:
+def describe(rows: int, cols: int, dtype: str, out_stage: bool = True) -> dict:
     """JSON-ready description of a configuration and its register map."""
     check_config(rows, cols, dtype)
     widths = stream_widths(rows, cols, dtype)
@@ -142,7 +143,8 @@ def describe(rows: int, cols: int, dtype: str) -> dict:
         "config": {"rows": rows, "cols": cols, "dtype": dtype,
                    "acc_width": ACC_WIDTH, "overflow": "wrap",
                    "dataflow": "output-stationary", "dim_bits": DIM_BITS,
-                   "config_word": config_word(rows, cols, dtype)},
+                   "out_stage": bool(out_stage),
+                   "config_word": config_word(rows, cols, dtype, out_stage)},
         **common.describe_interface(REGISTERS, PORT_PREFIX),
         "streams": [
             {"name": s.name, "prefix": PORT_PREFIX[s.name], "direction": s.direction,

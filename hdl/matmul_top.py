@@ -23,6 +23,10 @@ class AXIMatmul(wiring.Component):
         ``"int8"`` or ``"int16"`` (inputs); accumulation and outputs are int32.
     pair_macs : bool or None
         Two int8 MACs per 27x18 multiplier (a DSP48E2); default: on for int8.
+    out_stage : bool
+        Build the output stage (ReLU and requantization, the ``q`` stream; CONFIG.OUT_STAGE).
+        Without it the core is smaller and its clock faster; CTRL.RELU / REQUANT are then
+        refused (ERROR.NO_STAGE) and the host applies them.
 
     Ports (Verilog names are ``<prefix>__<signal>``, prefixes in
     :data:`.matmul_regmap.PORT_PREFIX`): ``s_axil`` (AXI4-Lite target, registers in
@@ -32,10 +36,10 @@ class AXIMatmul(wiring.Component):
     """
 
     def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
-                 pair_macs: bool | None = None):
+                 pair_macs: bool | None = None, out_stage: bool = True):
         widths = regmap.stream_widths(rows, cols, dtype)
         self.rows, self.cols, self.dtype = rows, cols, dtype
-        self.pair_macs = pair_macs
+        self.pair_macs, self.out_stage = pair_macs, bool(out_stage)
         P = regmap.PORT_PREFIX
         super().__init__({
             P["ctrl"]: In(AXILiteSignature(regmap.ADDR_WIDTH, regmap.DATA_WIDTH)),
@@ -49,7 +53,8 @@ class AXIMatmul(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         P = regmap.PORT_PREFIX
-        m.submodules.core = core = MatmulCore(self.rows, self.cols, self.dtype, self.pair_macs)
+        m.submodules.core = core = MatmulCore(self.rows, self.cols, self.dtype, self.pair_macs,
+                                                self.out_stage)
         m.submodules.axil = axil = AXILiteTarget(regmap.ADDR_WIDTH, regmap.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
 
@@ -58,7 +63,7 @@ class AXIMatmul(wiring.Component):
         # --- registers (layout from matmul_regmap) ------------------------------------
         regs = CoreRegisters(
             m, axil, regmap, core,
-            config_word=regmap.config_word(self.rows, self.cols, self.dtype),
+            config_word=regmap.config_word(self.rows, self.cols, self.dtype, self.out_stage),
             err_strobes={
                 "START_BUSY": core.err_start_busy, "BAD_DIM": core.err_dim,
                 "A_LAST": core.err_a_last, "B_LAST": core.err_b_last,
@@ -72,9 +77,9 @@ class AXIMatmul(wiring.Component):
 
 
 def generate_verilog(rows: int = 16, cols: int = 16, dtype: str = "int8",
-                     name: str = "lepton_matmul") -> str:
+                     name: str = "lepton_matmul", out_stage: bool = True) -> str:
     """Verilog text of one configuration, top module ``name``."""
     from amaranth.back import verilog
 
-    top = AXIMatmul(rows, cols, dtype)
+    top = AXIMatmul(rows, cols, dtype, out_stage=out_stage)
     return verilog.convert(top, name=name, emit_src=False)

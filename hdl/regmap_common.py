@@ -17,7 +17,7 @@ __all__ = [
     "ADDR_WIDTH", "DATA_WIDTH", "ACC_WIDTH", "DTYPES", "DTYPE_CODES", "MIN_SIDE",
     "MAX_SIDE", "PORT_SEPARATOR", "Field", "Register", "StreamFormat", "version_word",
     "find_field", "field_mask", "field_value", "id_register", "version_register",
-    "config_register", "ctrl_register", "status_register", "error_register",
+    "config_register", "config_bits", "ctrl_register", "status_register", "error_register",
     "cycle_registers", "check_sides", "describe_interface", "lane_dtype", "check_int",
     "Q_LANE_BITS", "REQUANT_SHIFT_MAX", "lane_bits", "pack_q_beat", "out_mode_ctrl",
 ]
@@ -109,13 +109,22 @@ def version_register() -> Register:
 
 
 def config_register(rows_doc: str, cols_doc: str, extra: tuple[Field, ...] = ()) -> Register:
-    """CONFIG: ROWS, COLS, DTYPE, the core's own fields (bits 20..23), ACC_WIDTH."""
+    """CONFIG: ROWS, COLS, DTYPE, the core's own fields (bits 20..22), OUT_STAGE,
+    ACC_WIDTH."""
     return Register("CONFIG", 0x08, "ro", "Build-time configuration.", (
         Field("ROWS", 0, 8, rows_doc),
         Field("COLS", 8, 8, cols_doc),
         Field("DTYPE", 16, 4, "input dtype, see DTYPE_CODES"),
         *extra,
+        Field("OUT_STAGE", 23, 1, "the output stage is built (CTRL.RELU / REQUANT, the q "
+              "stream); without it a START with RELU or REQUANT is refused (ERROR.NO_STAGE)"),
         Field("ACC_WIDTH", 24, 8, "accumulator width in bits")))
+
+
+def config_bits(rows: int, cols: int, dtype: str, out_stage: bool) -> int:
+    """The CONFIG fields every core has (the core's own ones are or-ed in by its map)."""
+    return (rows | (cols << 8) | (DTYPE_CODES[dtype] << 16) | (int(bool(out_stage)) << 23)
+            | (ACC_WIDTH << 24))
 
 
 def ctrl_register(start_doc: str) -> Register:
@@ -138,14 +147,16 @@ def status_register(extra: tuple[Field, ...] = ()) -> Register:
 
 def error_register(bad_dim_doc: str, stream_last: Field) -> Register:
     """ERROR: START_BUSY, BAD_DIM, the core's first-stream tlast flag (bit 2), B_LAST,
-    BIAS_LAST."""
+    BIAS_LAST, Q_LAST, NO_STAGE."""
     return Register("ERROR", 0x14, "w1c", "Sticky error flags; write 1 to clear.", (
         Field("START_BUSY", 0, 1, "START written while busy (ignored)"),
         Field("BAD_DIM", 1, 1, bad_dim_doc),
         stream_last,
         Field("B_LAST", 3, 1, "tlast on b did not match beat K-1 of a tile"),
         Field("BIAS_LAST", 4, 1, "a bias beat arrived without tlast"),
-        Field("Q_LAST", 5, 1, "a q beat arrived without tlast")))
+        Field("Q_LAST", 5, 1, "a q beat arrived without tlast"),
+        Field("NO_STAGE", 6, 1, "START with CTRL.RELU or REQUANT on a build without the "
+              "output stage (CONFIG.OUT_STAGE = 0; ignored)")))
 
 
 def cycle_registers(offset: int) -> tuple[Register, ...]:

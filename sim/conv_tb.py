@@ -90,7 +90,8 @@ class TB(AxiTB):
         cfg, self.rows, self.cols, self.dtype = await self.read_config()
         self.x_lanes = 1 << cr.field_value("CONFIG", "XLANES_LOG2", cfg)
         assert cr.field_value("CONFIG", "ACC_WIDTH", cfg) == cr.ACC_WIDTH
-        assert cfg == cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes)
+        assert cfg == cr.config_word(self.rows, self.cols, self.dtype, self.x_lanes,
+                                     self.out_stage)
         self.capacity = await self.read("CAPACITY")
         dwc = await self.read("DW_CONFIG")
         self.dw = (cr.field_value("DW_CONFIG", "CT", dwc), cr.field_value("DW_CONFIG", "P", dwc))
@@ -522,10 +523,19 @@ async def test_output_stage(dut):
     """ReLU and requantization on the conv core: random jobs (groups, batches, so the
     per-channel parameters follow g*OCG + oc0 and repeat per image) with random
     multipliers and shifts, back to back with plain ones, random pauses; saturation and
-    shift 0/63 lanes; CYCLES with the stage's delay."""
+    shift 0/63 lanes; CYCLES with the stage's delay. A build without the stage refuses
+    such a START and still runs plain jobs."""
     tb = TB(dut)
     await tb.start()
     R, C = tb.rows, tb.cols
+    if not tb.out_stage:
+        await tb.check_stage_refused()
+        job = tb.random_job(1)
+        x = tb.rand((job.n, job.h, job.w, job.c))
+        w = tb.rand((job.oc, job.cg, job.kh, job.kw))
+        await tb.run_job(x, w, tb.rand_bias(job.oc), job)
+        assert await tb.read("ERROR") == 0
+        return
     njobs = int(os.environ.get("LEPTON_JOBS", "8")) // 2
     for i in range(njobs):
         tb.set_pauses(*[(0.3, 0.3), (0.0, 0.0), (0.1, 0.6), (0.6, 0.1)][i % 4])

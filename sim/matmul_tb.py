@@ -76,7 +76,7 @@ class TB(AxiTB):
     async def read_config(self):
         cfg, self.rows, self.cols, self.dtype = await super().read_config()
         assert regmap.field_value("CONFIG", "ACC_WIDTH", cfg) == regmap.ACC_WIDTH
-        assert cfg == regmap.config_word(self.rows, self.cols, self.dtype)
+        assert cfg == regmap.config_word(self.rows, self.cols, self.dtype, self.out_stage)
         self.dut._log.info("core: %dx%d %s", self.rows, self.cols, self.dtype)
 
     # random data
@@ -413,10 +413,17 @@ async def test_output_stage(dut):
     """ReLU and requantization (CTRL.RELU / REQUANT, the q stream): random jobs with
     random per-channel multipliers and shifts, back to back with plain ones, random
     pauses; saturation both ways, rounding ties, shift 0 and 63, negative sums; a q
-    packet without per-tile tlast (Q_LAST); CYCLES with the stage's delay."""
+    packet without per-tile tlast (Q_LAST); CYCLES with the stage's delay. A build
+    without the stage refuses such a START and still runs plain jobs."""
     tb = TB(dut)
     await tb.start()
     R, C = tb.rows, tb.cols
+    if not tb.out_stage:
+        await tb.check_stage_refused()
+        a, b = tb.rand_matrix((R + 1, 5)), tb.rand_matrix((5, C + 1))
+        await tb.run_job(a, b, tb.rand_bias(C + 1))
+        assert await tb.read("ERROR") == 0
+        return
     njobs = int(os.environ.get("LEPTON_JOBS", "6"))
     for i in range(njobs + 2):
         tb.set_pauses(*[(0.0, 0.0), (0.3, 0.3), (0.1, 0.6), (0.6, 0.1)][i % 4])

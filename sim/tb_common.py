@@ -185,7 +185,22 @@ class AxiTB:
         cols = rm.field_value("CONFIG", "COLS", cfg)
         code = rm.field_value("CONFIG", "DTYPE", cfg)
         dtype = {v: k for k, v in rm.DTYPE_CODES.items()}[code]
+        self.out_stage = bool(rm.field_value("CONFIG", "OUT_STAGE", cfg))
         return cfg, rows, cols, dtype
+
+    async def check_stage_refused(self):
+        """A build without the output stage: a START with RELU or with REQUANT is
+        refused (the core stays idle, ERROR.NO_STAGE, cleared by writing it back)."""
+        rm = self.rmap
+        assert not self.out_stage
+        for mode in ("RELU", "REQUANT"):
+            assert await self.read("ERROR") == 0
+            await self.write("CTRL", rm.field_mask("CTRL", "START") | rm.field_mask("CTRL", mode))
+            assert not rm.field_value("STATUS", "BUSY", await self.read("STATUS")), mode
+            assert await self.read("ERROR") == rm.field_mask("ERROR", "NO_STAGE"), mode
+            await self.write("ERROR", rm.field_mask("ERROR", "NO_STAGE"))
+        assert await self.read("ERROR") == 0
+        await self.write("CTRL", 0)
 
     def set_pauses(self, p_in, p_out):
         """Random pauses: every channel into the core with probability p_in, every

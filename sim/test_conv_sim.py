@@ -64,6 +64,15 @@ def test_conv(cfg):
     assert all(cov[p] == 100 for p in ALL_POINTS.split(",")), cov
 
 
+def test_conv_without_output_stage():
+    """A build without the output stage (CONFIG.OUT_STAGE = 0): START with RELU or
+    REQUANT refused (ERROR.NO_STAGE), plain jobs exact under the protocol checkers."""
+    _need("verilator")
+    harness.run("verilator", Conv2dConfig(4, 4, "int8", depth=256, out_stage=False),
+                name="nostage", testcase=["test_registers", "test_output_stage",
+                                          "test_random_jobs", "test_cycle_count"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", SLOW, ids=_ids)
 def test_conv_more_configs(cfg):

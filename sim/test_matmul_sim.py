@@ -72,6 +72,18 @@ def test_matmul_long_random(cfg):
                                "LEPTON_COVERAGE_REQUIRE": LONG_POINTS})
 
 
+def test_matmul_without_output_stage():
+    """A build without the output stage (CONFIG.OUT_STAGE = 0): START with RELU or
+    REQUANT refused (ERROR.NO_STAGE), plain jobs exact under the protocol checkers,
+    every stall corner reached."""
+    _need("verilator")
+    cfg = MatmulConfig(4, 4, "int8", out_stage=False)
+    harness.run("verilator", cfg, name="nostage",
+                testcase=["test_registers", "test_output_stage", "test_random_jobs",
+                          "test_edges", "test_stall_corners", "test_coverage_report"],
+                env={"LEPTON_COVERAGE_REQUIRE": LONG_POINTS})
+
+
 def _utilisation(sizes, name):
     _need("verilator")
     cfg = MatmulConfig(16, 16, "int8")

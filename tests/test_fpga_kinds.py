@@ -18,7 +18,8 @@ from lepton_accel.ops import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [fpga.MatmulConfig(4, 4, "int8"), fpga.MatmulConfig(3, 5, "int16"),
-           fpga.Conv2dConfig(4, 4, "int8", depth=64), fpga.Conv2dConfig(4, 3, "int16", 2, 512)]
+           fpga.Conv2dConfig(4, 4, "int8", depth=64), fpga.Conv2dConfig(4, 3, "int16", 2, 512),
+           fpga.Conv2dConfig(4, 4, "int8", depth=64, out_stage=False)]
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
@@ -50,7 +51,12 @@ def test_kind_parameters_are_validated_and_distinct():
     assert fpga.MatmulConfig(4, 4) != fpga.Conv2dConfig(4, 4)
     assert len({c.tag for c in CONFIGS}) == len(CONFIGS)
     assert fpga.Conv2dConfig(4, 4, "int8", depth=64).params() == {
-        "rows": 4, "cols": 4, "dtype": "int8", "x_lanes": 4, "depth": 64}
+        "rows": 4, "cols": 4, "dtype": "int8", "out_stage": True, "x_lanes": 4, "depth": 64}
+    lean = fpga.MatmulConfig(4, 4, "int8", out_stage=False)
+    assert lean != fpga.MatmulConfig(4, 4, "int8") and lean.tag.endswith("-nostage")
+    assert lean.describe()["config"]["out_stage"] is False
+    with pytest.raises(TypeError, match="out_stage: expected True or False"):
+        fpga.Conv2dConfig(4, 4, "int8", out_stage=1)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.tag)

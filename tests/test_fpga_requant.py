@@ -95,20 +95,32 @@ def test_matmul_requant_saturation_ties_and_batches(rng):
                                                  requant=(mult, shift), backend="cpu"))
 
 
-def test_host_stage_gives_the_same_bits(rng):
-    """A core without the output stage (or a K split over jobs): the driver does the
-    same arithmetic on the host."""
-    drv, _ = drivers()
+def test_cores_built_without_the_stage_give_the_same_bits(rng):
+    """Cores built without the output stage (CONFIG.OUT_STAGE = 0): the drivers see it
+    and do the same arithmetic on the host, after the core's int32 job."""
+    from lepton_accel.fpga import Conv2dConfig, MatmulConfig
+
+    mdrv = session.driver_for(MatmulConfig(*SIZE, "int8", out_stage=False))
+    cdrv = session.driver_for(Conv2dConfig(*SIZE, "int8", depth=64, out_stage=False))
+    assert not mdrv.out_stage and not cdrv.out_stage
     a, b = ints(rng, (7, 11)), ints(rng, (11, 6))
-    mult, shift = params(rng, 6, la.matmul(a, b, backend="cpu"))
-    on_core = drv.gemm(a, b, relu=True, requant=(mult, shift))
-    drv.out_stage = False
-    try:
-        on_host = drv.gemm(a, b, relu=True, requant=(mult, shift))
-        assert drv.last.cycles == regmap.expected_cycles(7, 6, 11, *SIZE)
-    finally:
-        drv.out_stage = True
-    np.testing.assert_array_equal(on_core, on_host)
+    bias = rng.integers(-2**12, 2**12, 6).astype(np.int32)
+    acc = la.matmul(a, b, bias=bias, backend="cpu")
+    mult, shift = params(rng, 6, acc)
+    for relu in (False, True):
+        got = mdrv.gemm(a, b, bias, relu=relu, requant=(mult, shift))
+        np.testing.assert_array_equal(got, numerics.requantize(acc, mult, shift, relu=relu))
+        # the core ran the plain job: no stage delay in its cycles
+        assert mdrv.last.cycles == regmap.expected_cycles(7, 6, 11, *SIZE)
+    np.testing.assert_array_equal(mdrv.gemm(a, b, relu=True), np.maximum(acc - bias, 0))
+
+    x, w = ints(rng, (2, 5, 6, 3)), ints(rng, (5, 3, 3, 3))
+    job = cr.ConvJob.make(x.shape, w.shape, 1, 1)
+    acc = np.moveaxis(la.conv2d(np.moveaxis(x, -1, 1), w, padding=1, backend="cpu"), 1, -1)
+    mult, shift = params(rng, 5, acc)
+    got = cdrv.conv_nhwc(x, w, None, job, relu=True, requant=(mult, shift))
+    np.testing.assert_array_equal(got, numerics.requantize(acc, mult, shift, relu=True))
+    assert cdrv.last.cycles == cr.expected_cycles(job, *SIZE, cdrv.x_lanes)
 
 
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(groups=2, stride=2, padding=1),

@@ -32,6 +32,27 @@ def test_add_commands_plugs_into_a_parent_parser(tmp_path):
         assert f"s_axil__{sig}" in v
 
 
+def test_generate_without_the_output_stage(tmp_path):
+    need_yosys()
+    args = parse_cli(["hdl", "generate", "matmul", "--rows", "3", "--cols", "5",
+                      "--no-out-stage", "-o", str(tmp_path)])
+    assert args.func(args) == 0
+    desc = json.loads((tmp_path / "lepton_matmul_r3c5_int8_nostage.json").read_text())
+    assert desc["config"] == regmap.describe(3, 5, "int8", out_stage=False)["config"]
+    assert desc["config"]["out_stage"] is False
+    word = desc["config"]["config_word"]
+    assert regmap.field_value("CONFIG", "OUT_STAGE", word) == 0
+    assert word | regmap.field_mask("CONFIG", "OUT_STAGE") == regmap.config_word(3, 5, "int8")
+    v = (tmp_path / desc["verilog"]).read_text()
+    full_args = parse_cli(["hdl", "generate", "matmul", "--rows", "3", "--cols", "5",
+                           "-o", str(tmp_path / "full")])
+    assert full_args.func(full_args) == 0
+    full = (tmp_path / "full" / "lepton_matmul_r3c5_int8.v").read_text()
+    # the stage's registers and its four partial products per lane are gone
+    assert "rq_mid" in full and "rq_mid" not in v
+    assert v.count(" * ") < full.count(" * ")
+
+
 def test_module_entry_point_and_bad_config(tmp_path):
     need_yosys()
     run = [sys.executable, "-m", "lepton_accel.hdl.cli", "hdl", "generate", "matmul"]

@@ -112,10 +112,9 @@ class CoreDriver:
         if code not in names:
             raise DeviceError(f"core reports unknown dtype code {code}")
         self.dtype = names[code]
-        #: the core has the output stage (CTRL.RELU / REQUANT and the q stream: interface
-        #: 1.1 on); without it ReLU and requantization run on the host, same arithmetic
-        self.out_stage = rm.field_value("VERSION", "MINOR", d.read("VERSION")) >= 1 and \
-            any(f.name == "REQUANT" for f in rm.REG["CTRL"].fields)
+        #: the core has the output stage (CONFIG.OUT_STAGE: CTRL.RELU / REQUANT and the q
+        #: stream); without it ReLU and requantization run on the host, same arithmetic
+        self.out_stage = bool(rm.field_value("CONFIG", "OUT_STAGE", cfg))
         return cfg
 
     @property

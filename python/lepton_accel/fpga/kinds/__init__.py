@@ -21,7 +21,7 @@ change.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 __all__ = ["CoreConfig", "KINDS", "register", "get_kind", "kind_for_op", "MatmulConfig",
@@ -39,6 +39,9 @@ class CoreConfig:
     rows: int = 16
     cols: int = 16
     dtype: str = "int8"
+    #: build the output stage (ReLU / requantization on the core); without it the host
+    #: applies them and the core is smaller and faster (keyword only)
+    out_stage: bool = field(default=True, kw_only=True)
 
     kind: ClassVar[str] = ""
     op: ClassVar[str] = ""
@@ -48,6 +51,8 @@ class CoreConfig:
     driver: ClassVar[Any] = None
 
     def __post_init__(self):
+        if not isinstance(self.out_stage, bool):
+            raise TypeError(f"out_stage: expected True or False, got {self.out_stage!r}")
         if not self.kind:
             raise TypeError("CoreConfig is abstract: use a kind (MatmulConfig, Conv2dConfig)")
         self.describe()  # raises ValueError for a configuration the core does not have
@@ -89,7 +94,8 @@ class CoreConfig:
     @property
     def tag(self) -> str:
         """Short name of the configuration (cache directories, messages)."""
-        return f"{self.kind}-r{self.rows}c{self.cols}-{self.dtype}{self._tag_extra()}"
+        stage = "" if self.out_stage else "-nostage"
+        return f"{self.kind}-r{self.rows}c{self.cols}-{self.dtype}{self._tag_extra()}{stage}"
 
 
 def register(cls: type[CoreConfig]) -> type[CoreConfig]:

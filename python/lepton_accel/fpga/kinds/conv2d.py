@@ -39,13 +39,14 @@ class Conv2dConfig(CoreConfig):
         return cls(settings.rows, settings.cols, dtype, depth=settings.conv_depth)
 
     def describe(self) -> dict:
-        return conv_regmap.describe(self.rows, self.cols, self.dtype, self.x_lanes, self.depth)
+        return conv_regmap.describe(self.rows, self.cols, self.dtype, self.x_lanes, self.depth,
+                                    out_stage=self.out_stage)
 
     def generate_verilog(self, name: str | None = None) -> str:
         from lepton_accel.hdl.conv_top import generate_verilog
 
         return generate_verilog(self.rows, self.cols, self.dtype, self.x_lanes, self.depth,
-                                name=name or self.top)
+                                name=name or self.top, out_stage=self.out_stage)
 
     @property
     def capacity(self) -> int:

@@ -25,9 +25,10 @@ class MatmulConfig(CoreConfig):
     driver = MatmulDriver
 
     def describe(self) -> dict:
-        return matmul_regmap.describe(self.rows, self.cols, self.dtype)
+        return matmul_regmap.describe(self.rows, self.cols, self.dtype, self.out_stage)
 
     def generate_verilog(self, name: str | None = None) -> str:
         from lepton_accel.hdl.matmul_top import generate_verilog
 
-        return generate_verilog(self.rows, self.cols, self.dtype, name=name or self.top)
+        return generate_verilog(self.rows, self.cols, self.dtype, name=name or self.top,
+                                out_stage=self.out_stage)
