@@ -8,6 +8,8 @@ Each design is synthesised with Yosys ``synth_ecp5`` and placed and routed with 
 
 * ``mac``: an isolated pipelined signed 8x8 -> 32 multiply-accumulate (registered operands,
   registered product, registered accumulator), the reference every core is compared with;
+* ``mac-dsp``: the same MAC with the operand and product registers inside the MULT18X18D
+  (``--dsp ecp5`` builds the cores so; compare those with this one);
 * ``matmul``: the int8 matmul core at ``--matmul-size`` (default 8x8), its AXI top level;
 * ``conv``: the conv2d core's AXI top level at ``--conv-size`` (R = C), int8.
 
@@ -22,7 +24,8 @@ most between flip-flops, so the shell does not set the clock. Fmax is nextpnr's 
 the core clock (``--report``); the target is ``--freq`` (250 MHz). Resource counts are
 nextpnr's utilisation (TRELLIS_COMB = LUT4 slots, TRELLIS_FF, MULT18X18D, DP16KD).
 
-``--no-out-stage`` builds both cores without the output stage (ReLU / requantization, four
+``--dsp ecp5`` builds the cores' multipliers (array and output stage) as MULT18X18D with
+their own registers (``lepton_accel.hdl.dsp``); ``--no-out-stage`` builds both cores without the output stage (ReLU / requantization, four
 18x18 multipliers per output lane), as ``hdl generate ... --no-out-stage`` does.
 
 UltraScale+ timing needs the vendor tools; Yosys ``synth_xilinx`` gives resources only
@@ -46,11 +49,15 @@ DEVICE = ["--85k", "--package", "CABGA381", "--speed", "8"]
 YOSYS_SCRIPT = "read_verilog {src}; synth_ecp5 -top {top} -json {json}; stat"
 
 
-def mac_component():
-    """The isolated pipelined MAC: a, b registered, product registered, accumulator."""
+def mac_component(dsp: str = "generic"):
+    """The isolated pipelined MAC: a, b registered, product registered, accumulator; the
+    operand and product registers in the fabric (``generic``) or in the MULT18X18D
+    (``ecp5``), as :func:`lepton_accel.hdl.dsp.registered_product` builds them."""
     from amaranth import Module, Signal, signed
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
+
+    from lepton_accel.hdl.dsp import registered_product
 
     class PipelinedMAC(wiring.Component):
         def __init__(self):
@@ -59,11 +66,9 @@ def mac_component():
 
         def elaborate(self, platform):
             m = Module()
-            a_r, b_r = Signal(signed(8)), Signal(signed(8))
             clr1, clr2 = Signal(), Signal()
-            prod = Signal(signed(16))
-            m.d.sync += [a_r.eq(self.a), b_r.eq(self.b), prod.eq(a_r * b_r),
-                         clr1.eq(self.clear), clr2.eq(clr1)]
+            prod = registered_product(m, self.a, self.b, 16, dsp=dsp, name="mul")
+            m.d.sync += [clr1.eq(self.clear), clr2.eq(clr1)]
             with m.If(clr2):
                 m.d.sync += self.acc.eq(prod)
             with m.Else():
@@ -109,23 +114,27 @@ def io_shell(dut):
 
 
 def design(name: str, conv_size: int, matmul_size: int = 8, pair_macs: bool = False,
-           out_stage: bool = True):
+           out_stage: bool = True, dsp: str = "generic"):
     """(component, description) of one design."""
-    paired = (", pair_macs" if pair_macs else "") + ("" if out_stage else ", no output stage")
+    paired = (", pair_macs" if pair_macs else "") + ("" if out_stage else ", no output stage") \
+        + ("" if dsp == "generic" else f", {dsp} DSP registers")
     if name == "mac":
-        return mac_component(), "pipelined signed 8x8->32 MAC"
+        return mac_component(), "pipelined signed 8x8->32 MAC (fabric registers)"
+    if name == "mac-dsp":
+        return mac_component("ecp5"), "pipelined signed 8x8->32 MAC (MULT18X18D registers)"
     if name == "matmul":
         from lepton_accel.hdl.matmul_top import AXIMatmul
         n = matmul_size
-        return (AXIMatmul(n, n, "int8", pair_macs=pair_macs, out_stage=out_stage),
+        return (AXIMatmul(n, n, "int8", pair_macs=pair_macs, out_stage=out_stage,
+                          dsp=dsp),
                 f"matmul core {n}x{n} int8{paired} (AXI top)")
     if name == "conv":
         from lepton_accel.hdl.conv_top import AXIConv2d
         return (AXIConv2d(conv_size, conv_size, "int8", pair_macs=pair_macs,
-                          out_stage=out_stage),
+                          out_stage=out_stage, dsp=dsp),
                 f"conv2d core {conv_size}x{conv_size} int8{paired} (AXI top, default x lanes, "
                 "depth)")
-    raise ValueError(f"design must be mac, matmul or conv, not {name!r}")
+    raise ValueError(f"design must be mac, mac-dsp, matmul or conv, not {name!r}")
 
 
 def verilog_of(component, top: str) -> str:
@@ -207,6 +216,8 @@ def main(argv=None) -> int:
                     help="two int8 MACs per multiplier (the DSP48E2 packing) in the cores")
     ap.add_argument("--no-out-stage", dest="out_stage", action="store_false",
                     help="build the cores without the output stage (ReLU / requantization)")
+    ap.add_argument("--dsp", choices=["generic", "ecp5"], default="generic",
+                    help="the cores' multipliers: fabric registers (generic) or MULT18X18D's own")
     ap.add_argument("--freq", type=float, default=250.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pnr-args", default="",
@@ -230,14 +241,14 @@ def main(argv=None) -> int:
            "command": "python benchmarks/fpga_timing.py " + " ".join(argv or sys.argv[1:]),
            "device": "LFE5U-85F CABGA381 speed 8", "target_mhz": args.freq, "seed": args.seed,
            "pnr_args": args.pnr_args,
-           "pair_macs": args.pair_macs, "out_stage": args.out_stage,
+           "pair_macs": args.pair_macs, "out_stage": args.out_stage, "dsp": args.dsp,
            **tool_versions(args.yosys, args.nextpnr), "designs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.designs:
             comp, desc = design(name, args.conv_size, args.matmul_size, args.pair_macs,
-                                args.out_stage)
+                                args.out_stage, args.dsp)
             r = synth_and_route(name, comp, work, args.yosys, args.nextpnr, args.freq, args.seed,
                                 tuple(args.pnr_args.split()))
             r["design"] = desc

@@ -13,6 +13,7 @@ from amaranth.lib.wiring import In, Out
 from . import conv_regmap as cr
 from .axi import beat_layout
 from .drain import drain_output
+from .dsp import check_dsp
 from .pe import DEPOSIT_DELAY, Control
 from .systolic import SystolicArray
 from .weight_buffer import WeightBuffer
@@ -61,7 +62,8 @@ class ConvCore(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8", x_lanes: int | None = None,
-                 depth: int = 1024, pair_macs: bool | None = None, out_stage: bool = True):
+                 depth: int = 1024, pair_macs: bool | None = None, out_stage: bool = True,
+                 dsp: str = "generic"):
         x_lanes = x_lanes or cr.default_x_lanes(rows)
         cr.check_config(rows, cols, dtype, x_lanes, depth)
         widths = cr.stream_widths(rows, cols, dtype, x_lanes)
@@ -69,7 +71,10 @@ class ConvCore(wiring.Component):
         self.x_lanes, self.depth = x_lanes, depth
         self.out_stage = bool(out_stage)   # build the output stage (ReLU / requantization)
         # two int8 MACs per multiplier (a DSP48E2's 27x18) unless told otherwise
-        self.pair_macs = dtype == "int8" if pair_macs is None else pair_macs
+        # (a DSP48E2's 27x18 product: only with the generic multipliers)
+        self.dsp = check_dsp(dsp)   # how the multipliers hold their registers (.dsp)
+        self.pair_macs = (dtype == "int8" and dsp == "generic") if pair_macs is None \
+            else pair_macs
         self.capacity = x_lanes * depth
         # depthwise mode: CT channels per tile, P columns per channel (conv_regmap.MODE)
         self.dw_ct, self.dw_p = cr.dw_config(cols, x_lanes, self.pair_macs)
@@ -117,7 +122,8 @@ class ConvCore(wiring.Component):
 
         CT, P = self.dw_ct, self.dw_p
         ct_bits = CT.bit_length() - 1
-        m.submodules.array = array = SystolicArray(R, C, w, aw, self.pair_macs, cell_lanes=CT)
+        m.submodules.array = array = SystolicArray(R, C, w, aw, self.pair_macs, cell_lanes=CT,
+                                                     dsp=self.dsp)
 
         # --- job parameters, latched at start -------------------------------------
         p = {name: Signal(DB, name=f"{name}_r") for name in DIMS}
@@ -488,7 +494,7 @@ class ConvCore(wiring.Component):
         push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
             d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok,
-            out_stage=self.out_stage)
+            out_stage=self.out_stage, dsp=self.dsp)
         with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(row_last):

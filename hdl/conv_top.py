@@ -22,18 +22,20 @@ class AXIConv2d(wiring.Component):
     memory words per copy (capacity x_lanes*depth elements); pair_macs: two int8 MACs per
     27x18 multiplier (DSP48E2), default on for int8 (:class:`.conv_core.ConvCore`);
     out_stage: build the output stage (ReLU and requantization, the ``q`` stream;
-    CONFIG.OUT_STAGE); without it CTRL.RELU / REQUANT are refused (ERROR.NO_STAGE).
+    CONFIG.OUT_STAGE); without it CTRL.RELU / REQUANT are refused (ERROR.NO_STAGE);
+    dsp: how the multipliers hold their registers, ``"generic"`` or ``"ecp5"``
+    (:mod:`.dsp`).
     """
 
     def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
                  x_lanes: int | None = None, depth: int = 1024, pair_macs: bool | None = None,
-                 out_stage: bool = True):
+                 out_stage: bool = True, dsp: str = "generic"):
         x_lanes = x_lanes or cr.default_x_lanes(rows)
         cr.check_config(rows, cols, dtype, x_lanes, depth)
         widths = cr.stream_widths(rows, cols, dtype, x_lanes)
         self.rows, self.cols, self.dtype = rows, cols, dtype
         self.x_lanes, self.depth = x_lanes, depth
-        self.pair_macs, self.out_stage = pair_macs, bool(out_stage)
+        self.pair_macs, self.out_stage, self.dsp = pair_macs, bool(out_stage), dsp
         P = cr.PORT_PREFIX
         super().__init__({
             P["ctrl"]: In(AXILiteSignature(cr.ADDR_WIDTH, cr.DATA_WIDTH)),
@@ -48,7 +50,8 @@ class AXIConv2d(wiring.Component):
         m = Module()
         P = cr.PORT_PREFIX
         m.submodules.core = core = ConvCore(self.rows, self.cols, self.dtype, self.x_lanes,
-                                            self.depth, self.pair_macs, self.out_stage)
+                                            self.depth, self.pair_macs, self.out_stage,
+                                            self.dsp)
         m.submodules.axil = axil = AXILiteTarget(cr.ADDR_WIDTH, cr.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
         connect_streams(m, self, core, P, ("x", "b", "bias", "q"), "c")

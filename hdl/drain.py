@@ -16,7 +16,7 @@ Q_LANE_BITS = 64
 
 
 def drain_output(m, comp, array, *, busy, draining, final, bias_en, d_row, d_rows, d_mask,
-                 aw: int, start, out_stage: bool = True):
+                 aw: int, start, out_stage: bool = True, dsp: str = "generic"):
     """The drain side both cores share: take one bias beat per tile (when ``bias_en``)
     into a bias register, flag a bias beat without tlast, and move the array's output
     row into a two-entry register slice in front of ``comp.c``: lane j = sum + bias
@@ -46,7 +46,8 @@ def drain_output(m, comp, array, *, busy, draining, final, bias_en, d_row, d_row
 
     With ``out_stage`` False the stage is not built (no multipliers, no q register):
     rows always move straight into the slice, ``comp.q`` is never ready, and the core's
-    ``relu_en`` / ``rq_en`` are not read (the register block refuses such a START)."""
+    ``relu_en`` / ``rq_en`` are not read (the register block refuses such a START).
+    ``dsp``: how the stage's multipliers hold their registers (:mod:`.dsp`)."""
     C = len(array.out) // aw
     bias_full = Signal(name="bias_full")
     bias_reg = Signal(C * aw, name="bias_reg")
@@ -76,7 +77,7 @@ def drain_output(m, comp, array, *, busy, draining, final, bias_en, d_row, d_row
     ]
 
     if out_stage:
-        m.submodules.requant = rq = Requant(C, aw, layout)
+        m.submodules.requant = rq = Requant(C, aw, layout, dsp)
         # the job's output mode, taken when it starts
         relu_en, rq_en = Signal(name="relu_en"), Signal(name="rq_en")
         with m.If(start):

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from . import matmul_regmap as regmap
 from .axi import RegisterSlice, beat_layout
 from .drain import drain_output
+from .dsp import check_dsp
 from .pe import DEPOSIT_DELAY, Control
 from .systolic import SystolicArray
 
@@ -29,12 +30,16 @@ class MatmulCore(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "int8",
-                 pair_macs: bool | None = None, out_stage: bool = True):
+                 pair_macs: bool | None = None, out_stage: bool = True,
+                 dsp: str = "generic"):
         widths = regmap.stream_widths(rows, cols, dtype)
         self.rows, self.cols, self.dtype = rows, cols, dtype
         self.out_stage = bool(out_stage)   # build the output stage (ReLU / requantization)
         # two int8 MACs per multiplier (a DSP48E2's 27x18) unless told otherwise
-        self.pair_macs = dtype == "int8" if pair_macs is None else pair_macs
+        # (a DSP48E2's 27x18 product: only with the generic multipliers)
+        self.dsp = check_dsp(dsp)   # how the multipliers hold their registers (.dsp)
+        self.pair_macs = (dtype == "int8" and dsp == "generic") if pair_macs is None \
+            else pair_macs
         self.in_width = regmap.DTYPES[dtype]
         self.acc_width = regmap.ACC_WIDTH
         dim = regmap.DIM_BITS
@@ -67,7 +72,8 @@ class MatmulCore(wiring.Component):
         R, C, aw = self.rows, self.cols, self.acc_width
         dim = regmap.DIM_BITS
 
-        m.submodules.array = array = SystolicArray(R, C, self.in_width, aw, self.pair_macs)
+        m.submodules.array = array = SystolicArray(R, C, self.in_width, aw, self.pair_macs,
+                                                     dsp=self.dsp)
 
         # Job parameters, latched at start.
         m_r, n_r, k_r = Signal(dim), Signal(dim), Signal(dim)
@@ -182,7 +188,7 @@ class MatmulCore(wiring.Component):
         push, row_last, tile_sent, job_sent = drain_output(
             m, self, array, busy=self.busy, draining=draining, final=d_final, bias_en=bias_en,
             d_row=d_row, d_rows=d_rows, d_mask=d_mask, aw=aw, start=start_ok,
-            out_stage=self.out_stage)
+            out_stage=self.out_stage, dsp=self.dsp)
         with m.If(push):
             m.d.sync += d_row.eq(d_row + 1)
             with m.If(row_last):

@@ -27,6 +27,10 @@ class AXIMatmul(wiring.Component):
         Build the output stage (ReLU and requantization, the ``q`` stream; CONFIG.OUT_STAGE).
         Without it the core is smaller and its clock faster; CTRL.RELU / REQUANT are then
         refused (ERROR.NO_STAGE) and the host applies them.
+    dsp : str
+        How the multipliers hold their operand and product registers: ``"generic"``
+        (Amaranth registers, any part) or ``"ecp5"`` (Lattice ECP5 MULT18X18D with its own
+        registers; no pairing). See :mod:`.dsp`.
 
     Ports (Verilog names are ``<prefix>__<signal>``, prefixes in
     :data:`.matmul_regmap.PORT_PREFIX`): ``s_axil`` (AXI4-Lite target, registers in
@@ -36,10 +40,10 @@ class AXIMatmul(wiring.Component):
     """
 
     def __init__(self, rows: int = 16, cols: int = 16, dtype: str = "int8",
-                 pair_macs: bool | None = None, out_stage: bool = True):
+                 pair_macs: bool | None = None, out_stage: bool = True, dsp: str = "generic"):
         widths = regmap.stream_widths(rows, cols, dtype)
         self.rows, self.cols, self.dtype = rows, cols, dtype
-        self.pair_macs, self.out_stage = pair_macs, bool(out_stage)
+        self.pair_macs, self.out_stage, self.dsp = pair_macs, bool(out_stage), dsp
         P = regmap.PORT_PREFIX
         super().__init__({
             P["ctrl"]: In(AXILiteSignature(regmap.ADDR_WIDTH, regmap.DATA_WIDTH)),
@@ -54,7 +58,7 @@ class AXIMatmul(wiring.Component):
         m = Module()
         P = regmap.PORT_PREFIX
         m.submodules.core = core = MatmulCore(self.rows, self.cols, self.dtype, self.pair_macs,
-                                                self.out_stage)
+                                                self.out_stage, self.dsp)
         m.submodules.axil = axil = AXILiteTarget(regmap.ADDR_WIDTH, regmap.DATA_WIDTH)
         wiring.connect(m, wiring.flipped(getattr(self, P["ctrl"])), axil.bus)
 

@@ -4,6 +4,8 @@ from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .dsp import check_dsp, registered_product
+
 __all__ = ["Control", "ProcessingElement", "PairedProcessingElement", "DEPOSIT_DELAY",
            "PAIR_SHIFT"]
 
@@ -35,12 +37,14 @@ class ProcessingElement(wiring.Component):
     neighbour's register, which the placer cannot put next to every multiplier), the
     product is registered, the accumulator adds the registered product, and the drain
     register takes the accumulator one cycle after the last beat's sum
-    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell).
+    (:data:`DEPOSIT_DELAY` cycles later than an unpipelined cell). ``dsp`` says how the
+    operand and product registers are built (:func:`.dsp.registered_product`).
     """
 
-    def __init__(self, in_width: int, acc_width: int):
+    def __init__(self, in_width: int, acc_width: int, dsp: str = "generic"):
         self.in_width = in_width
         self.acc_width = acc_width
+        self.dsp = check_dsp(dsp)
         super().__init__({
             "a_in": In(signed(in_width)), "a_out": Out(signed(in_width)),
             "b_in": In(signed(in_width)), "b_out": Out(signed(in_width)),
@@ -52,8 +56,8 @@ class ProcessingElement(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w = self.in_width
-        a_m, b_m = Signal(signed(w)), Signal(signed(w))   # operand registers
-        prod = Signal(signed(2 * w))
+        # operand registers beside the multiplier, then the product register
+        prod = registered_product(m, self.a_in, self.b_in, 2 * w, dsp=self.dsp, name="mul")
         ctl_p = Signal(Control)                           # flags of the product
         acc = Signal(signed(self.acc_width))
         deposit = Signal()
@@ -62,10 +66,7 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
-            self.ctl_out.eq(self.ctl_in),   # also the flags of a_m, b_m
-            a_m.eq(self.a_in),
-            b_m.eq(self.b_in),
-            prod.eq(a_m * b_m),
+            self.ctl_out.eq(self.ctl_in),   # also the flags of the operand registers
             ctl_p.eq(self.ctl_out),
             deposit.eq(ctl_p.valid & ctl_p.last),
         ]

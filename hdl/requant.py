@@ -22,6 +22,8 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .dsp import check_dsp, registered_product
+
 __all__ = ["Requant", "REQUANT_DELAY", "MULT_BITS", "SHIFT_BITS"]
 
 #: cycles a beat spends in the stage (its registers)
@@ -39,8 +41,9 @@ class Requant(wiring.Component):
     ``requant`` select the function and must not change while beats are in the stage.
     """
 
-    def __init__(self, lanes: int, aw: int, layout: data.StructLayout):
+    def __init__(self, lanes: int, aw: int, layout: data.StructLayout, dsp: str = "generic"):
         self.lanes, self.aw, self.layout = lanes, aw, layout
+        self.dsp = check_dsp(dsp)   # how the partial products' registers are built
         super().__init__({
             "i": In(stream.Signature(layout)),
             "o": Out(stream.Signature(layout)),
@@ -75,15 +78,21 @@ class Requant(wiring.Component):
         out_lanes = []
         H = MULT_BITS // 2           # the 32x32 product as four 16x16 partial products
         for j in range(L):
-            # stage 0: the lane and its parameters (m = 1, s = 0 without requantization)
-            x0 = Signal(signed(aw), name=f"rq_x{j}")
-            m0 = Signal(signed(MULT_BITS), name=f"rq_m{j}")
+            # stage 0: the lane and its parameters (m = 1, s = 0 without requantization),
+            # registered beside each multiplier; stage 1: the partial products (each fits
+            # an 18x18 signed multiplier), registered (:func:`.dsp.registered_product`)
+            x_in = self.i.payload.data[j * aw:(j + 1) * aw]
+            m_in = Signal(signed(MULT_BITS), name=f"rq_min{j}")
+            m.d.comb += m_in.eq(Mux(self.requant,
+                                    self.mult[j * MULT_BITS:(j + 1) * MULT_BITS], 1))
             s0 = Signal(SHIFT_BITS, name=f"rq_s{j}")
-            # stage 1: the partial products (each fits an 18x18 signed multiplier)
-            ll = Signal(2 * H, name=f"rq_ll{j}")                 # xl * ml, unsigned
-            lh = Signal(signed(2 * H + 1), name=f"rq_lh{j}")     # xl * mh
-            hl = Signal(signed(2 * H + 1), name=f"rq_hl{j}")     # xh * ml
-            hh = Signal(signed(2 * H), name=f"rq_hh{j}")         # xh * mh
+            xl, xh = x_in[:H].as_unsigned(), x_in[H:].as_signed()
+            ml, mh = m_in[:H].as_unsigned(), m_in[H:].as_signed()
+            ll, lh, hl, hh = (
+                registered_product(m, u, v, wd, dsp=self.dsp, en=adv, name=f"rq_{nm}{j}")
+                for u, v, wd, nm in ((xl, ml, 2 * H + 1, "ll"),   # unsigned, 32 bits
+                                     (xl, mh, 2 * H + 1, "lh"), (xh, ml, 2 * H + 1, "hl"),
+                                     (xh, mh, 2 * H, "hh")))
             # stage 2: hh * 2**32 + ll (a concatenation) and the middle sum
             base = Signal(signed(PW), name=f"rq_base{j}")
             mid = Signal(signed(2 * H + 2), name=f"rq_mid{j}")
@@ -97,8 +106,6 @@ class Requant(wiring.Component):
             # the shift travels with the beat
             s_at = [s0] + [Signal(SHIFT_BITS, name=f"rq_s{k}_{j}") for k in (1, 2, 3)]
 
-            xl, xh = x0[:H].as_unsigned(), x0[H:].as_signed()
-            ml, mh = m0[:H].as_unsigned(), m0[H:].as_signed()
             shifted = Signal(signed(PW + 1), name=f"rq_sh{j}")
             m.d.comb += shifted.eq(Cat(Const(0, 1), p3).as_signed() >> s_at[3])
 
@@ -114,12 +121,8 @@ class Requant(wiring.Component):
             wide = Mux(self.requant, y8, q4[:aw].as_signed())   # sign-extended to aw
             with m.If(adv):
                 m.d.sync += [
-                    x0.eq(self.i.payload.data[j * aw:(j + 1) * aw]),
-                    m0.eq(Mux(self.requant,
-                              self.mult[j * MULT_BITS:(j + 1) * MULT_BITS], 1)),
                     s0.eq(Mux(self.requant, self.shift[j * SHIFT_BITS:(j + 1) * SHIFT_BITS], 0)),
-                    ll.eq(xl * ml), lh.eq(xl * mh), hl.eq(xh * ml), hh.eq(xh * mh),
-                    base.eq(Cat(ll, hh).as_signed()), mid.eq(lh + hl),
+                    base.eq(Cat(ll[:2 * H], hh).as_signed()), mid.eq(lh + hl),
                     p3.eq(base + (mid << H)),
                     q4.eq(shifted[1:]), r4.eq(shifted[0]),
                     y5.eq(Mux(self.relu & wide[aw - 1], 0, wide)),

@@ -38,9 +38,13 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, in_width: int, acc_width: int,
-                 pair_macs: bool = False, cell_lanes: int = 0):
+                 pair_macs: bool = False, cell_lanes: int = 0, dsp: str = "generic"):
         if pair_macs and in_width != 8:
             raise ValueError("pair_macs needs 8-bit inputs (two products on one multiplier)")
+        if pair_macs and dsp != "generic":
+            raise ValueError("pair_macs packs a 27x18 multiplier (a DSP48E2): it needs "
+                             f"dsp='generic', not {dsp!r}")
+        self.dsp = dsp
         self.rows, self.cols = rows, cols
         self.in_width, self.acc_width = in_width, acc_width
         self.pair_macs = pair_macs
@@ -66,7 +70,8 @@ class SystolicArray(wiring.Component):
                   if self.pair_macs else [[j] for j in range(C)])
 
         def make(cols):
-            return PairedProcessingElement(aw) if len(cols) == 2 else ProcessingElement(w, aw)
+            return (PairedProcessingElement(aw) if len(cols) == 2
+                    else ProcessingElement(w, aw, self.dsp))
 
         cells = [[make(g) for g in groups] for _ in range(R)]
         for i in range(R):
