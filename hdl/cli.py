@@ -1,6 +1,7 @@
 """``hdl`` commands: ``hdl generate matmul --rows R --cols C --dtype int8 -o OUT/`` and
 ``hdl generate conv2d --rows R --cols C --dtype int8 [--x-lanes XL] [--depth D] -o OUT/``;
-``--no-out-stage`` leaves the output stage out of either core."""
+``--no-out-stage`` leaves the output stage out of either core; ``--dsp ecp5`` builds the
+multipliers as Lattice ECP5 MULT18X18D with their own registers."""
 
 from __future__ import annotations
 
@@ -9,23 +10,27 @@ import json
 import sys
 from pathlib import Path
 
+from .dsp import DSP_KINDS, check_dsp
 from .regmap_common import DTYPES
 
 __all__ = ["add_commands", "generate_matmul", "generate_conv2d", "main"]
 
 
 def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None = None,
-                    out_stage: bool = True) -> dict:
+                    out_stage: bool = True, dsp: str = "generic") -> dict:
     """Write ``<name>.v`` and ``<name>.json`` into out_dir; return the paths."""
     from . import matmul_regmap
     from .matmul_top import generate_verilog
 
     desc = matmul_regmap.describe(rows, cols, dtype, out_stage)  # validates the configuration
-    name = name or f"lepton_matmul_r{rows}c{cols}_{dtype}" + ("" if out_stage else "_nostage")
+    desc["dsp"] = check_dsp(dsp)   # how the multipliers hold their registers
+    name = name or (f"lepton_matmul_r{rows}c{cols}_{dtype}" + ("" if out_stage else "_nostage")
+                    + ("" if dsp == "generic" else f"_{dsp}"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     v_path, j_path = out / f"{name}.v", out / f"{name}.json"
-    v_path.write_text(generate_verilog(rows, cols, dtype, name=name, out_stage=out_stage))
+    v_path.write_text(generate_verilog(rows, cols, dtype, name=name, out_stage=out_stage,
+                                       dsp=dsp))
     desc["top"] = name
     desc["verilog"] = v_path.name
     j_path.write_text(json.dumps(desc, indent=2) + "\n")
@@ -34,21 +39,24 @@ def generate_matmul(rows: int, cols: int, dtype: str, out_dir, name: str | None 
 
 def generate_conv2d(rows: int, cols: int, dtype: str, out_dir, name: str | None = None,
                     x_lanes: int | None = None, depth: int = 1024,
-                    out_stage: bool = True) -> dict:
+                    out_stage: bool = True, dsp: str = "generic") -> dict:
     """Write the conv2d core's ``<name>.v`` and ``<name>.json``; return the paths."""
     from . import conv_regmap
     from .conv_top import generate_verilog
 
+    # the ecp5 multipliers are not paired (that packing is a DSP48E2's)
     desc = conv_regmap.describe(rows, cols, dtype, x_lanes, depth,
+                                pair_macs=None if check_dsp(dsp) == "generic" else False,
                                 out_stage=out_stage)  # validates
+    desc["dsp"] = dsp
     x_lanes = desc["config"]["x_lanes"]
     name = name or (f"lepton_conv2d_r{rows}c{cols}_{dtype}_xl{x_lanes}_d{depth}"
-                    + ("" if out_stage else "_nostage"))
+                    + ("" if out_stage else "_nostage") + ("" if dsp == "generic" else f"_{dsp}"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     v_path, j_path = out / f"{name}.v", out / f"{name}.json"
     v_path.write_text(generate_verilog(rows, cols, dtype, x_lanes, depth, name=name,
-                                       out_stage=out_stage))
+                                       out_stage=out_stage, dsp=dsp))
     desc["top"] = name
     desc["verilog"] = v_path.name
     j_path.write_text(json.dumps(desc, indent=2) + "\n")
@@ -78,13 +86,13 @@ def _generate(write) -> int:
 
 def _cmd_matmul(args) -> int:
     return _generate(lambda: generate_matmul(args.rows, args.cols, args.dtype, args.output,
-                                             args.name, args.out_stage))
+                                             args.name, args.out_stage, args.dsp))
 
 
 def _cmd_conv2d(args) -> int:
     return _generate(lambda: generate_conv2d(args.rows, args.cols, args.dtype, args.output,
                                              args.name, args.x_lanes, args.depth,
-                                             args.out_stage))
+                                             args.out_stage, args.dsp))
 
 
 def add_commands(subparsers) -> argparse.ArgumentParser:
@@ -102,6 +110,8 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
     mm.add_argument("--no-out-stage", dest="out_stage", action="store_false",
                     help="leave out the output stage (ReLU / requantization; the host "
                          "applies them): fewer multipliers, a faster clock")
+    mm.add_argument("--dsp", choices=DSP_KINDS, default="generic",
+                    help="multiplier registers: generic (any part) or ecp5 (MULT18X18D's own)")
     mm.set_defaults(func=_cmd_matmul)
     cv = gen_sub.add_parser("conv2d", help="int8/int16 conv2d core (hardware im2col)")
     cv.add_argument("--rows", type=int, default=16,
@@ -118,6 +128,8 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
     cv.add_argument("--no-out-stage", dest="out_stage", action="store_false",
                     help="leave out the output stage (ReLU / requantization; the host "
                          "applies them): fewer multipliers, a faster clock")
+    cv.add_argument("--dsp", choices=DSP_KINDS, default="generic",
+                    help="multiplier registers: generic (any part) or ecp5 (MULT18X18D's own)")
     cv.set_defaults(func=_cmd_conv2d)
     return hdl
 

@@ -90,9 +90,10 @@ class AXIConv2d(wiring.Component):
 
 def generate_verilog(rows: int = 16, cols: int = 16, dtype: str = "int8",
                      x_lanes: int | None = None, depth: int = 1024,
-                     name: str = "lepton_conv2d", out_stage: bool = True) -> str:
+                     name: str = "lepton_conv2d", out_stage: bool = True,
+                     dsp: str = "generic") -> str:
     """Verilog text of one configuration, top module ``name``."""
     from amaranth.back import verilog
 
-    return verilog.convert(AXIConv2d(rows, cols, dtype, x_lanes, depth, out_stage=out_stage),
-                           name=name, emit_src=False)
+    return verilog.convert(AXIConv2d(rows, cols, dtype, x_lanes, depth, out_stage=out_stage,
+                                     dsp=dsp), name=name, emit_src=False)

@@ -81,9 +81,10 @@ class AXIMatmul(wiring.Component):
 
 
 def generate_verilog(rows: int = 16, cols: int = 16, dtype: str = "int8",
-                     name: str = "lepton_matmul", out_stage: bool = True) -> str:
+                     name: str = "lepton_matmul", out_stage: bool = True,
+                     dsp: str = "generic") -> str:
     """Verilog text of one configuration, top module ``name``."""
     from amaranth.back import verilog
 
-    top = AXIMatmul(rows, cols, dtype, out_stage=out_stage)
+    top = AXIMatmul(rows, cols, dtype, out_stage=out_stage, dsp=dsp)
     return verilog.convert(top, name=name, emit_src=False)

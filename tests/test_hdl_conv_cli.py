@@ -35,3 +35,19 @@ def test_generate_conv2d_rejects_bad_config(tmp_path, capsys):
                       "-o", str(tmp_path)])
     assert args.func(args) == 2
     assert "x_lanes" in capsys.readouterr().err
+
+
+def test_generate_conv2d_with_ecp5_multipliers(tmp_path):
+    need_yosys()
+    args = parse_cli(["hdl", "generate", "conv2d", "--rows", "4", "--cols", "4",
+                      "--depth", "64", "--dsp", "ecp5", "-o", str(tmp_path)])
+    assert args.func(args) == 0
+    (v,) = tmp_path.glob("*_ecp5.v")
+    desc = json.loads(v.with_suffix(".json").read_text())
+    assert desc["dsp"] == "ecp5"
+    # 16 cells unpaired (one multiplier each) + 4 per output lane in the output stage
+    assert len(re.findall(r"^\s*MULT18X18D\b", v.read_text(), re.M)) == 16 + 4 * 4
+    # no pairing on ECP5: one column per channel in the depthwise mode
+    assert desc["config"]["depthwise"]["columns_per_channel"] == 1
+    assert desc["config"] == conv_regmap.describe(4, 4, "int8", None, 64,
+                                                  pair_macs=False)["config"]
